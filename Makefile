@@ -1,0 +1,47 @@
+# `make test` and `make demo` work from a fresh clone: the first run creates .venv and installs edgeml.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.edgeml-installed
+EXTRAS ?= dev,cure,tvm
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
+# Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
+SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc chromium
+
+.PHONY: test demo build system-deps lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): $(PY) $(SOURCES)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+build: $(STAMP)
+
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "warning: could not install$$missing; tests that need them say so"; fi; \
+	else echo "not root or no apt-get: skipping Debian packages ($(SYSTEM_PACKAGES))"; fi
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+demo: $(STAMP) system-deps
+	$(VENV)/bin/edgeml info
+	@if $(VENV)/bin/edgeml demo --help >/dev/null 2>&1; then $(VENV)/bin/edgeml demo; fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgeml tests benchmarks
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Measurement: timing, power meters, op counts, energy estimates and reports."""
