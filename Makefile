@@ -8,7 +8,7 @@ STAMP := $(VENV)/.edgeml-installed
 EXTRAS ?= dev,cure,tvm
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 # Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
-SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc chromium
+SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
 
 .PHONY: test demo build system-deps lint clean
 
