@@ -149,15 +149,19 @@ class EnergyReading:
     channels: dict[str, float] = field(default_factory=dict)  # joules per zone / rail
 
     @property
+    def source(self) -> str:
+        return _METER_NAMES.get(self.meter, self.meter)
+
+    @property
     def label(self) -> str:
-        return f"measured ({_METER_NAMES.get(self.meter, self.meter)})"
+        return f"measured ({self.source})"
 
     @property
     def watts(self) -> float | None:
         return None if self.joules is None or self.seconds <= 0 else self.joules / self.seconds
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "label": self.label, "watts": self.watts}
+        return {**asdict(self), "source": self.source, "label": self.label, "watts": self.watts}
 
 
 _METER_NAMES = {"rapl": "RAPL", "nvml": "NVML", "ina3221": "INA3221"}
@@ -196,8 +200,12 @@ class Meter:
         self.interval = interval
 
     @property
+    def source(self) -> str:
+        return _METER_NAMES.get(self.kind, self.kind)
+
+    @property
     def label(self) -> str:
-        return f"measured ({_METER_NAMES.get(self.kind, self.kind)})"
+        return f"measured ({self.source})"
 
     def _channels(self) -> dict[str, Callable[[], float]]:
         raise NotImplementedError

@@ -1,0 +1,504 @@
+"""`edgeml bench`: latency, throughput, pipeline split and energy of one model on one backend.
+
+Two measurements per run:
+- model-only: the runtime on ready tensors (real clips with `input="data"`, random tensors of the exported
+  shapes with `input="random"`), timed at several batch sizes -> latency percentiles, clips/s;
+- end-to-end (`input="data"` only): for each of N videos, decode + motion-vector/residual extraction + model,
+  -> videos/s, per-video latency and the split between decode, kernels and model.
+
+Energy per video comes from every power meter found (RAPL / NVML / INA3221, labelled "measured (...)"); where
+there is none it is the op-count estimate, labelled "estimated (no power sensor)" with its energy table.
+Results are one JSON document with a schema name and version (`load_results` checks both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.bench.meters import MeterSet, open_meters
+from edgeml.bench.timing import runtime_environment, throughput_sweep
+from edgeml.errors import InputError, MissingDependencyError
+from edgeml.io import read_json, write_json
+
+SCHEMA = "edgeml.bench"
+SCHEMA_VERSION = 1
+BACKENDS = ("torch", "ort", "ort-int8", "tvm", "trt")
+ESTIMATED_LABEL = "estimated (no power sensor)"
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+# backend -> (module to import, PyPI package, edgeml extra)
+_BACKEND_DEPS = {
+    "torch": ("torch", "torch", None),
+    "ort": ("onnxruntime", "onnxruntime", None),
+    "ort-int8": ("onnxruntime", "onnxruntime", None),
+    "tvm": ("tvm", "apache-tvm", "tvm"),
+    "trt": ("tensorrt", "tensorrt", "tensorrt"),
+}
+
+
+def check_backend(backend: str) -> None:
+    """InputError for an unknown backend; MissingDependencyError (naming the extra) for one not installed."""
+    if backend not in _BACKEND_DEPS:
+        raise InputError(f"unknown backend {backend!r}", fix=f"choose one of: {', '.join(BACKENDS)}")
+    module, package, extra = _BACKEND_DEPS[backend]
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(package, extra=extra, purpose=f"the {backend} backend of `edgeml bench`")
+
+
+# ----------------------------------------------------------------------------------------------- artefacts
+
+
+def read_manifest(artefact: str | Path) -> dict:
+    """The manifest of an export folder; a missing folder or manifest is an InputError saying how to make one."""
+    artefact = Path(artefact)
+    fix = "create it with `edgeml export --model MODEL --target TARGET --out DIR` and pass that DIR"
+    if not artefact.is_dir():
+        raise InputError("model artefact folder not found", path=artefact, fix=fix)
+    if not (artefact / "manifest.json").is_file():
+        raise InputError("not an export artefact (no manifest.json)", path=artefact, fix=fix)
+    manifest = read_json(artefact / "manifest.json")
+    if not isinstance(manifest, dict):
+        raise InputError("manifest.json is not a JSON object", path=artefact / "manifest.json", fix=fix)
+    return manifest
+
+
+def _model_config(manifest: dict) -> dict:
+    cfg = manifest.get("config") or manifest.get("model_config") or {}
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def _model_name(manifest: dict) -> str | None:
+    m = manifest.get("model")
+    return m.get("name") if isinstance(m, dict) else m
+
+
+def clip_settings(manifest: dict) -> dict:
+    """clip_len, grid and size=(H, W) the model was exported for (manifest preprocessing, else model config)."""
+    pre = manifest.get("preprocessing") or {}
+    cfg = _model_config(manifest)
+    size = pre.get("size") or (cfg.get("height"), cfg.get("width"))
+    out = {"clip_len": pre.get("clip_len", cfg.get("clip_len")), "grid": pre.get("grid", cfg.get("grid")),
+           "size": tuple(size) if size and None not in size else None}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise InputError(f"manifest lacks the clip settings {missing} needed to decode videos for this model",
+                         fix="re-export the model with this edgeml version")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- runtimes
+
+
+class TorchRuntime:
+    """A registry model behind the Runtime interface (`input_names`, `run(feeds) -> [outputs]`)."""
+
+    def __init__(self, model: Any, input_names: Sequence[str]):
+        self.model = model.eval()
+        self.input_names = list(input_names)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().cpu().numpy() for o in outs]
+
+
+def _open_runtime(artefact: Path, backend: str) -> Any:
+    try:
+        from edgeml.export.runtime import open_runtime
+    except ImportError as e:
+        raise InputError(f"the export layer is not available in this installation ({e})",
+                         fix="use --backend torch with --model, or install a complete edgeml") from None
+    return open_runtime(artefact, backend)
+
+
+def _export_to(model: str, target: str, out: Path, checkpoint: str | Path | None, random_init: bool) -> Path:
+    try:
+        from edgeml.export import export_model
+    except ImportError as e:
+        raise InputError(f"cannot export {model!r} for bench: the export layer is missing ({e})",
+                         fix="pass --artefact DIR from `edgeml export`, or use --backend torch") from None
+    export_model(model, target, out, checkpoint=checkpoint, random_init=random_init, force=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _stack(items: Sequence[dict], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-clip dicts -> batched feeds {name: [B, ...]}."""
+    return {k: np.stack([_as_array(it[k]) for it in items]) for k in names}
+
+
+def _repeat_to(feeds_one: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Feeds of batch 1..k -> batch `batch` by cycling the clips."""
+    n = next(iter(feeds_one.values())).shape[0]
+    idx = np.arange(batch) % n
+    return {k: np.ascontiguousarray(v[idx]) for k, v in feeds_one.items()}
+
+
+def random_feeds(model_name: str, config: dict, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random tensors of the model's input shapes (from the registry's example inputs), values like real data."""
+    import torch
+
+    from edgeml.registry import create_model, model_spec
+
+    spec = model_spec(model_name)
+    torch.manual_seed(seed)
+    example = spec.example_inputs(create_model(model_name, **config), batch)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, t in zip(spec.input_names, example, strict=True):
+        shape = tuple(t.shape)
+        out[name] = rng.uniform(0, 255, size=shape).astype(np.float32) if name in ("iframe", "frames") \
+            else rng.normal(0, 4, size=shape).astype(np.float32)
+    return out
+
+
+def list_videos(data: str | Path, n: int) -> list[tuple[Path, str | None]]:
+    """Up to `n` (video, class folder name) pairs from `data`, taken round-robin over class folders."""
+    data = Path(data)
+    if data.is_file():
+        return [(data, None)]
+    if not data.is_dir():
+        raise InputError("video folder not found", path=data, fix="pass --data DIR with video files")
+    by_class: dict[str, list[Path]] = {}
+    for p in sorted(data.rglob("*")):
+        if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
+            by_class.setdefault(p.parent.name, []).append(p)
+    if not by_class:
+        raise InputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under this folder", path=data)
+    out: list[tuple[Path, str | None]] = []
+    queues = [list(v) for v in by_class.values()]
+    while len(out) < n and any(queues):
+        for cls, q in zip(by_class, queues, strict=True):
+            if q and len(out) < n:
+                out.append((q.pop(0), cls))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- energy
+
+
+def estimate_energy_per_clip(model: Any, feeds: dict[str, np.ndarray], input_names: Sequence[str]) -> dict:
+    """Op-count energy estimate of one clip (batch 1) -> {"joules", "table", "macs", "acs", ...}."""
+    import torch
+
+    try:
+        from edgeml.bench.energy import estimate_energy
+        from edgeml.bench.opcount import count_ops
+    except ImportError as e:
+        return {"joules": None, "error": f"op-count estimate unavailable ({e})"}
+    inputs = tuple(torch.from_numpy(np.ascontiguousarray(feeds[k][:1])) for k in input_names)
+    with torch.inference_mode():
+        ops = count_ops(model.eval(), inputs)
+    est = estimate_energy(ops)
+    table = getattr(est, "table", None)
+    rates = getattr(ops, "spike_rates", None)
+    return {"joules": float(est.joules), "table": table if isinstance(table, (str, dict)) else str(table),
+            "macs": float(ops.macs), "acs": float(ops.acs),
+            "mean_spike_rate": float(np.mean(list(rates.values()))) if isinstance(rates, dict) and rates else None}
+
+
+def _measured_energy(readings: list, videos: int) -> dict:
+    ok = [r for r in readings if r.joules is not None]
+    total = sum(r.joules for r in ok)
+    return {"method": "measured", "label": f"measured ({'+'.join(sorted({r.source for r in ok}))})",
+            "joules_total": total, "joules_per_video": total / videos if videos else None,
+            "readings": [r.to_dict() for r in readings]}
+
+
+# ----------------------------------------------------------------------------------------------- bench
+
+
+def bench(*, model: str | None = None, artefact: str | Path | None = None, backend: str = "ort",
+          target: str | None = None, input: str = "random", data: str | Path | None = None, videos: int = 8,
+          checkpoint: str | Path | None = None, random_init: bool = False, batch_sizes: Sequence[int] = (1, 2, 4, 8),
+          warmup: int = 3, repeats: int = 20, max_seconds: float = 10.0, out: str | Path | None = None,
+          meters: MeterSet | None = None, progress: bool = True) -> dict:
+    """Benchmark `model` (or the export folder `artefact`) on `backend`; returns the results dict (schema 1).
+
+    `input="data"` decodes `videos` files from `data` end to end and times the model on their clips;
+    `input="random"` times the model only, on random tensors. `out` writes the JSON there.
+    """
+    check_backend(backend)
+    if input not in ("data", "random"):
+        raise InputError(f"unknown --input {input!r}", fix="use 'data' (real videos) or 'random'")
+    if input == "data" and data is None:
+        raise InputError("--input data needs --data DIR (a folder of videos)")
+    if videos < 1:
+        raise InputError(f"--videos must be >= 1, got {videos}")
+    meters = meters if meters is not None else open_meters()
+
+    with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
+        manifest, runtime, torch_model = _prepare(model, artefact, backend, target, checkpoint, random_init,
+                                                  Path(tmp))
+        model_name = model or _model_name(manifest)
+        config = _model_config(manifest) if manifest else {}
+        input_names = list(runtime.input_names)
+        results: dict[str, Any] = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model_name, "config": config, "backend": backend,
+            "target": target or manifest.get("target") if manifest else target,
+            "artefact": str(artefact) if artefact else None, "input": input,
+            "weights": _weights_note(manifest, checkpoint, random_init),
+            "environment": {**runtime_environment(), "platform": platform.platform(),
+                            "machine": platform.machine(), "processor": platform.processor()},
+            "end_to_end": None, "accuracy": None,
+        }
+        if isinstance(results["target"], dict):
+            results["target"] = results["target"].get("name")
+
+        sample_feeds: dict[str, np.ndarray]
+        n_videos = videos
+        if input == "data":
+            e2e, sample_feeds, readings = _end_to_end(runtime, input_names, manifest, data, videos, meters,
+                                                      progress)
+            results["end_to_end"] = e2e["timing"]
+            results["accuracy"] = e2e["accuracy"]
+            n_videos = e2e["timing"]["videos"]
+            clips_per_video = e2e["timing"]["clips"] / max(n_videos, 1)
+        else:
+            sample_feeds = random_feeds(model_name, config, 1)
+            readings, clips_per_video = [], 1.0
+
+        results["model_only"] = _model_only(runtime, sample_feeds, batch_sizes, warmup, repeats, max_seconds,
+                                            meters)
+        results["energy"] = _energy(readings, n_videos, clips_per_video, results["model_only"], meters,
+                                    torch_model, model_name, config, manifest, checkpoint, sample_feeds,
+                                    input_names)
+        results["summary"] = _summary(results)
+    if out is not None:
+        write_json(out, results)
+    return results
+
+
+def _weights_note(manifest: dict, checkpoint: str | Path | None, random_init: bool) -> str:
+    if checkpoint:
+        return str(checkpoint)
+    w = manifest.get("weights") if manifest else None
+    if w:
+        return w if isinstance(w, str) else str(w.get("source") or w.get("checkpoint") or w)
+    return "random init" if random_init else "unknown"
+
+
+def _prepare(model: str | None, artefact: str | Path | None, backend: str, target: str | None,
+             checkpoint: str | Path | None, random_init: bool, tmp: Path) -> tuple[dict, Any, Any]:
+    """(manifest, runtime, torch model or None) for the requested model/artefact and backend."""
+    if artefact is None and model is None:
+        raise InputError("nothing to benchmark", fix="pass --model NAME or --artefact DIR")
+    if artefact is None and backend == "torch":
+        from edgeml.registry import create_model, model_spec
+
+        if checkpoint is None and not random_init:
+            raise InputError(f"no weights for {model!r}", fix="pass --checkpoint PATH, or --random-init for timing")
+        m = create_model(model, checkpoint=checkpoint)
+        manifest = {"model": model, "config": _config_of(model, checkpoint), "target": target}
+        return manifest, TorchRuntime(m, model_spec(model).input_names), m
+    if artefact is None:
+        if target is None:
+            raise InputError("--backend other than torch needs --target PROFILE (or --artefact DIR)")
+        artefact = _export_to(model, target, tmp / "artefact", checkpoint, random_init)
+    manifest = read_manifest(artefact)
+    if model is not None and _model_name(manifest) not in (None, model):
+        raise InputError(f"artefact holds model {_model_name(manifest)!r}, not {model!r}", path=artefact)
+    return manifest, _open_runtime(Path(artefact), backend), None
+
+
+def _config_of(model: str, checkpoint: str | Path | None) -> dict:
+    from edgeml.registry import model_spec
+
+    cfg = dict(model_spec(model).defaults)
+    if checkpoint is not None:
+        from edgeml.io import load_checkpoint
+
+        cfg.update(load_checkpoint(checkpoint, expect_model=model)[1].get("config", {}))
+    return cfg
+
+
+def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str | Path, n: int, meters: MeterSet,
+                progress: bool) -> tuple[dict, dict[str, np.ndarray], list]:
+    """Decode + extract + model over `n` videos, under every meter. -> (results, clips of video 0, readings)."""
+    from edgeml.video.clips import extract_clips
+
+    settings = clip_settings(manifest)
+    classes = manifest.get("classes") or _model_config(manifest).get("classes")
+    files = list_videos(data, n)
+    per_video, split = [], {"decode": 0.0, "kernels": 0.0, "model": 0.0, "other": 0.0}
+    correct, labelled, clips_total = 0, 0, 0
+    first_feeds: dict[str, np.ndarray] | None = None
+    # one untimed video warms the runtime (lazy init, allocator) so video 0 is not an outlier
+    _run_video(runtime, input_names, extract_clips, files[0][0], settings)
+    bar = _progress(progress, len(files), "end-to-end")
+    with meters.measure() as readings:
+        wall0 = time.perf_counter()
+        for path, cls in files:
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            logits, feeds, t_model = _run_video(runtime, input_names, extract_clips, path, settings, timings)
+            dt = time.perf_counter() - t0
+            per_video.append(dt)
+            dec, ker = timings.get("decode", 0.0), timings.get("kernels", 0.0)
+            split["decode"] += dec
+            split["kernels"] += ker
+            split["model"] += t_model
+            split["other"] += max(dt - dec - ker - t_model, 0.0)
+            clips_total += next(iter(feeds.values())).shape[0]
+            first_feeds = feeds if first_feeds is None else first_feeds
+            if classes and cls in classes:
+                labelled += 1
+                correct += int(int(np.argmax(logits)) == classes.index(cls))
+            bar(1)
+        wall = time.perf_counter() - wall0
+    bar(None)
+    from edgeml.bench.timing import Timing
+
+    t = Timing(batch=1, warmup=1, samples=per_video)
+    timing = {"videos": len(files), "clips": clips_total, "wall_s": wall, "videos_per_s": len(files) / wall,
+              "latency": t.summary(), "split_s": split,
+              "split_fraction": {k: v / wall for k, v in split.items()}, "settings": settings}
+    accuracy = {"top1": correct / labelled, "correct": correct, "videos": labelled} if labelled else None
+    return {"timing": timing, "accuracy": accuracy}, first_feeds, list(readings)
+
+
+def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, path: Path, settings: dict,
+               timings: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
+    """All clips of one video through the runtime, one clip per call -> (mean logits, feeds, model seconds)."""
+    clips = extract_clips(path, clip_len=settings["clip_len"], grid=settings["grid"], size=settings["size"],
+                          timings=timings)
+    if not clips:
+        raise InputError("no complete clip in this video (too short for the clip length)", path=path)
+    feeds = _stack(clips, input_names)
+    t0 = time.perf_counter()
+    # one clip per call: exported graphs may have a fixed batch of 1, and edge devices stream clips anyway
+    logits = [runtime.run({k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(len(clips))]
+    t_model = time.perf_counter() - t0
+    return np.mean(np.concatenate(logits), axis=0), feeds, t_model
+
+
+def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequence[int], warmup: int, repeats: int,
+                max_seconds: float, meters: MeterSet) -> dict:
+    """Runtime latency at each batch size; a batch the artefact cannot take is recorded with the reason."""
+    rows = []
+    for b in batch_sizes:
+        fb = _repeat_to(feeds, b)
+        try:
+            runtime.run(fb)
+        except Exception as e:  # a fixed-batch graph rejects other batch sizes; record why, keep going
+            rows.append({"batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            continue
+        with meters.measure() as readings:
+            (t,) = throughput_sweep(lambda _b, fb=fb: (lambda: runtime.run(fb)), [b], warmup=warmup,
+                                    repeats=repeats, max_seconds=max_seconds)
+        row = t.summary()
+        ok = [r for r in readings if r.joules is not None]
+        if ok:
+            row["joules_per_item"] = sum(r.joules for r in ok) / (t.repeats * b)  # warm-up is inside: upper bound
+        rows.append(row)
+    return {"batches": rows}
+
+
+def _energy(readings: list, videos: int, clips_per_video: float, model_only: dict, meters: MeterSet,
+            torch_model: Any, model_name: str, config: dict, manifest: dict, checkpoint: Any,
+            feeds: dict[str, np.ndarray], input_names: list[str]) -> dict:
+    if readings and any(r.joules is not None for r in readings):
+        out = _measured_energy(readings, videos)
+        out["scope"] = "end-to-end (decode + extraction + model), whole sensor scope incl. idle power"
+    elif meters.measured:
+        rows = [r for r in model_only["batches"] if "joules_per_item" in r]
+        out = {"method": "measured", "label": f"measured ({'+'.join(sorted({m.source for m in meters.meters}))})",
+               "joules_per_video": rows[0]["joules_per_item"] * clips_per_video if rows else None,
+               "scope": f"model only, batch {rows[0]['batch']}" if rows else "no valid reading"}
+    else:
+        model = torch_model or _model_for_estimate(model_name, config, manifest, checkpoint)
+        est = estimate_energy_per_clip(model, feeds, input_names)
+        per_video = None if est["joules"] is None else est["joules"] * clips_per_video
+        out = {"method": "estimated", "label": ESTIMATED_LABEL, "joules_per_video": per_video,
+               "joules_per_clip": est["joules"], "clips_per_video": clips_per_video, "estimate": est,
+               "scope": "model only (op count x energy table); decode and extraction not included"}
+    out["problems"] = list(meters.problems)
+    return out
+
+
+def _model_for_estimate(model_name: str, config: dict, manifest: dict, checkpoint: Any) -> Any:
+    """The torch model matching the artefact, for op counting: its checkpoint if known, else random init."""
+    from edgeml.registry import create_model
+
+    ckpt = checkpoint or (manifest.get("checkpoint") if manifest else None)
+    if isinstance(manifest.get("weights"), dict):
+        ckpt = ckpt or manifest["weights"].get("checkpoint") or manifest["weights"].get("path")
+    if ckpt and Path(ckpt).is_file():
+        return create_model(model_name, checkpoint=ckpt)
+    return create_model(model_name, **config)
+
+
+def _summary(r: dict) -> dict:
+    """The few figures a reader wants first."""
+    b1 = next((b for b in r["model_only"]["batches"] if "median_s" in b), None)
+    best = max((b for b in r["model_only"]["batches"] if "items_per_s" in b), key=lambda b: b["items_per_s"],
+               default=None)
+    e2e = r["end_to_end"]
+    return {
+        "videos_per_s": e2e["videos_per_s"] if e2e else None,
+        "video_latency_median_s": e2e["latency"]["median_s"] if e2e else None,
+        "clip_latency_median_s": b1["median_s"] if b1 else None,
+        "clip_latency_p99_s": b1["p99_s"] if b1 else None,
+        "clips_per_s_best": best["items_per_s"] if best else None,
+        "joules_per_video": r["energy"]["joules_per_video"],
+        "energy_label": r["energy"]["label"],
+        "accuracy": r["accuracy"]["top1"] if r["accuracy"] else None,
+    }
+
+
+def _progress(enabled: bool, total: int, what: str) -> Callable[[int | None], None]:
+    """A rich progress bar advanced by `step(n)`, closed by `step(None)`; a no-op when disabled."""
+    if not enabled:
+        return lambda n: None
+    from rich.progress import Progress
+
+    p = Progress(transient=True)
+    task = p.add_task(what, total=total)
+    p.start()
+
+    def step(n: int | None) -> None:
+        if n is None:
+            p.stop()
+        else:
+            p.advance(task, n)
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------- results files
+
+
+def load_results(path: str | Path) -> dict:
+    """A results JSON written by `bench`; another schema or schema version is an InputError saying what to do."""
+    r = read_json(path)
+    schema = r.get("schema") if isinstance(r, dict) else None
+    if schema != SCHEMA:
+        raise InputError(f"not an edgeml bench results file (schema {schema!r}, expected {SCHEMA!r})", path=path,
+                         fix="pass files written by `edgeml bench --out`")
+    if r.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"results schema version {r.get('schema_version')!r}, but this edgeml reads version "
+                         f"{SCHEMA_VERSION}", path=path,
+                         fix="re-run `edgeml bench` with this edgeml version, or report with the edgeml that wrote it")
+    return r

@@ -1,0 +1,58 @@
+"""`edgeml bench`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure latency, throughput and energy of a model on a backend",
+        description="Benchmark a model (or an export artefact folder) on torch, onnxruntime (fp32 / int8), TVM "
+        "or TensorRT: model-only latency percentiles and throughput at several batch sizes, and with "
+        "--input data the whole pipeline on real videos (decode + motion-vector extraction + model) with "
+        "videos/s and the decode/kernels/model split. Energy per video is measured by RAPL / NVML / Jetson "
+        "INA3221 where a sensor exists, else estimated from op counts (and labelled so). Writes JSON "
+        "(schema-versioned) with --out.",
+    )
+    p.add_argument("--model", help="registered model name (e.g. video_spiking)")
+    p.add_argument("--artefact", help="export folder from `edgeml export` (has manifest.json)")
+    p.add_argument("--backend", default="ort", choices=["torch", "ort", "ort-int8", "tvm", "trt"])
+    p.add_argument("--target", help="target profile (e.g. x86-cpu, jetson); exports on the fly without --artefact")
+    p.add_argument("--checkpoint", help="weights for --model (what `edgeml train` wrote)")
+    p.add_argument("--random-init", action="store_true", help="allow random weights (latency work only)")
+    p.add_argument("--input", default="random", choices=["data", "random"],
+                   help="'data': real videos end to end (needs --data); 'random': model only on random tensors")
+    p.add_argument("--data", help="folder of videos (class sub-folders give labels for accuracy)")
+    p.add_argument("--videos", type=int, default=8, help="number of videos for --input data (default 8)")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated model-only batch sizes")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from edgeml.bench.report import print_summary
+    from edgeml.bench.run import bench
+    from edgeml.errors import InputError
+
+    try:
+        batches = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    results = bench(model=args.model, artefact=args.artefact, backend=args.backend, target=args.target,
+                    input=args.input, data=args.data, videos=args.videos, checkpoint=args.checkpoint,
+                    random_init=args.random_init, batch_sizes=batches, warmup=args.warmup, repeats=args.repeats,
+                    out=args.out, progress=not args.json)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_summary(results)
+        if args.out:
+            print(f"results: {args.out}")
+    return 0

@@ -1,0 +1,135 @@
+"""`edgeml bench`: results schema, end-to-end split, energy labels, clear errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from bench_fakes import FakePynvml
+from bench_tiny import NAME, OrtRuntime, install_fake_video_module, make_artefact, make_videos
+
+from edgeml import cli
+from edgeml.bench import run as bench_run
+from edgeml.bench.meters import MeterSet, NvmlMeter
+from edgeml.bench.run import ESTIMATED_LABEL, SCHEMA_VERSION, bench, load_results
+from edgeml.errors import InputError, MissingDependencyError
+
+NO_METERS = MeterSet([], [])
+
+
+@pytest.fixture
+def ort_artefact(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_run, "_open_runtime", lambda folder, backend: OrtRuntime(folder))
+    return make_artefact(tmp_path / "artefact")
+
+
+def test_model_only_random_input_reports_percentiles_per_batch(ort_artefact, tmp_path):
+    r = bench(artefact=ort_artefact, backend="ort", input="random", batch_sizes=(1, 4), repeats=5, warmup=1,
+              out=tmp_path / "r.json", meters=NO_METERS, progress=False)
+    assert r["schema_version"] == SCHEMA_VERSION and r["model"] == NAME and r["end_to_end"] is None
+    b1, b4 = r["model_only"]["batches"]
+    assert (b1["batch"], b4["batch"]) == (1, 4) and b1["repeats"] == 5 and len(b4["samples_s"]) == 5
+    assert 0 < b1["median_s"] <= b1["p90_s"] <= b1["p99_s"] <= b1["max_s"]
+    assert b4["items_per_s"] == pytest.approx(4 / b4["median_s"])
+    assert r["environment"]["cpu_count"] >= 1 and "affinity" in r["environment"]
+    assert load_results(tmp_path / "r.json")["summary"] == json.loads(json.dumps(r["summary"]))
+
+
+def test_fixed_batch_artefact_records_why_other_batches_were_not_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_run, "_open_runtime", lambda folder, backend: OrtRuntime(folder))
+    art = make_artefact(tmp_path / "fixed", batch=1)
+    r = bench(artefact=art, backend="ort", batch_sizes=(1, 2), repeats=3, warmup=1, meters=NO_METERS,
+              progress=False)
+    ok, bad = r["model_only"]["batches"]
+    assert "median_s" in ok and "error" in bad and bad["batch"] == 2
+
+
+def test_end_to_end_reports_videos_per_s_split_and_accuracy(ort_artefact, tmp_path, monkeypatch):
+    install_fake_video_module(monkeypatch)
+    videos = make_videos(tmp_path / "videos", per_class=3)
+    r = bench(artefact=ort_artefact, backend="ort", input="data", data=videos, videos=4, batch_sizes=(1,),
+              repeats=3, warmup=1, meters=NO_METERS, progress=False)
+    e = r["end_to_end"]
+    assert e["videos"] == 4 and e["clips"] == 8
+    assert e["split_s"]["decode"] == pytest.approx(4 * 0.002) and e["split_s"]["kernels"] == pytest.approx(0.004)
+    assert e["split_s"]["model"] > 0 and e["videos_per_s"] == pytest.approx(4 / e["wall_s"])
+    assert sum(e["split_s"].values()) <= e["wall_s"] * 1.01
+    assert r["accuracy"] == {"top1": 1.0, "correct": 4, "videos": 4}  # round-robin: 2 left + 2 right
+
+
+def test_energy_is_labelled_estimated_without_a_power_sensor(ort_artefact):
+    r = bench(artefact=ort_artefact, backend="ort", batch_sizes=(1,), repeats=3, warmup=1, meters=NO_METERS,
+              progress=False)
+    assert r["energy"]["method"] == "estimated" and r["energy"]["label"] == ESTIMATED_LABEL
+    assert r["summary"]["energy_label"] == "estimated (no power sensor)"
+
+
+def test_energy_is_measured_with_a_sensor(ort_artefact, tmp_path, monkeypatch):
+    install_fake_video_module(monkeypatch)
+    videos = make_videos(tmp_path / "videos")
+    nvml = FakePynvml(lambda t: 100.0, energy_counter=False)
+    meters = MeterSet([NvmlMeter(nvml, 0, interval=0.002)], [])
+    real = bench_run._run_video
+
+    def slow_video(*a, **k):  # long enough for the sampler to see each video
+        time.sleep(0.02)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_run, "_run_video", slow_video)
+    r = bench(artefact=ort_artefact, backend="ort", input="data", data=videos, videos=4, batch_sizes=(1,),
+              repeats=3, warmup=1, meters=meters, progress=False)
+    e = r["energy"]
+    assert e["method"] == "measured" and e["label"] == "measured (NVML)"
+    assert e["joules_per_video"] == pytest.approx(100.0 * r["end_to_end"]["wall_s"] / 4, rel=0.05)
+
+
+def test_results_of_another_schema_version_are_refused(ort_artefact, tmp_path):
+    bench(artefact=ort_artefact, backend="ort", batch_sizes=(1,), repeats=2, warmup=0, out=tmp_path / "r.json",
+          meters=NO_METERS, progress=False)
+    data = json.loads((tmp_path / "r.json").read_text())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    (tmp_path / "r2.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=f"schema version {SCHEMA_VERSION + 1}.*reads version {SCHEMA_VERSION}"):
+        load_results(tmp_path / "r2.json")
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(InputError, match="not an edgeml bench results file"):
+        load_results(tmp_path / "other.json")
+
+
+def test_missing_artefact_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="model artefact folder not found.*edgeml export"):
+        bench(artefact=tmp_path / "nope", backend="ort", meters=NO_METERS, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no manifest.json"):
+        bench(artefact=tmp_path / "empty", backend="ort", meters=NO_METERS, progress=False)
+
+
+def test_backend_not_installed_names_the_extra(monkeypatch, tmp_path):
+    real = bench_run.importlib.util.find_spec
+    monkeypatch.setattr(bench_run.importlib.util, "find_spec", lambda m: None if m == "tvm" else real(m))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgeml\[tvm\]'"):
+        bench(artefact=tmp_path, backend="tvm", meters=NO_METERS)
+
+
+def test_tensorrt_missing_here_names_its_extra(tmp_path):
+    # TensorRT is not installable on this machine (see NOTES.md)
+    if bench_run.importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgeml\[tensorrt\]'"):
+        bench(artefact=tmp_path, backend="trt", meters=NO_METERS)
+
+
+def test_cli_bench_prints_throughput_and_energy_label(ort_artefact, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_run, "open_meters", lambda: NO_METERS)
+    out = tmp_path / "r.json"
+    assert cli.main(["bench", "--artefact", str(ort_artefact), "--backend", "ort", "--batch-sizes", "1,2",
+                     "--repeats", "3", "--warmup", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "clips/s" in text and "estimated (no power sensor)" in text and out.is_file()
+
+
+def test_cli_bench_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["bench", "--artefact", str(tmp_path / "missing"), "--backend", "ort"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model artefact folder not found" in err[0]
