@@ -1,0 +1,148 @@
+"""Regenerate the README's results tables from `benchmarks/results/*.json` (what the benchmark scripts write).
+
+    .venv/bin/python benchmarks/readme_tables.py            # rewrite README.md between the results markers
+    .venv/bin/python benchmarks/readme_tables.py --check    # exit 1 if README.md is out of date
+
+Only the text between `<!-- results:begin -->` and `<!-- results:end -->` is replaced, so every number there
+comes from a results file, and so from the script that wrote it. Results files may be:
+- a table: {"title", "columns": [...], "rows": [[...], ...], "notes"?, "script"?} (or that under "table",
+  or a list of them under "tables");
+- records: {"title"?, "rows": [{column: value, ...}, ...]};
+- an `edgeml bench --out` file (schema "edgeml.bench"): one summary row;
+- anything else: its scalar fields as a two-column table, and each list of records as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def fmt(v: Any) -> str:
+    """A cell: floats to 3 significant digits (thousands separated), None/NaN as '–'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return "×".join(fmt(x) for x in v) if all(isinstance(x, (int, float)) for x in v) else ", ".join(map(fmt, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt(x)}" for k, x in v.items())
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(columns: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(map(fmt, columns)) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _records(rows: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols, [[r.get(c) for c in cols] for r in rows]
+
+
+def _bench_row(r: dict) -> tuple[list[str], list[list[Any]]]:
+    s = r["summary"]
+    cols = ["model", "backend", "target", "input", "videos/s", "clip latency median [ms]", "clip latency p99 [ms]",
+            "J/video", "energy", "accuracy [%]"]
+    ms = [None if s[k] is None else 1e3 * s[k] for k in ("clip_latency_median_s", "clip_latency_p99_s")]
+    return cols, [[r.get("model"), r.get("backend"), r.get("target"), r.get("input"), s["videos_per_s"], *ms,
+                   s["joules_per_video"], s["energy_label"],
+                   None if s["accuracy"] is None else 100 * s["accuracy"]]]
+
+
+def tables_of(name: str, data: Any) -> list[tuple[str, list[str], list[list[Any]], str | None]]:
+    """(title, columns, rows, notes) for every table one results file holds."""
+    if isinstance(data, dict) and data.get("schema") == "edgeml.bench":
+        cols, rows = _bench_row(data)
+        return [(f"{name}: {data.get('model')} on {data.get('backend')}", cols, rows, None)]
+    if isinstance(data, dict) and isinstance(data.get("tables"), list):
+        return [t for i, d in enumerate(data["tables"]) for t in tables_of(f"{name} ({i + 1})", d)]
+    if isinstance(data, dict) and isinstance(data.get("table"), dict):
+        return tables_of(name, {**data["table"], "notes": data["table"].get("notes", data.get("notes"))})
+    if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        title = data.get("title", name)
+        if data.get("columns"):
+            return [(title, list(data["columns"]), [list(r) for r in data["rows"]], data.get("notes"))]
+        if all(isinstance(r, dict) for r in data["rows"]):
+            return [(title, *_records(data["rows"]), data.get("notes"))]
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return [(name, *_records(data), None)]
+    if isinstance(data, dict):
+        scalars = [[k, v] for k, v in data.items() if not isinstance(v, (dict, list))]
+        out = [(data.get("title", name), ["quantity", "value"], scalars, None)] if scalars else []
+        for k, v in data.items():
+            if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+                out.append((f"{name}: {k}", *_records(v), None))
+            elif isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()):
+                out.append((f"{name}: {k}", ["quantity", "value"], [[a, b] for a, b in v.items()], None))
+        return out
+    return []
+
+
+def render(results_dir: Path) -> str:
+    """The Markdown between the markers: one sub-section per results file, sorted by name."""
+    files = sorted(results_dir.glob("*.json"))
+    if not files:
+        return "_No results yet: run the scripts in `benchmarks/`, then `python benchmarks/readme_tables.py`._"
+    parts = []
+    for f in files:
+        data = json.loads(f.read_text())
+        script = (data.get("script") if isinstance(data, dict) else None) or f"benchmarks/{f.stem}.py"
+        for title, cols, rows, notes in tables_of(f.stem, data):
+            parts.append(f"#### {title}\n\n{md_table(cols, rows)}\n\n_Source: `{script}` → "
+                         f"`benchmarks/results/{f.name}`._" + (f" {notes}" if notes else ""))
+    return "\n\n".join(parts)
+
+
+def update(readme: Path, results_dir: Path) -> tuple[str, str]:
+    """(old README text, new README text) with the results block regenerated; markers are added if missing."""
+    old = readme.read_text()
+    block = f"{BEGIN}\n<!-- generated by benchmarks/readme_tables.py from benchmarks/results/*.json; do not edit -->" \
+            f"\n\n{render(results_dir)}\n\n{END}"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        new = head + block + tail
+    else:
+        new = old.rstrip("\n") + "\n\n## Results\n\nMeasured by the scripts in `benchmarks/` (each compares against " \
+              "a baseline measured in the same run).\n\n" + block + "\n"
+    return old, new
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are out of date")
+    args = p.parse_args(argv)
+    old, new = update(args.readme, args.results)
+    if args.check:
+        if old != new:
+            print(f"{args.readme}: results tables are out of date; run python benchmarks/readme_tables.py")
+            return 1
+        print(f"{args.readme}: results tables are up to date")
+        return 0
+    if old != new:
+        from edgeml.io import write_text
+
+        write_text(args.readme, new)
+    n = len(sorted(args.results.glob("*.json")))
+    print(f"{args.readme}: results section regenerated from {n} results file(s) in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

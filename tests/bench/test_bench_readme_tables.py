@@ -1,0 +1,62 @@
+"""benchmarks/readme_tables.py: the README's results tables come from benchmarks/results/*.json only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path]:
+    readme = tmp_path / "README.md"
+    readme.write_text("# proj\n\nintro\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "video_extract.json").write_text(json.dumps(
+        {"title": "Clip extraction", "columns": ["video", "fps", "ratio"], "rows": [["a.mp4", 1234.5678, 0.51234]],
+         "notes": "2 cores"}))
+    (results / "lls_step.json").write_text(json.dumps({"rows": [{"mode": "lls", "ms": 1.25}, {"mode": "bp", "ms": 3}]}))
+    return readme, results
+
+
+def test_regeneration_adds_a_results_section_with_every_table(tables, tmp_path):
+    readme, results = _setup(tmp_path)
+    assert tables.main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# proj\n\nintro\n") and "## Results" in text
+    block = text.split(tables.BEGIN)[1].split(tables.END)[0]
+    assert "| a.mp4 | 1,235 | 0.512 |" in block and "| lls | 1.25 |" in block and "| bp | 3 |" in block
+    assert "`benchmarks/video_extract.py`" in block and "2 cores" in block
+
+
+def test_only_the_marked_block_changes_and_check_detects_staleness(tables, tmp_path):
+    readme, results = _setup(tmp_path)
+    tables.main(["--readme", str(readme), "--results", str(results)])
+    readme.write_text(readme.read_text() + "\nafter the block\n")
+    assert tables.main(["--readme", str(readme), "--results", str(results), "--check"]) == 0
+    (results / "lls_step.json").write_text(json.dumps({"rows": [{"mode": "lls", "ms": 9.5}]}))
+    assert tables.main(["--readme", str(readme), "--results", str(results), "--check"]) == 1
+    tables.main(["--readme", str(readme), "--results", str(results)])
+    text = readme.read_text()
+    assert "| lls | 9.5 |" in text and "1.25" not in text and text.endswith("after the block\n")
+    assert text.count("## Results") == 1
+
+
+def test_bench_results_become_a_summary_row(tables):
+    r = {"schema": "edgeml.bench", "model": "video_spiking", "backend": "ort", "target": "x86-cpu", "input": "data",
+         "summary": {"videos_per_s": 12.5, "clip_latency_median_s": 0.004, "clip_latency_p99_s": 0.006,
+                     "joules_per_video": 0.02, "energy_label": "estimated (no power sensor)", "accuracy": 0.75}}
+    ((title, cols, rows, _),) = tables.tables_of("x86", r)
+    assert rows[0][4:] == [12.5, 4.0, 6.0, 0.02, "estimated (no power sensor)", 75.0]
