@@ -31,6 +31,8 @@ def _fmt(x: Any, unit: str = "", digits: int = 3) -> str:
 
 
 def _ms(seconds: float | None) -> str:
+    if seconds is not None and 0 < seconds < 1e-4:
+        return _fmt(seconds * 1e6, " µs")
     return _fmt(None if seconds is None else seconds * 1e3, " ms")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.bench.meters import MeterSet, open_meters
-from edgeml.bench.timing import runtime_environment, throughput_sweep
+from edgeml.bench.timing import cuda_event_timer, default_sync, host_timer, runtime_environment, throughput_sweep
 from edgeml.errors import InputError, MissingDependencyError
 from edgeml.io import read_json, write_json
 
@@ -99,17 +99,26 @@ def clip_settings(manifest: dict) -> dict:
 
 
 class TorchRuntime:
-    """A registry model behind the Runtime interface (`input_names`, `run(feeds) -> [outputs]`)."""
+    """A registry model behind the Runtime interface (`input_names`, `run(feeds) -> [outputs]`).
 
-    def __init__(self, model: Any, input_names: Sequence[str]):
-        self.model = model.eval()
+    On a GPU the model runs there (host-to-device copies included in each call, as a deployment pays them);
+    `sync` is the CUDA synchronisation the timer calls.
+    """
+
+    def __init__(self, model: Any, input_names: Sequence[str], device: str | None = None):
+        import torch
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
         self.input_names = list(input_names)
+        self.sync = default_sync(self.device)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names])
+            out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device)
+                               for k in self.input_names])
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().cpu().numpy() for o in outs]
 
@@ -397,6 +406,8 @@ def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, pa
 def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequence[int], warmup: int, repeats: int,
                 max_seconds: float, meters: MeterSet) -> dict:
     """Runtime latency at each batch size; a batch the artefact cannot take is recorded with the reason."""
+    sync = getattr(runtime, "sync", None)  # the backend's own synchronisation, where it has one
+    timer = cuda_event_timer if str(getattr(runtime, "device", "cpu")).startswith("cuda") else host_timer
     rows = []
     for b in batch_sizes:
         fb = _repeat_to(feeds, b)
@@ -407,7 +418,7 @@ def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequenc
             continue
         with meters.measure() as readings:
             (t,) = throughput_sweep(lambda _b, fb=fb: (lambda: runtime.run(fb)), [b], warmup=warmup,
-                                    repeats=repeats, max_seconds=max_seconds)
+                                    repeats=repeats, max_seconds=max_seconds, sync=sync, timer=timer)
         row = t.summary()
         ok = [r for r in readings if r.joules is not None]
         if ok:

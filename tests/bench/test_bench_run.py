@@ -133,3 +133,12 @@ def test_cli_bench_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["bench", "--artefact", str(tmp_path / "missing"), "--backend", "ort"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model artefact folder not found" in err[0]
+
+
+def test_torch_backend_runs_a_registry_model_and_needs_weights():
+    kw = {"batch_sizes": (1, 2), "repeats": 3, "warmup": 1, "meters": NO_METERS, "progress": False}
+    r = bench(model=NAME, backend="torch", random_init=True, **kw)
+    assert r["backend"] == "torch" and r["weights"] == "random init"
+    assert [b["batch"] for b in r["model_only"]["batches"]] == [1, 2] and r["summary"]["clip_latency_median_s"] > 0
+    with pytest.raises(InputError, match="no weights"):
+        bench(model=NAME, backend="torch", **kw)
