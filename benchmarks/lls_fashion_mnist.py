@@ -1,0 +1,149 @@
+"""SmallConv on real Fashion-MNIST: BP vs LLS (square) vs LLS-M vs LLS-MxM vs learnable local classifiers.
+
+One shared budget (same epochs, batch, AdamW lr 5e-3 + cosine, augmentation, seed) for every mode; one table of
+test accuracy, training MACs per sample (counted), peak training memory (RSS growth measured in a fresh process
+per mode) and wall time per epoch — all measured in this run. Results: benchmarks/results/lls_fashion_mnist.json.
+
+    .venv/bin/python benchmarks/lls_fashion_mnist.py                 # full run (>= 10 epochs, 60k images)
+    .venv/bin/python benchmarks/lls_fashion_mnist.py --subset 2000 --epochs 1 --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from torch.utils.data import DataLoader, Subset
+
+from edgeml.bench.lls_cost import measure_peak_memory, training_macs
+from edgeml.data import open_image_dataset
+from edgeml.io import write_json
+from edgeml.lls.trainer import LocalLearner
+from edgeml.registry import create_model
+
+MODES = ("bp", "lls", "lls_m", "lls_mxm", "local_learnable")
+RESULTS = Path(__file__).parent / "results" / "lls_fashion_mnist.json"
+# The LLS paper's Table 1 (Fashion-MNIST, SmallConv, 100 epochs). The exact figures could not be retrieved here;
+# these are the approximate ranges quoted in the issue, stated as such in the table and the JSON.
+PAPER_TABLE1 = {"bp": "~91-92 (approx.)", "lls": "~89-91 (approx.)"}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy (%) of `model` on `loader`."""
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        correct += int((model(batch["image"]).argmax(1) == batch["label"]).sum())
+        total += len(batch["label"])
+    return 100.0 * correct / total
+
+
+def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: Console) -> dict:
+    torch.manual_seed(args.seed)
+    model = create_model("lls_smallconv", mode=mode)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader))
+    epoch_times, history = [], []
+    with Progress(TextColumn(f"[bold]{mode:>15}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(mode, total=args.epochs * len(loader), info="")
+        for epoch in range(args.epochs):
+            start, losses, accs = time.perf_counter(), [], []
+            for batch in loader:
+                m = learner.train_step([batch["image"]], batch["label"])
+                losses.append(m["loss"])
+                accs.append(m["acc"])
+                progress.update(task, advance=1, info=f"epoch {epoch + 1} loss {m['loss']:.3f}")
+            learner.end_epoch()
+            epoch_times.append(time.perf_counter() - start)
+            history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
+                            "train_acc": 100.0 * sum(accs) / len(accs), "seconds": epoch_times[-1]})
+    learner.before_eval(loader)
+    test_loader = DataLoader(test_set, batch_size=512)
+    accuracy = evaluate(model, test_loader)
+    macs = training_macs(model, mode, (1, 28, 28))
+    memory = measure_peak_memory("lls_smallconv", mode, batch_size=args.batch_size, steps=3)
+    console.print(f"{mode}: test accuracy {accuracy:.2f}%, {sum(epoch_times) / len(epoch_times):.1f} s/epoch, "
+                  f"peak training memory {memory['training_peak_bytes'] / 2**20:.1f} MiB")
+    return {"mode": mode, "test_accuracy": accuracy, "training_macs_per_sample": macs,
+            "peak_training_memory_bytes": memory["training_peak_bytes"], "memory_probe": memory,
+            "seconds_per_epoch": sum(epoch_times) / len(epoch_times), "history": history,
+            "paper_table1": PAPER_TABLE1.get(mode)}
+
+
+def summary_table(rows: list[dict]) -> Table:
+    bp = next((r for r in rows if r["mode"] == "bp"), None)
+    table = Table(title="SmallConv on Fashion-MNIST: BP vs local learning (one shared budget)")
+    for col in ("mode", "test acc %", "vs BP (pts)", "paper T1 %", "train MACs/sample", "MACs vs BP",
+                "peak train mem", "mem BP/mode", "s/epoch"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        macs = r["training_macs_per_sample"]["total"]
+        mem = r["peak_training_memory_bytes"]
+        table.add_row(
+            r["mode"], f"{r['test_accuracy']:.2f}",
+            f"{r['test_accuracy'] - bp['test_accuracy']:+.2f}" if bp else "-",
+            r["paper_table1"] or "-", f"{macs / 1e6:.2f} M",
+            f"{bp['training_macs_per_sample']['total'] / macs:.2f}x fewer" if bp else "-",
+            f"{mem / 2**20:.1f} MiB", f"{bp['peak_training_memory_bytes'] / mem:.2f}x" if bp else "-",
+            f"{r['seconds_per_epoch']:.1f}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick check)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--data", default="fashion-mnist", help="data set name or IDX folder")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    console = Console()
+    train_set = open_image_dataset(args.data, "train")
+    test_set = open_image_dataset(args.data, "test")
+    if args.subset:
+        train_set = Subset(train_set, range(min(args.subset, len(train_set))))
+    meta = {"benchmark": "lls_fashion_mnist", "model": "lls_smallconv", "data": args.data,
+            "train_images": len(train_set), "test_images": len(test_set), "epochs": args.epochs,
+            "batch_size": args.batch_size, "optimizer": f"AdamW lr {args.lr} + cosine, per block in local modes",
+            "augmentation": "RandomCrop(28, pad 4) + horizontal flip", "seed": args.seed,
+            "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
+                             f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
+            "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
+                           "+ local heads (edgeml.bench.lls_cost.training_macs)",
+            "paper_table1_note": "paper figures are approximate ranges (exact Table 1 values not retrieved)",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "python": sys.version.split()[0]}
+    rows: list[dict] = []
+    for mode in args.modes:
+        rows.append(run_mode(mode, args, train_set, test_set, console))
+        write_json(args.out, {**meta, "complete": len(rows) == len(args.modes), "results": rows})
+    console.print(summary_table(rows))
+    bp = next((r for r in rows if r["mode"] == "bp"), None)
+    lls = next((r for r in rows if r["mode"] == "lls"), None)
+    if bp and lls:
+        gap = bp["test_accuracy"] - lls["test_accuracy"]
+        ratio = bp["peak_training_memory_bytes"] / lls["peak_training_memory_bytes"]
+        goals = {"lls_within_1.5_points_of_bp": gap <= 1.5, "lls_memory_ratio_at_least_1.5": ratio >= 1.5,
+                 "accuracy_gap_points": gap, "memory_ratio": ratio}
+        write_json(args.out, {**meta, "complete": True, "goals": goals, "results": rows})
+        console.print(f"LLS vs BP: {gap:+.2f} points below BP (goal <= 1.5), {ratio:.2f}x less peak training "
+                      f"memory (goal >= 1.5x)")
+    console.print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""IDX reader and the Fashion-MNIST data set: good files, corrupt files, missing data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeml.data import DEFAULT_ROOTS, open_image_dataset
+from edgeml.data.idx import read_idx
+from edgeml.errors import DataError
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    code = {np.uint8: 0x08, np.int32: 0x0C}[array.dtype.type]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def make_idx_folder(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = True) -> Path:
+    """A tiny MNIST-layout folder with 28x28 images whose label is encoded in the first pixel."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = labels
+        for stem, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = _idx_bytes(arr)
+            (root / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(data) if gz else data)
+    return root
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_reads_gzip_and_raw_idx(tmp_path, gz):
+    root = make_idx_folder(tmp_path / "d", gz=gz)
+    ds = open_image_dataset(root, "train", augment=False)
+    assert len(ds) == 12 and ds.meta["in_channels"] == 1 and ds.meta["image_size"] == 28
+    item = ds[3]
+    assert item["image"].shape == (1, 28, 28) and item["image"].dtype == torch.float32
+    assert item["label"].item() == 3 and round(item["image"][0, 0, 0].item() * 255) == 3
+    assert len(open_image_dataset(root, "test")) == 6
+
+
+def test_int32_idx_round_trips(tmp_path):
+    arr = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
+    (tmp_path / "a.idx").write_bytes(_idx_bytes(arr))
+    assert np.array_equal(read_idx(tmp_path / "a.idx"), arr)
+
+
+def test_corrupt_header_is_a_clear_error(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x12\x34\x08\x03" + b"\x00" * 32)
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(bad)
+
+
+def test_truncated_data_is_a_clear_error(tmp_path):
+    data = _idx_bytes(np.zeros((4, 28, 28), np.uint8))
+    (tmp_path / "x").write_bytes(data[:-10])
+    with pytest.raises(DataError, match="announces shape"):
+        read_idx(tmp_path / "x")
+
+
+def test_mismatched_image_and_label_counts(tmp_path):
+    root = make_idx_folder(tmp_path / "d", gz=False)
+    (root / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(11, np.uint8)))
+    with pytest.raises(DataError, match="12 images but 11 labels"):
+        open_image_dataset(root, "train")
+
+
+def test_missing_dataset_path_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        open_image_dataset(tmp_path / "nowhere", "train")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        open_image_dataset("fashion-mnist", "train", root=tmp_path / "nowhere")
+
+
+def test_missing_label_file_names_it(tmp_path):
+    root = make_idx_folder(tmp_path / "d")
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        open_image_dataset(root, "test")
+
+
+def test_training_split_is_augmented_by_default(tmp_path):
+    root = make_idx_folder(tmp_path / "d")
+    ds = open_image_dataset(root, "train")
+    torch.manual_seed(0)
+    assert ds.augment and any(not torch.equal(ds[0]["image"], ds[0]["image"]) for _ in range(5))
+
+
+@pytest.mark.skipif(not DEFAULT_ROOTS["fashion-mnist"].is_dir(), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist():
+    train, test = open_image_dataset("fashion-mnist", "train"), open_image_dataset("fashion-mnist", "test")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.classes[9] == "ankle boot" and test.labels.bincount().tolist() == [1000] * 10

@@ -1,0 +1,88 @@
+"""Visual Wake Words: the standard person rule on a generated COCO-format fixture, images at 96 / 128."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeml.data import open_image_dataset
+from edgeml.data.vww import person_labels
+from edgeml.errors import DataError
+
+W, H = 200, 100  # image area 20,000 px: the 0.5% threshold is 100 px
+
+
+def _coco() -> dict:
+    images = [{"id": i, "width": W, "height": H, "file_name": f"img{i}.jpg"} for i in range(1, 8)]
+    person, dog = 1, 18
+
+    def ann(aid, image, cat, area, bbox=(0, 0, 10, 10), crowd=0):
+        return {"id": aid, "image_id": image, "category_id": cat, "area": area, "bbox": list(bbox), "iscrowd": crowd}
+
+    annotations = [
+        ann(1, 1, person, 101.0),                       # just above 0.5% -> person
+        ann(2, 2, person, 99.0),                        # just below -> no person
+        ann(3, 3, person, 100.0),                       # exactly 0.5%: the rule is strictly greater -> no person
+        ann(4, 4, person, 5000.0, crowd=1),             # crowd annotation above the threshold -> person
+        ann(5, 5, dog, 9000.0),                         # big non-person object -> no person
+        ann(6, 6, person, 50.0, bbox=(0, 0, 20, 20)),   # mask area below, box area (400) above
+        ann(7, 6, dog, 20.0),
+        # image 7 has no annotations at all -> no person
+    ]
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": person, "name": "person"}, {"id": dog, "name": "dog"}]}
+
+
+def test_standard_rule_on_fixture():
+    labels = person_labels(_coco())
+    assert labels == {1: 1, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0, 7: 0}
+
+
+def test_box_area_variant():
+    assert person_labels(_coco(), area="bbox")[6] == 1
+
+
+def test_annotation_for_unknown_image_is_an_error():
+    coco = _coco()
+    coco["annotations"].append({"id": 99, "image_id": 42, "category_id": 1, "area": 1.0, "bbox": [0, 0, 1, 1]})
+    with pytest.raises(DataError, match="unknown image 42"):
+        person_labels(coco)
+
+
+def _fixture(root: Path) -> Path:
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    coco = _coco()
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(coco))
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    rng = np.random.default_rng(0)
+    for img in coco["images"]:
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "images" / img["file_name"])
+    return root
+
+
+@pytest.mark.parametrize("size", [96, 128])
+def test_dataset_reads_images_at_size(tmp_path, size):
+    ds = open_image_dataset(_fixture(tmp_path / "vww"), "val", size=size)
+    assert len(ds) == 7 and ds.classes == ["no person", "person"] and ds.meta["image_size"] == size
+    item = ds[0]
+    assert item["image"].shape == (3, size, size) and 0.0 <= item["image"].min() <= item["image"].max() <= 1.0
+    assert [ds[i]["label"].item() for i in range(7)] == [1, 0, 0, 1, 0, 0, 0]
+
+
+def test_missing_image_is_a_clear_error(tmp_path):
+    root = _fixture(tmp_path / "vww")
+    (root / "images" / "img2.jpg").unlink()
+    with pytest.raises(DataError, match="img2.jpg"):
+        open_image_dataset(root, "train")[1]
+
+
+def test_missing_split_annotations(tmp_path):
+    root = _fixture(tmp_path / "vww")
+    with pytest.raises(DataError, match="no annotation file for split 'test'"):
+        (root / "annotations" / "instances_val.json").unlink()
+        open_image_dataset(root, "test")

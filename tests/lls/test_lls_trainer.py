@@ -1,0 +1,88 @@
+"""LocalLearner: per-block optimizers, learning on a small separable task, BN re-estimation, checkpoint state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeml.errors import ConfigError
+from edgeml.lls.trainer import LocalLearner
+from edgeml.registry import create_model
+
+
+def _toy(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes that differ by which half of the image is bright, [n, 1, 16, 16]."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.rand(n, 1, 16, 16, generator=g) * 0.3
+    images[labels == 0, :, :, :8] += 0.7
+    images[labels == 1, :, :, 8:] += 0.7
+    return images, labels
+
+
+def _net(mode: str):
+    torch.manual_seed(0)
+    return create_model("lls_smallconv", mode=mode, num_classes=2, image_size=16)
+
+
+def test_each_block_has_its_own_optimizer_covering_all_parameters_once():
+    model = _net("lls_mxm")
+    learner = LocalLearner(model, mode="lls_mxm", lr=1e-3, epochs=1, steps_per_epoch=10)
+    assert len(learner.optimizers) == len(model.blocks) + 1
+    ids = [id(p) for g in learner.groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert any(p is model.blocks[0].head for p in learner.groups[0])
+
+
+@pytest.mark.parametrize("mode", ["bp", "lls", "lls_m", "lls_mxm", "local_learnable"])
+def test_every_mode_learns_a_separable_task(mode):
+    model = _net(mode)
+    images, labels = _toy()
+    learner = LocalLearner(model, mode=mode, lr=5e-3, epochs=1, steps_per_epoch=30)
+    first = learner.train_step([images], labels)
+    for _ in range(29):
+        last = learner.train_step([images], labels)
+    assert last["loss"] < first["loss"]
+    learner.before_eval([{"image": images, "label": labels}])
+    with torch.no_grad():
+        model.eval()
+        test_images, test_labels = _toy(seed=1)
+        accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
+    assert accuracy > 0.9
+    if mode != "bp":
+        assert {f"local_loss_{i}" for i in range(len(model.blocks))} <= set(last)
+
+
+def test_before_eval_re_estimates_batchnorm_statistics():
+    model = _net("lls")
+    learner = LocalLearner(model, mode="lls", lr=1e-3, epochs=1, steps_per_epoch=1)
+    bn = model.blocks[0].block[1]
+    before = bn.running_mean.clone()
+    images, _ = _toy()
+    learner.before_eval([{"image": images * 5.0}] * 3)
+    assert not torch.allclose(before, bn.running_mean)
+    assert not model.training
+
+
+def test_state_dict_round_trip_restores_optimizer_and_schedule():
+    images, labels = _toy()
+    model = _net("lls_m")
+    learner = LocalLearner(model, mode="lls_m", lr=5e-3, epochs=2, steps_per_epoch=3)
+    for _ in range(3):
+        learner.train_step([images], labels)
+    state = learner.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    clone = _net("lls_m")
+    clone.load_state_dict(model.state_dict())
+    resumed = LocalLearner(clone, mode="lls_m", lr=5e-3, epochs=2, steps_per_epoch=3)
+    resumed.load_state_dict(state)
+    learner.train_step([images], labels)
+    resumed.train_step([images], labels)
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(learner.optimizers[0].param_groups[0]["lr"])
+
+
+def test_mode_must_match_the_model():
+    with pytest.raises(ConfigError, match="lls_mxm"):
+        LocalLearner(_net("lls"), mode="lls_mxm")
