@@ -1,0 +1,221 @@
+"""PyTorch -> ONNX: any registered model at a chosen opset, static shapes by default (dynamic batch optional).
+
+Every graph is checked (onnx.checker), shape-inferred and simplified (onnxsim folds constants and removes
+redundant nodes; when it fails the unsimplified graph is kept and the reason recorded). Spiking models with the
+streaming API (`stream_init`, `stream_step`, `stream_head`, contract B) are also exported as two graphs:
+`stream_step` (one P-step, membrane state as explicit inputs `state_in_i` and outputs `state_out_i`) and
+`stream_head` (I-frame + stacked P-tokens -> logits), so a device can run frame by frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeml.errors import ExportError
+
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+               11: "float64"}
+
+
+def export_onnx(model: Any, inputs: Sequence[Any], path: str | Path, *, input_names: Sequence[str],
+                output_names: Sequence[str], opset: int, dynamic_batch: bool = False,
+                simplify: bool = True) -> dict[str, Any]:
+    """Export `model(*inputs)` to `path`; returns notes {"simplified": bool, "simplify_note": str, "nodes": int}.
+
+    Shapes are those of `inputs` (static); with `dynamic_batch` the first axis of every input and output is
+    symbolic ("batch").
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    model = model.eval()
+    dyn = None
+    if dynamic_batch:
+        dyn = {n: {0: "batch"} for n in [*input_names, *output_names]}
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter keeps static shapes exactly as traced and inlines autograd.Functions
+            # (surrogate-gradient spikes); the dynamo exporter would need opset >= 18, beyond TensorRT 8.5.
+            torch.onnx.export(model, tuple(inputs), buf, input_names=list(input_names),
+                              output_names=list(output_names), opset_version=opset, dynamic_axes=dyn,
+                              do_constant_folding=True, dynamo=False)
+    except Exception as e:  # the exporter's errors name the op; keep the first line
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {str(e).splitlines()[0][:300]}",
+                          fix="try another --opset, or check the model's forward for unsupported operations") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    proto = check_and_infer(proto)
+    notes: dict[str, Any] = {"simplified": False, "simplify_note": "disabled"}
+    if simplify:
+        proto, notes = _simplify(proto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    notes["nodes"] = len(proto.graph.node)
+    return notes
+
+
+def check_and_infer(proto: Any) -> Any:
+    """onnx.checker (full) + strict shape inference; an invalid graph is an ExportError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"the exported ONNX graph is invalid: {str(e).splitlines()[0][:300]}") from e
+
+
+def _simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
+    try:
+        import onnxsim
+    except ImportError:
+        return proto, {"simplified": False, "simplify_note": "onnxsim not installed"}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(proto)
+    except Exception as e:  # onnxsim aborts on some graphs; the unsimplified graph is still valid
+        return proto, {"simplified": False, "simplify_note": f"onnxsim failed: {str(e).splitlines()[0][:200]}"}
+    if not ok:
+        return proto, {"simplified": False, "simplify_note": "onnxsim's own check failed; kept the original"}
+    return check_and_infer(simplified), {"simplified": True, "simplify_note": f"onnxsim {onnxsim.__version__}"}
+
+
+def graph_io(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """{"inputs": [{name, shape, dtype}], "outputs": [...]} of an ONNX file (symbolic dims as strings)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+
+    def desc(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": ONNX_DTYPES.get(t.elem_type, str(t.elem_type))}
+
+    return {"inputs": [desc(v) for v in g.input if v.name not in inits], "outputs": [desc(v) for v in g.output]}
+
+
+def op_types(path: str | Path) -> list[tuple[str, str]]:
+    """Sorted distinct (domain, op_type) pairs of an ONNX graph, subgraphs (If/Loop bodies) included."""
+    import onnx
+
+    seen: set[tuple[str, str]] = set()
+
+    def walk(graph: Any) -> None:
+        for n in graph.node:
+            seen.add((n.domain or "ai.onnx", n.op_type))
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                for sub in a.graphs:
+                    walk(sub)
+
+    walk(onnx.load(str(path), load_external_data=False).graph)
+    return sorted(seen)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+
+def is_streaming(model: Any) -> bool:
+    """True for models with the streaming API of contract B (spiking video models)."""
+    return all(callable(getattr(model, k, None)) for k in ("stream_init", "stream_step", "stream_head"))
+
+
+def stream_step_inputs(model: Any, input_names: Sequence[str]) -> list[str]:
+    """Names of the per-step (time-indexed, dim 1) inputs: `model.stream_step_inputs`, else all but the first."""
+    return list(getattr(model, "stream_step_inputs", input_names[1:]))
+
+
+class _Step:
+    """nn.Module wrapper exposing `stream_step` as forward (built lazily so torch is imported only when needed)."""
+
+    @staticmethod
+    def make(model: Any) -> Any:
+        import torch
+
+        class StreamStep(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, *args: Any) -> Any:
+                return tuple(self.m.stream_step(*args))
+
+        class StreamHead(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, first: Any, p_tokens: Any) -> Any:
+                return self.m.stream_head(first, p_tokens)
+
+        return StreamStep().eval(), StreamHead().eval()
+
+
+def export_streaming(model: Any, inputs: Sequence[Any], out_dir: str | Path, *, input_names: Sequence[str],
+                     output_names: Sequence[str], opset: int, simplify: bool = True) -> dict[str, Any]:
+    """Write `stream_step.onnx` and `stream_head.onnx` into `out_dir`; returns their I/O description.
+
+    step:  (<x>_t [B, ...] for each per-step input, state_in_0..k-1) -> (p_tokens_t, state_out_0..k-1)
+    head:  (<first input> [B, ...], p_tokens [B, T, ...]) -> logits
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    names = list(input_names)
+    per_step = stream_step_inputs(model, names)
+    feeds = dict(zip(names, inputs, strict=True))
+    first = [n for n in names if n not in per_step]
+    if len(first) != 1:
+        raise ExportError(f"streaming export expects exactly one non-temporal input, got {first}")
+    step_mod, head_mod = _Step.make(model)
+    batch = inputs[0].shape[0]
+    with torch.no_grad():
+        state = tuple(model.stream_init(batch))
+        step_in = [feeds[n][:, 0] for n in per_step]
+        p0, *_ = step_mod(*step_in, *state)
+        steps = feeds[per_step[0]].shape[1]
+        p_tokens = torch.stack([p0] * steps, dim=1)
+    k = len(state)
+    step_names = [f"{n}_t" for n in per_step] + [f"state_in_{i}" for i in range(k)]
+    step_outs = ["p_tokens_t"] + [f"state_out_{i}" for i in range(k)]
+    n1 = export_onnx(step_mod, [*step_in, *state], out_dir / "stream_step.onnx", input_names=step_names,
+                     output_names=step_outs, opset=opset, simplify=simplify)
+    n2 = export_onnx(head_mod, [feeds[first[0]], p_tokens], out_dir / "stream_head.onnx",
+                     input_names=[first[0], "p_tokens"], output_names=list(output_names), opset=opset,
+                     simplify=simplify)
+    return {"step": "stream_step.onnx", "head": "stream_head.onnx", "steps": int(steps), "per_step_inputs": per_step,
+            "first_input": first[0], "num_states": k,
+            "state_shapes": [list(s.shape) for s in state], "step_notes": n1, "head_notes": n2}
+
+
+def run_streaming_onnx(art_dir: str | Path, feeds: dict[str, Any], stream: dict[str, Any],
+                       providers: Sequence[str] = ("CPUExecutionProvider",)) -> tuple[Any, list[Any]]:
+    """Run the streaming graphs frame by frame on `feeds` (unrolled-model inputs, numpy) -> (logits, p_tokens_t list).
+
+    The initial membrane state is zeros of the recorded shapes (what `stream_init` returns).
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    art_dir = Path(art_dir)
+    step = ort.InferenceSession(str(art_dir / stream["step"]), providers=list(providers))
+    head = ort.InferenceSession(str(art_dir / stream["head"]), providers=list(providers))
+    state = [np.zeros(s, dtype=np.float32) for s in stream["state_shapes"]]
+    tokens = []
+    for t in range(stream["steps"]):
+        f = {f"{n}_t": np.ascontiguousarray(feeds[n][:, t]) for n in stream["per_step_inputs"]}
+        f.update({f"state_in_{i}": s for i, s in enumerate(state)})
+        p, *state = step.run(None, f)
+        tokens.append(p)
+    logits = head.run(None, {stream["first_input"]: feeds[stream["first_input"]],
+                             "p_tokens": np.stack(tokens, axis=1)})[0]
+    return logits, tokens

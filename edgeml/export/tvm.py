@@ -1,0 +1,131 @@
+"""ONNX -> TVM Relax -> compiled library for the profile's target (extra `[tvm]`, apache-tvm 0.27).
+
+x86 (`host_runnable = true`) builds `tvm/model.so` that runs here (checked for parity by validate). Cross targets
+(aarch64 for rpi4) build `tvm/model.tar` (objects) and, where the cross linker from the profile
+(`aarch64-linux-gnu-g++`) is installed, `tvm/model.so`. Optional MetaSchedule tuning (`tune_trials > 0`) uses
+relax's "static_shape_tuning" pipeline and records its database under `tvm/tuning/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeml.errors import ExportError, MissingDependencyError
+
+
+def import_tvm() -> Any:
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError("apache-tvm", extra="tvm", purpose=f"TVM export ({e})") from None
+    return tvm
+
+
+def make_target(spec: dict[str, Any]) -> Any:
+    """`tvm.target.Target` from the profile's target dict (TVM 0.27 takes dicts, not CLI strings)."""
+    tvm = import_tvm()
+    try:
+        return tvm.target.Target(dict(spec))
+    except Exception as e:
+        raise ExportError(f"invalid TVM target {spec}: {str(e).splitlines()[0][:200]}",
+                          fix="fix [tvm] target in the profile") from None
+
+
+def relax_module(onnx_path: str | Path) -> Any:
+    """Import an ONNX file into a Relax IRModule with inference-mode ops (BatchNorm folded into arithmetic)."""
+    import onnx
+
+    import_tvm()
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = onnx.load(str(onnx_path))
+    try:
+        mod = from_onnx(proto, keep_params_in_input=False)
+    except Exception as e:
+        raise ExportError(f"TVM's ONNX frontend cannot import the model: {str(e).splitlines()[0][:300]}") from e
+    return relax.transform.DecomposeOpsForInference()(mod)
+
+
+def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *, tune_trials: int = 0,
+          log: Any = print) -> dict[str, Any]:
+    """Compile `onnx_path` for `tvm_cfg["target"]` into `out_dir`; returns the files written and build facts."""
+    tvm = import_tvm()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = make_target(tvm_cfg["target"])
+    mod = relax_module(onnx_path)
+    t0 = time.perf_counter()
+    tuned = None
+    try:
+        if tune_trials > 0:
+            tuned = _tune(mod, target, out_dir / "tuning", tune_trials)
+            mod = tuned["mod"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ex = tvm.compile(mod, target=target)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"TVM compile for {tvm_cfg['target']} failed: {str(e).splitlines()[0][:300]}") from e
+    info: dict[str, Any] = {"target": dict(tvm_cfg["target"]), "compile_s": round(time.perf_counter() - t0, 2),
+                            "tuned": bool(tuned), "tune_trials": tune_trials, "files": []}
+    if tvm_cfg.get("host_runnable", False):
+        ex.export_library(str(out_dir / "model.so"))
+        info["files"].append("model.so")
+    else:
+        ex.export_library(str(out_dir / "model.tar"))
+        info["files"].append("model.tar")
+        cxx = tvm_cfg.get("cross_compiler")
+        if cxx and shutil.which(cxx):
+            from tvm.support import cc  # noqa: F401  (import check: cross_compiler lives here in 0.27)
+
+            fcompile = _cross_compiler(cxx)
+            ex.export_library(str(out_dir / "model.so"), fcompile=fcompile)
+            info["files"].append("model.so")
+            info["linker"] = cxx
+        else:
+            info["linker"] = None
+            info["link_note"] = f"{cxx or 'no cross compiler'} not installed: link model.tar on the device"
+    info["runnable_here"] = bool(tvm_cfg.get("host_runnable", False))
+    log(f"[export] TVM built {', '.join(info['files'])} for {tvm_cfg['target']} in {info['compile_s']} s")
+    return info
+
+
+def _cross_compiler(cxx: str) -> Any:
+    from tvm.support import cc
+
+    return cc.cross_compiler(cxx)
+
+
+def _tune(mod: Any, target: Any, work_dir: Path, trials: int) -> dict[str, Any]:
+    """MetaSchedule tuning through relax's static_shape_tuning pipeline (needs xgboost, cloudpickle, psutil)."""
+    import tvm
+    from tvm import relax
+
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("xgboost", purpose="TVM MetaSchedule tuning (--tune)") from None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with target:
+        pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(work_dir),
+                                      total_trials=trials)
+        mod = pipeline(mod)
+    return {"mod": mod, "work_dir": str(work_dir), "tvm": tvm.__version__}
+
+
+def load(so_path: str | Path, device: str = "cpu") -> Any:
+    """A Relax VirtualMachine over a compiled `model.so` (host architecture only)."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    lib = tvm.runtime.load_module(str(so_path))
+    dev = tvm.cpu() if device == "cpu" else tvm.cuda()
+    return relax.VirtualMachine(lib, dev), dev
