@@ -86,7 +86,7 @@ def create_model(name: str, checkpoint: str | PathLike | None = None, **override
     spec = model_spec(name)
     config = {**spec.defaults, **overrides}
     if checkpoint is None:
-        return spec.factory(**config)
+        return _tag(spec.factory(**config), name)
     from edgeml.io import load_checkpoint
 
     tensors, meta = load_checkpoint(checkpoint, expect_model=name)
@@ -99,4 +99,11 @@ def create_model(name: str, checkpoint: str | PathLike | None = None, **override
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"weights do not fit model {name!r} ({first})", path=checkpoint) from None
+    return _tag(model, name)
+
+
+def _tag(model: Any, name: str) -> Any:
+    """Record the registry name on the module (`edgeml.train` names checkpoints by it)."""
+    if hasattr(model, "__dict__"):
+        model.registry_name = name
     return model
