@@ -15,7 +15,7 @@ normalisation (as in the authors' `LocalLosses` mode). This is exactly the autho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -171,17 +171,22 @@ class LLSBlock(nn.Module):
                  waveform: str = "square", temperature: float = 0.5, label_smoothing: float = 0.0):
         super().__init__()
         self.block = block
-        self.mode = check_mode(mode)
         self.feature_dim = feature_dim
-        self.rule = LocalRule(mode if mode != "bp" else "lls", num_classes, pool, waveform, temperature,
-                              label_smoothing)
-        shape = head_shape(mode, num_classes, feature_dim)
-        if shape is not None:
+        self.rule = LocalRule("lls", num_classes, pool, waveform, temperature, label_smoothing)
+        self.head: nn.Parameter | None = None
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the training mode; a head of a new shape is freshly initialised (do this before training)."""
+        self.mode = check_mode(mode)
+        self.rule = replace(self.rule, mode=mode if mode != "bp" else "lls")
+        shape = head_shape(mode, self.rule.num_classes, self.feature_dim)
+        if shape is None:
+            self.head = None
+        elif self.head is None or tuple(self.head.shape) != shape:
             # The authors' initialisation: 0.01 N(0, 1) for the modulations, 0.1 N(0, 1) for local classifiers.
             scale = 0.1 if mode == "local_learnable" else 0.01
             self.head = nn.Parameter(scale * torch.randn(shape))
-        else:
-            self.head = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)

@@ -50,8 +50,9 @@ class LocalLearner:
         if not hasattr(model, "blocks"):
             raise ConfigError(f"mode {self.mode!r} needs an LLS net (lls_smallconv, lls_vgg8, lls_vww)")
         if self.mode != "bp" and self.mode != model.mode:
-            raise ConfigError(f"the model was built for mode {model.mode!r} but the learner was asked for "
-                              f"{self.mode!r}", fix=f"build the model with mode={self.mode!r}")
+            # A net built with its default mode trains in the requested one: blocks get that mode's local
+            # heads (freshly initialised where the shape changes) and model.config records the mode.
+            model.set_mode(self.mode)
         self.distributed = distributed and torch.distributed.is_available() and torch.distributed.is_initialized()
         if self.mode == "bp":
             self.groups = [list(model.parameters())]

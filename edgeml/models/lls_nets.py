@@ -48,6 +48,12 @@ class LLSNet(nn.Module):
         self.config = dict(config)
         self.mode = config["mode"]
 
+    def set_mode(self, mode: str) -> None:
+        """Train in another mode: every block gets that mode's local head (new heads are freshly initialised)."""
+        for block in self.blocks:
+            block.set_mode(mode)
+        self.mode = self.config["mode"] = mode
+
     @staticmethod
     def scale_input(image: torch.Tensor) -> torch.Tensor:
         """[0, 1] -> [-1, 1] (the fixed normalisation every LLS net applies first)."""

@@ -86,3 +86,18 @@ def test_missing_split_annotations(tmp_path):
     with pytest.raises(DataError, match="no annotation file for split 'test'"):
         (root / "annotations" / "instances_val.json").unlink()
         open_image_dataset(root, "test")
+
+
+def test_vww_batches_train_the_mobilenet_locally(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from edgeml.lls.trainer import LocalLearner
+    from edgeml.registry import create_model
+
+    ds = open_image_dataset(_fixture(tmp_path / "vww"), "train", size=96)
+    batch = next(iter(DataLoader(ds, batch_size=7)))
+    torch.manual_seed(0)
+    model = create_model("lls_vww", mode="lls", image_size=96)
+    metrics = LocalLearner(model, mode="lls", epochs=1, steps_per_epoch=1).train_step([batch["image"]], batch["label"])
+    assert np.isfinite(metrics["loss"]) and len([k for k in metrics if k.startswith("local_loss_")]) == 14

@@ -83,6 +83,14 @@ def test_state_dict_round_trip_restores_optimizer_and_schedule():
     assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(learner.optimizers[0].param_groups[0]["lr"])
 
 
-def test_mode_must_match_the_model():
-    with pytest.raises(ConfigError, match="lls_mxm"):
-        LocalLearner(_net("lls"), mode="lls_mxm")
+def test_learner_switches_a_default_built_net_to_its_mode():
+    model = _net("lls")
+    learner = LocalLearner(model, mode="lls_mxm")
+    assert model.mode == model.config["mode"] == "lls_mxm"
+    assert all(b.head.shape == (2, 2) for b in model.blocks)
+    assert any(p is model.blocks[0].head for p in learner.groups[0])
+
+
+def test_non_lls_model_is_refused():
+    with pytest.raises(ConfigError, match="LLS net"):
+        LocalLearner(torch.nn.Linear(3, 2), mode="lls")
