@@ -31,7 +31,7 @@ from edgeml.io import read_json, write_json
 
 SCHEMA = "edgeml.bench"
 SCHEMA_VERSION = 1
-BACKENDS = ("torch", "ort", "ort-int8", "tvm", "trt")
+BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "tvm", "trt")
 ESTIMATED_LABEL = "estimated (no power sensor)"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -39,6 +39,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 _BACKEND_DEPS = {
     "torch": ("torch", "torch", None),
     "ort": ("onnxruntime", "onnxruntime", None),
+    "ort-fp16": ("onnxruntime", "onnxruntime", None),
     "ort-int8": ("onnxruntime", "onnxruntime", None),
     "tvm": ("tvm", "apache-tvm", "tvm"),
     "trt": ("tensorrt", "tensorrt", "tensorrt"),
@@ -98,29 +99,16 @@ def clip_settings(manifest: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- runtimes
 
 
-class TorchRuntime:
-    """A registry model behind the Runtime interface (`input_names`, `run(feeds) -> [outputs]`).
+def torch_runtime(model: Any, input_names: Sequence[str]) -> Any:
+    """A registry model behind the Runtime interface, on the GPU where torch sees one (with its sync)."""
+    import torch
 
-    On a GPU the model runs there (host-to-device copies included in each call, as a deployment pays them);
-    `sync` is the CUDA synchronisation the timer calls.
-    """
+    from edgeml.export.runtime import TorchRuntime
 
-    def __init__(self, model: Any, input_names: Sequence[str], device: str | None = None):
-        import torch
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.eval().to(self.device)
-        self.input_names = list(input_names)
-        self.sync = default_sync(self.device)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device)
-                               for k in self.input_names])
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.detach().cpu().numpy() for o in outs]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rt = TorchRuntime(model, input_names, device=device)
+    rt.sync = default_sync(device)
+    return rt
 
 
 def _open_runtime(artefact: Path, backend: str) -> Any:
@@ -257,8 +245,9 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
     meters = meters if meters is not None else open_meters()
 
     with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
-        manifest, runtime, torch_model = _prepare(model, artefact, backend, target, checkpoint, random_init,
-                                                  Path(tmp))
+        given_artefact = artefact
+        manifest, runtime, torch_model, artefact = _prepare(model, artefact, backend, target, checkpoint,
+                                                            random_init, Path(tmp))
         model_name = model or _model_name(manifest)
         config = _model_config(manifest) if manifest else {}
         input_names = list(runtime.input_names)
@@ -267,7 +256,8 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model_name, "config": config, "backend": backend,
             "target": target or manifest.get("target") if manifest else target,
-            "artefact": str(artefact) if artefact else None, "input": input,
+            "artefact": str(given_artefact) if given_artefact else ("exported for this run" if artefact else None),
+            "input": input,
             "weights": _weights_note(manifest, checkpoint, random_init),
             "environment": {**runtime_environment(), "platform": platform.platform(),
                             "machine": platform.machine(), "processor": platform.processor()},
@@ -290,10 +280,10 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
             readings, clips_per_video = [], 1.0
 
         results["model_only"] = _model_only(runtime, sample_feeds, batch_sizes, warmup, repeats, max_seconds,
-                                            meters)
+                                            meters, fixed_batch=_fixed_batch(manifest))
         results["energy"] = _energy(readings, n_videos, clips_per_video, results["model_only"], meters,
                                     torch_model, model_name, config, manifest, checkpoint, sample_feeds,
-                                    input_names)
+                                    input_names, artefact)
         results["summary"] = _summary(results)
     if out is not None:
         write_json(out, results)
@@ -310,8 +300,8 @@ def _weights_note(manifest: dict, checkpoint: str | Path | None, random_init: bo
 
 
 def _prepare(model: str | None, artefact: str | Path | None, backend: str, target: str | None,
-             checkpoint: str | Path | None, random_init: bool, tmp: Path) -> tuple[dict, Any, Any]:
-    """(manifest, runtime, torch model or None) for the requested model/artefact and backend."""
+             checkpoint: str | Path | None, random_init: bool, tmp: Path) -> tuple[dict, Any, Any, Path | None]:
+    """(manifest, runtime, torch model or None, artefact folder or None) for the requested model and backend."""
     if artefact is None and model is None:
         raise InputError("nothing to benchmark", fix="pass --model NAME or --artefact DIR")
     if artefact is None and backend == "torch":
@@ -321,7 +311,7 @@ def _prepare(model: str | None, artefact: str | Path | None, backend: str, targe
             raise InputError(f"no weights for {model!r}", fix="pass --checkpoint PATH, or --random-init for timing")
         m = create_model(model, checkpoint=checkpoint)
         manifest = {"model": model, "config": _config_of(model, checkpoint), "target": target}
-        return manifest, TorchRuntime(m, model_spec(model).input_names), m
+        return manifest, torch_runtime(m, model_spec(model).input_names), m, None
     if artefact is None:
         if target is None:
             raise InputError("--backend other than torch needs --target PROFILE (or --artefact DIR)")
@@ -329,7 +319,7 @@ def _prepare(model: str | None, artefact: str | Path | None, backend: str, targe
     manifest = read_manifest(artefact)
     if model is not None and _model_name(manifest) not in (None, model):
         raise InputError(f"artefact holds model {_model_name(manifest)!r}, not {model!r}", path=artefact)
-    return manifest, _open_runtime(Path(artefact), backend), None
+    return manifest, _open_runtime(Path(artefact), backend), None, Path(artefact)
 
 
 def _config_of(model: str, checkpoint: str | Path | None) -> dict:
@@ -403,13 +393,26 @@ def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, pa
     return np.mean(np.concatenate(logits), axis=0), feeds, t_model
 
 
+def _fixed_batch(manifest: dict) -> int | None:
+    """The batch size an export was built for, when its graph has a fixed batch dimension."""
+    if manifest.get("dynamic_batch") is False and isinstance(manifest.get("batch"), int):
+        return manifest["batch"]
+    return None
+
+
 def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequence[int], warmup: int, repeats: int,
-                max_seconds: float, meters: MeterSet) -> dict:
+                max_seconds: float, meters: MeterSet, fixed_batch: int | None = None) -> dict:
     """Runtime latency at each batch size; a batch the artefact cannot take is recorded with the reason."""
     sync = getattr(runtime, "sync", None)  # the backend's own synchronisation, where it has one
     timer = cuda_event_timer if str(getattr(runtime, "device", "cpu")).startswith("cuda") else host_timer
     rows = []
+    if fixed_batch is not None and fixed_batch not in batch_sizes:
+        batch_sizes = [fixed_batch, *batch_sizes]
     for b in batch_sizes:
+        if fixed_batch is not None and b != fixed_batch:
+            rows.append({"batch": b, "error": f"not run: the artefact was exported with a fixed batch of {fixed_batch}"
+                                              " (export with a dynamic batch to sweep)"})
+            continue
         fb = _repeat_to(feeds, b)
         try:
             runtime.run(fb)
@@ -429,7 +432,7 @@ def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequenc
 
 def _energy(readings: list, videos: int, clips_per_video: float, model_only: dict, meters: MeterSet,
             torch_model: Any, model_name: str, config: dict, manifest: dict, checkpoint: Any,
-            feeds: dict[str, np.ndarray], input_names: list[str]) -> dict:
+            feeds: dict[str, np.ndarray], input_names: list[str], artefact: str | Path | None) -> dict:
     if readings and any(r.joules is not None for r in readings):
         out = _measured_energy(readings, videos)
         out["scope"] = "end-to-end (decode + extraction + model), whole sensor scope incl. idle power"
@@ -439,8 +442,9 @@ def _energy(readings: list, videos: int, clips_per_video: float, model_only: dic
                "joules_per_video": rows[0]["joules_per_item"] * clips_per_video if rows else None,
                "scope": f"model only, batch {rows[0]['batch']}" if rows else "no valid reading"}
     else:
-        model = torch_model or _model_for_estimate(model_name, config, manifest, checkpoint)
+        model = torch_model or _model_for_estimate(model_name, config, manifest, checkpoint, artefact)
         est = estimate_energy_per_clip(model, feeds, input_names)
+        est["weights"] = getattr(model, "_edgeml_weights", "as exported")
         per_video = None if est["joules"] is None else est["joules"] * clips_per_video
         out = {"method": "estimated", "label": ESTIMATED_LABEL, "joules_per_video": per_video,
                "joules_per_clip": est["joules"], "clips_per_video": clips_per_video, "estimate": est,
@@ -449,16 +453,26 @@ def _energy(readings: list, videos: int, clips_per_video: float, model_only: dic
     return out
 
 
-def _model_for_estimate(model_name: str, config: dict, manifest: dict, checkpoint: Any) -> Any:
-    """The torch model matching the artefact, for op counting: its checkpoint if known, else random init."""
+def _model_for_estimate(model_name: str, config: dict, manifest: dict, checkpoint: Any,
+                        artefact: str | Path | None) -> Any:
+    """The torch model matching the artefact, for op counting (spike rates depend on the weights).
+
+    Weights: the artefact's own model.safetensors, else the checkpoint it was exported from, else random init
+    (then the estimate says so: an untrained network's spike rates are not the trained one's).
+    """
     from edgeml.registry import create_model
 
-    ckpt = checkpoint or (manifest.get("checkpoint") if manifest else None)
+    candidates = [checkpoint, Path(artefact) / "model.safetensors" if artefact else None]
     if isinstance(manifest.get("weights"), dict):
-        ckpt = ckpt or manifest["weights"].get("checkpoint") or manifest["weights"].get("path")
-    if ckpt and Path(ckpt).is_file():
-        return create_model(model_name, checkpoint=ckpt)
-    return create_model(model_name, **config)
+        candidates.append(manifest["weights"].get("checkpoint"))
+    for ckpt in candidates:
+        if ckpt and Path(ckpt).is_file():
+            model = create_model(model_name, checkpoint=ckpt)
+            model._edgeml_weights = str(ckpt)
+            return model
+    model = create_model(model_name, **config)
+    model._edgeml_weights = "random init (no checkpoint found): spike rates of an untrained network"
+    return model
 
 
 def _summary(r: dict) -> dict:

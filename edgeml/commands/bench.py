@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="registered model name (e.g. video_spiking)")
     p.add_argument("--artefact", help="export folder from `edgeml export` (has manifest.json)")
-    p.add_argument("--backend", default="ort", choices=["torch", "ort", "ort-int8", "tvm", "trt"])
+    p.add_argument("--backend", default="ort", choices=["torch", "ort", "ort-fp16", "ort-int8", "tvm", "trt"])
     p.add_argument("--target", help="target profile (e.g. x86-cpu, jetson); exports on the fly without --artefact")
     p.add_argument("--checkpoint", help="weights for --model (what `edgeml train` wrote)")
     p.add_argument("--random-init", action="store_true", help="allow random weights (latency work only)")

@@ -59,22 +59,12 @@ def make_artefact(folder: Path, batch: int | str = "B") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     onnx_model(folder / "model.onnx", batch)
     manifest = {"model": NAME, "config": {"clip_len": 1, "grid": 4, "height": 8, "width": 8},
-                "target": "x86-cpu", "classes": CLASSES, "weights": "test"}
+                "target": "x86-cpu", "classes": CLASSES, "weights": {"source": "test", "checkpoint": None},
+                "batch": 1 if batch == 1 else "B", "dynamic_batch": batch != 1,
+                "inputs": [{"name": "image", "shape": [batch, 3, 8, 8], "dtype": "float32"}],
+                "outputs": [{"name": "logits", "shape": [batch, 2], "dtype": "float32"}]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
-
-
-class OrtRuntime:
-    """Runtime interface over an onnxruntime session (stands in for edgeml.export.runtime in these tests)."""
-
-    def __init__(self, folder: Path):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def run(self, feeds):
-        return self.session.run(None, feeds)
 
 
 def make_videos(folder: Path, per_class: int = 2) -> Path:

@@ -7,10 +7,9 @@ import json
 import shutil
 
 import pytest
-from bench_tiny import OrtRuntime, install_fake_video_module, make_artefact, make_videos
+from bench_tiny import install_fake_video_module, make_artefact, make_videos
 
 from edgeml import cli
-from edgeml.bench import run as bench_run
 from edgeml.bench.meters import MeterSet
 from edgeml.bench.report import write_report
 from edgeml.bench.run import bench
@@ -23,7 +22,6 @@ def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(bench_run, "_open_runtime", lambda folder, backend: OrtRuntime(folder))
         install_fake_video_module(mp)
         art = make_artefact(tmp / "artefact")
         videos = make_videos(tmp / "videos")

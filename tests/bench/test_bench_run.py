@@ -7,7 +7,7 @@ import time
 
 import pytest
 from bench_fakes import FakePynvml
-from bench_tiny import NAME, OrtRuntime, install_fake_video_module, make_artefact, make_videos
+from bench_tiny import NAME, install_fake_video_module, make_artefact, make_videos
 
 from edgeml import cli
 from edgeml.bench import run as bench_run
@@ -19,8 +19,7 @@ NO_METERS = MeterSet([], [])
 
 
 @pytest.fixture
-def ort_artefact(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_run, "_open_runtime", lambda folder, backend: OrtRuntime(folder))
+def ort_artefact(tmp_path):
     return make_artefact(tmp_path / "artefact")
 
 
@@ -37,7 +36,6 @@ def test_model_only_random_input_reports_percentiles_per_batch(ort_artefact, tmp
 
 
 def test_fixed_batch_artefact_records_why_other_batches_were_not_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_run, "_open_runtime", lambda folder, backend: OrtRuntime(folder))
     art = make_artefact(tmp_path / "fixed", batch=1)
     r = bench(artefact=art, backend="ort", batch_sizes=(1, 2), repeats=3, warmup=1, meters=NO_METERS,
               progress=False)
