@@ -171,7 +171,9 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
                         {"model": model, "config": config, "exported_from": weights["source"]})
         steps.step(f"ONNX opset {opset} ({model}, batch {profile.batch}{', dynamic' if dynamic_batch else ''})")
         onnx_notes = ox.export_onnx(net, example, tmp / "model.onnx", input_names=names, output_names=outs,
-                                    opset=opset, dynamic_batch=dynamic_batch, simplify=simplify)
+                                    opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
+                                    max_opset=profile.tensorrt.get("max_opset") if profile.wants_tensorrt else None)
+        opset = onnx_notes["opset"]  # the dynamo fallback may raise it to 18
         backends: dict[str, Any] = {"onnxruntime": {"files": {"fp32": "model.onnx"}, **onnx_notes}}
         if profile.wants_tensorrt:  # fail fast, before the slow steps, when TensorRT cannot take an op
             from edgeml.export import tensorrt as trt

@@ -23,34 +23,35 @@ ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "
 
 
 def export_onnx(model: Any, inputs: Sequence[Any], path: str | Path, *, input_names: Sequence[str],
-                output_names: Sequence[str], opset: int, dynamic_batch: bool = False,
-                simplify: bool = True) -> dict[str, Any]:
-    """Export `model(*inputs)` to `path`; returns notes {"simplified": bool, "simplify_note": str, "nodes": int}.
+                output_names: Sequence[str], opset: int, dynamic_batch: bool = False, simplify: bool = True,
+                max_opset: int | None = None) -> dict[str, Any]:
+    """Export `model(*inputs)` to `path`; returns notes {"exporter", "opset", "simplified", "simplify_note", "nodes"}.
 
     Shapes are those of `inputs` (static); with `dynamic_batch` the first axis of every input and output is
-    symbolic ("batch").
+    symbolic ("batch"). The TorchScript exporter runs first (it keeps opsets below 18, which TensorRT 8.5 needs);
+    where it cannot express an op (e.g. adaptive pooling to a non-divisor size) the dynamo exporter is used at
+    opset max(opset, 18), if `max_opset` allows it.
     """
     import onnx
-    import torch
 
     path = Path(path)
     model = model.eval()
-    dyn = None
-    if dynamic_batch:
-        dyn = {n: {0: "batch"} for n in [*input_names, *output_names]}
-    buf = io.BytesIO()
+    dyn = {n: {0: "batch"} for n in [*input_names, *output_names]} if dynamic_batch else None
     try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            # The TorchScript exporter keeps static shapes exactly as traced and inlines autograd.Functions
-            # (surrogate-gradient spikes); the dynamo exporter would need opset >= 18, beyond TensorRT 8.5.
-            torch.onnx.export(model, tuple(inputs), buf, input_names=list(input_names),
-                              output_names=list(output_names), opset_version=opset, dynamic_axes=dyn,
-                              do_constant_folding=True, dynamo=False)
+        proto, exporter = _torchscript_export(model, inputs, input_names, output_names, opset, dyn), "torchscript"
     except Exception as e:  # the exporter's errors name the op; keep the first line
-        raise ExportError(f"torch.onnx.export failed at opset {opset}: {str(e).splitlines()[0][:300]}",
-                          fix="try another --opset, or check the model's forward for unsupported operations") from e
-    proto = onnx.load_from_string(buf.getvalue())
+        first_error = str(e).splitlines()[0][:300]
+        dyn_opset = max(opset, 18)
+        if max_opset is not None and dyn_opset > max_opset:
+            raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_error}",
+                              fix=f"the dynamo exporter would need opset {dyn_opset} > this target's max "
+                              f"{max_opset}; change the model's forward or choose another target") from e
+        try:
+            proto, exporter = _dynamo_export(model, inputs, input_names, output_names, dyn_opset, dyn), "dynamo"
+        except Exception as e2:
+            raise ExportError(f"torch.onnx.export failed (torchscript at opset {opset}: {first_error}; dynamo at "
+                              f"opset {dyn_opset}: {str(e2).splitlines()[0][:200]})",
+                              fix="check the model's forward for operations ONNX cannot express") from e2
     proto = check_and_infer(proto)
     notes: dict[str, Any] = {"simplified": False, "simplify_note": "disabled"}
     if simplify:
@@ -58,7 +59,60 @@ def export_onnx(model: Any, inputs: Sequence[Any], path: str | Path, *, input_na
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     notes["nodes"] = len(proto.graph.node)
+    notes["exporter"] = exporter
+    notes["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return notes
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Any:
+    """Silence fds 1 and 2 (the TorchScript exporter dumps whole graphs from C++ on failure)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _torchscript_export(model: Any, inputs: Sequence[Any], input_names: Sequence[str],
+                        output_names: Sequence[str], opset: int, dyn: dict | None) -> Any:
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_fds():
+        warnings.simplefilter("ignore")
+        # static shapes exactly as traced; autograd.Functions (surrogate-gradient spikes) are inlined
+        torch.onnx.export(model, tuple(inputs), buf, input_names=list(input_names), output_names=list(output_names),
+                          opset_version=opset, dynamic_axes=dyn, do_constant_folding=True, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _dynamo_export(model: Any, inputs: Sequence[Any], input_names: Sequence[str], output_names: Sequence[str],
+                   opset: int, dyn: dict | None) -> Any:
+    import logging
+
+    import torch
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(model, tuple(inputs), input_names=list(input_names),
+                                 output_names=list(output_names), opset_version=opset, dynamic_axes=dyn,
+                                 dynamo=True, optimize=True, verbose=False)
+    return prog.model_proto
 
 
 def check_and_infer(proto: Any) -> Any:

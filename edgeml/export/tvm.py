@@ -27,11 +27,23 @@ def import_tvm() -> Any:
     return tvm
 
 
+def resolve_target(spec: dict[str, Any]) -> dict[str, Any]:
+    """The profile's target dict with `mcpu = "native"` replaced by the host CPU LLVM reports (e.g. znver5):
+    LLVM 22 inside TVM 0.27 rejects "native" and would silently fall back to generic x86-64."""
+    spec = dict(spec)
+    if spec.get("mcpu") == "native":
+        import_tvm()
+        from tvm.target import codegen
+
+        spec["mcpu"] = codegen.llvm_get_system_cpu()
+    return spec
+
+
 def make_target(spec: dict[str, Any]) -> Any:
     """`tvm.target.Target` from the profile's target dict (TVM 0.27 takes dicts, not CLI strings)."""
     tvm = import_tvm()
     try:
-        return tvm.target.Target(dict(spec))
+        return tvm.target.Target(resolve_target(spec))
     except Exception as e:
         raise ExportError(f"invalid TVM target {spec}: {str(e).splitlines()[0][:200]}",
                           fix="fix [tvm] target in the profile") from None
@@ -74,7 +86,8 @@ def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *
         raise
     except Exception as e:
         raise ExportError(f"TVM compile for {tvm_cfg['target']} failed: {str(e).splitlines()[0][:300]}") from e
-    info: dict[str, Any] = {"target": dict(tvm_cfg["target"]), "compile_s": round(time.perf_counter() - t0, 2),
+    info: dict[str, Any] = {"target": resolve_target(tvm_cfg["target"]),
+                            "compile_s": round(time.perf_counter() - t0, 2),
                             "tuned": bool(tuned), "tune_trials": tune_trials, "files": []}
     if tvm_cfg.get("host_runnable", False):
         ex.export_library(str(out_dir / "model.so"))

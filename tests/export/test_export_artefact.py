@@ -1,0 +1,180 @@
+"""export_model end to end on test-only models: artefact folders per target, manifest, parity, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import export_tiny
+import numpy as np
+import pytest
+import torch
+
+from edgeml.errors import CheckpointError, ExportError, InputError, MissingDependencyError
+from edgeml.export import export_model
+from edgeml.export.runtime import open_runtime
+from edgeml.io import save_checkpoint, sha256_file
+
+
+@pytest.fixture(scope="module")
+def tvm_x86(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("x86tvm") / "art"
+    return export_model(export_tiny.VIDEO, "x86-tvm", out, random_init=True)
+
+
+def test_x86_tvm_folder_has_every_artefact(tvm_x86: Path):
+    files = {str(p.relative_to(tvm_x86)) for p in tvm_x86.rglob("*") if p.is_file()}
+    assert {"model.onnx", "model.int8.onnx", "model.safetensors", "manifest.json", "parity.json", "tvm/model.so",
+            "stream/stream_step.onnx", "stream/stream_head.onnx"} <= files
+
+
+def test_manifest_records_io_weights_versions_and_checksums(tvm_x86: Path):
+    m = json.loads((tvm_x86 / "manifest.json").read_text())
+    assert m["model"] == export_tiny.VIDEO and m["target"] == "x86-tvm" and m["opset"] == 17
+    assert [i["name"] for i in m["inputs"]] == ["iframe", "mv", "residual"]
+    assert m["inputs"][1] == {"name": "mv", "shape": [1, 3, 2, 8, 8], "dtype": "float32"}
+    assert m["outputs"] == [{"name": "logits", "shape": [1, 4], "dtype": "float32"}]
+    assert m["weights"]["source"] == "random-init"
+    assert m["preprocessing"]["clip_len"] == 3 and m["preprocessing"]["size"] == [32, 32]
+    assert m["tools"]["onnxruntime"] and m["tools"]["apache-tvm"] and m["tools"]["torch"]
+    for rel, digest in m["checksums"].items():
+        assert sha256_file(tvm_x86 / rel) == digest
+    assert "manifest.json" not in m["checksums"]
+
+
+def test_parity_report_passes_for_ort_tvm_and_streaming(tvm_x86: Path):
+    rep = json.loads((tvm_x86 / "parity.json").read_text())
+    s = rep["summary"]
+    assert s["ort_fp32"]["pass"] and s["ort_fp32"]["max_rel"] <= 1e-4
+    assert s["tvm_fp32"]["pass"] and s["tvm_fp32"]["max_rel"] <= 1e-4
+    assert s["streaming"] is True
+    assert rep["backends"]["ort-int8"]["random"]["samples"] == 4
+    assert "random inputs" in rep["calibration"]  # no --data: said so, not hidden
+
+
+def test_open_runtime_backends_agree(tvm_x86: Path):
+    feeds = {k: v.numpy() for k, v in zip(("iframe", "mv", "residual"),
+                                          export_tiny._video_inputs(export_tiny.TinySpiking(), 1), strict=True)}
+    ref = open_runtime(tvm_x86, "torch").run(feeds)[0]
+    for backend in ("ort", "tvm"):
+        rt = open_runtime(tvm_x86, backend)
+        assert rt.input_names == ["iframe", "mv", "residual"]
+        assert np.abs(rt.run(feeds)[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert np.argmax(open_runtime(tvm_x86, "ort-int8").run(feeds)[0]) is not None
+    with pytest.raises(InputError, match="unknown backend"):
+        open_runtime(tvm_x86, "openvino")
+    with pytest.raises(InputError, match="no model.fp16.onnx"):
+        open_runtime(tvm_x86, "ort-fp16")
+    with pytest.raises((MissingDependencyError, InputError)):
+        open_runtime(tvm_x86, "trt")
+
+
+def test_jetson_export_writes_the_tensorrt_build_files(tmp_path: Path):
+    out = export_model(export_tiny.VIDEO, "jetson", tmp_path / "j", random_init=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["target"] == "jetson-orin-nano" and m["target_requested"] == "jetson"
+    sh = (out / "tensorrt" / "build_engine.sh").read_text()
+    assert os.access(out / "tensorrt" / "build_engine.sh", os.X_OK)
+    assert "--memPoolSize=workspace:2048" in sh and '"--int8 --fp16"' in sh and "../model.int8.onnx" in sh
+    assert "--useDLACore" not in sh  # Orin Nano has no DLA
+    assert (out / "model.fp16.onnx").is_file() and not (out / "tvm").exists()
+    assert m["backends"]["tensorrt"]["op_check"]["blocking"] == []
+    cfg = json.loads((out / "tensorrt" / "build_config.json").read_text())
+    assert cfg["onnx"]["int8"] == "../model.int8.onnx" and cfg["tensorrt_version"] == "10.3"
+    assert json.loads((out / "parity.json").read_text())["backends"]["ort-fp16"]["random"]["top1_agreement"] == 1.0
+
+
+def test_rpi4_cross_compiles_an_aarch64_shared_library(tmp_path: Path):
+    out = export_model(export_tiny.IMAGE, "rpi4", tmp_path / "rpi", random_init=True)
+    elf = (out / "tvm" / "model.so").read_bytes()[:20]
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
+    assert (out / "tvm" / "model.tar").is_file()
+    rep = json.loads((out / "parity.json").read_text())
+    assert "runs on the device" in rep["backends"]["tvm"]["skipped"]
+    with pytest.raises(InputError, match="not this machine"):
+        open_runtime(out, "tvm")
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
+def test_op_tensorrt_cannot_take_is_named_and_nothing_is_written(tmp_path: Path):
+    out = tmp_path / "det"
+    with pytest.raises(ExportError) as e:
+        export_model(export_tiny.DET, "jetson", out, random_init=True)
+    assert "Det" in str(e.value) and "TensorRT 10.3" in str(e.value)
+    assert not out.exists() and _siblings(out) == []
+    # the same model exports where onnxruntime runs it
+    assert (export_model(export_tiny.DET, "x86-cpu", out, random_init=True) / "model.onnx").is_file()
+
+
+def test_existing_folder_needs_force_and_is_replaced_atomically(tmp_path: Path):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(InputError, match="--force"):
+        export_model(export_tiny.IMAGE, "x86-cpu", out, random_init=True)
+    assert (out / "keep.txt").read_text() == "old"
+    # a failing forced re-export leaves the old folder untouched
+    with pytest.raises(ExportError):
+        export_model(export_tiny.DET, "jetson", out, random_init=True, force=True)
+    assert (out / "keep.txt").read_text() == "old" and _siblings(out) == []
+    export_model(export_tiny.IMAGE, "x86-cpu", out, random_init=True, force=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file() and _siblings(out) == []
+
+
+def test_weights_are_required_unless_random_init(tmp_path: Path):
+    with pytest.raises(InputError, match="--random-init"):
+        export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_model_lists_registered_models(tmp_path: Path):
+    with pytest.raises(InputError, match="choose one of: .*test_export_cnn"):
+        export_model("no_such_model", "x86-cpu", tmp_path / "u", random_init=True)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
+    ck = tmp_path / "other.safetensors"
+    save_checkpoint(ck, {"model.x": torch.zeros(1)}, {"model": "something_else", "config": {}})
+    with pytest.raises(CheckpointError, match="not 'test_export_cnn'"):
+        export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "c", checkpoint=ck)
+
+
+def _train_tiny_cnn(path: Path, steps: int = 250) -> None:
+    """A few hundred Adam steps of the tiny CNN on Fashion-MNIST: enough for ~70% accuracy, a real int8 test."""
+    from edgeml.data import open_image_dataset
+
+    torch.manual_seed(0)
+    ds = open_image_dataset("fashion-mnist", "train")
+    model = export_tiny.TinyCNN(image_size=28)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
+    it = iter(loader)
+    for _ in range(steps):
+        b = next(it)
+        loss = torch.nn.functional.cross_entropy(model(b["image"]), b["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": export_tiny.IMAGE, "config": {"image_size": 28}})
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
+def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path):
+    ck = tmp_path / "cnn.safetensors"
+    _train_tiny_cnn(ck)
+    out = export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "fm", checkpoint=ck, data="fashion-mnist",
+                       calib_samples=64, parity_samples=64, eval_samples=400)
+    rep = json.loads((out / "parity.json").read_text())
+    acc = rep["accuracy_test_split"]
+    assert acc["ort"]["samples"] == 400 and acc["ort"]["top1"] > 50  # trained, not chance
+    assert rep["summary"]["int8"]["pass"] and abs(acc["ort"]["top1"] - acc["ort-int8"]["top1"]) <= 1.5
+    assert rep["summary"]["ort_fp32"]["real_samples"] == 64 and rep["summary"]["ort_fp32"]["pass"]
+    assert rep["calibration"] == "real samples (train split)"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["weights"]["source"] == "checkpoint" and m["weights"]["sha256"] == sha256_file(ck)
+    assert m["classes"][0] == "t-shirt/top" and m["quantization"]["int8"]["format"] == "QDQ"
