@@ -31,7 +31,8 @@ def test_static_export_keeps_shapes_opset_and_matches_torch(tmp_path: Path):
     io = ox.graph_io(tmp_path / "m.onnx")
     assert [i["shape"] for i in io["inputs"]] == [list(t.shape) for t in x]
     assert io["outputs"][0]["shape"] == [2, 4] and notes["opset"] == 16 and notes["exporter"] == "torchscript"
-    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)})
+    feeds = {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)}
+    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feeds)
     assert compare([m(*x).detach().numpy()], out)["max_rel"] < 1e-5
 
 
