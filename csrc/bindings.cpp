@@ -7,6 +7,7 @@
 namespace py = pybind11;
 
 void bind_mv(py::module_& m);
+void bind_lls(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "edgeml compiled core: C++17 kernels over numpy buffers (CUDA twins when built with nvcc)";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", []() { return 0; }, "Number of visible CUDA devices (0: built without CUDA).");
 #endif
   bind_mv(m);
+  bind_lls(m);
 }

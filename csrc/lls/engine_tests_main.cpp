@@ -1,0 +1,320 @@
+// C++ tests of the LLS engine (no Python): run natively by tests/lls_engine and under qemu-aarch64 by
+// csrc/lls/cross_test.sh. Prints one line per test; exit status = number of failures.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lls/engine.h"
+#include "lls/json.h"
+
+using namespace edgeml::lls;
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::printf("  FAILED: %s\n", what.c_str());
+  }
+}
+
+template <typename E>
+void expect_throw(const std::function<void()>& f, const std::string& needle, const std::string& what) {
+  try {
+    f();
+    check(false, what + " (no exception)");
+  } catch (const E& e) {
+    check(std::string(e.what()).find(needle) != std::string::npos, what + ": message '" + e.what() + "'");
+  } catch (const std::exception& e) {
+    check(false, what + ": wrong exception type: " + e.what());
+  }
+}
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+double dotd(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 1e-12;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return num / den;
+}
+
+std::string tmp_path(const std::string& name) {
+  const char* dir = std::getenv("TMPDIR");
+  return std::string(dir ? dir : "/tmp") + "/edgeml_lls_test_" + std::to_string(::getpid()) + "_" + name;
+}
+
+void test_json() {
+  Json j = Json::parse(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\"y"}, "d": null, "e": true})");
+  check(j["a"][2].num() == -300.0 && j["b"]["c"].str() == "x\"y" && j["d"].is_null() && j["e"].boolean(),
+        "json values");
+  expect_throw<std::runtime_error>([] { Json::parse("{\"a\": [1, 2}"); }, "at byte", "json error offset");
+}
+
+void test_crc() {
+  const char* s = "123456789";
+  check(crc32(reinterpret_cast<const uint8_t*>(s), 9) == 0xCBF43926u, "crc32 check value");
+}
+
+// conv: <conv(x, w), G> is linear in w and x, so its exact gradients are weight_grad / input_grad.
+void test_conv_gradients(int groups, int stride, int pad, int cin, int cout) {
+  std::mt19937 rng(1);
+  Conv2dShape s{cin, cout, 7, 6, 3, 3, stride, stride, pad, pad, groups};
+  const int batch = 2;
+  auto x = randn(static_cast<size_t>(batch) * cin * s.h * s.w, rng);
+  auto w = randn(static_cast<size_t>(cout) * (cin / groups) * 9, rng);
+  auto bias = randn(cout, rng);
+  auto g = randn(static_cast<size_t>(batch) * cout * s.ho() * s.wo(), rng);
+  std::vector<float> y(g.size()), scratch(std::max<size_t>(s.scratch(), 1)), gw(w.size()), gb(cout), gx(x.size());
+  conv2d_weight_grad(s, batch, x.data(), g.data(), gw.data(), gb.data(), scratch.data());
+  conv2d_input_grad(s, batch, w.data(), g.data(), gx.data(), scratch.data());
+  auto loss = [&](const std::vector<float>& xx, const std::vector<float>& ww, const std::vector<float>& bb) {
+    conv2d_forward(s, batch, xx.data(), ww.data(), bb.data(), y.data(), scratch.data());
+    return dotd(y, g);
+  };
+  const double base = loss(x, w, bias);
+  double worst = 0;
+  for (size_t i = 0; i < w.size(); i += 7) {
+    auto w2 = w;
+    w2[i] += 0.5f;
+    worst = std::max(worst, std::fabs((loss(x, w2, bias) - base) / 0.5 - gw[i]) / (1 + std::fabs(gw[i])));
+  }
+  for (size_t i = 0; i < x.size(); i += 5) {
+    auto x2 = x;
+    x2[i] += 0.5f;
+    worst = std::max(worst, std::fabs((loss(x2, w, bias) - base) / 0.5 - gx[i]) / (1 + std::fabs(gx[i])));
+  }
+  auto b2 = bias;
+  b2[0] += 0.5f;
+  worst = std::max(worst, std::fabs((loss(x, w, b2) - base) / 0.5 - gb[0]) / (1 + std::fabs(gb[0])));
+  check(worst < 1e-3, "conv gradients (groups " + std::to_string(groups) + ", stride " + std::to_string(stride) +
+                          "): worst " + std::to_string(worst));
+}
+
+// Pools are linear: backward must be the adjoint of forward (<P x, g> == <x, P^T g>).
+void test_pool_adjoints() {
+  std::mt19937 rng(2);
+  const int b = 2, c = 3, h = 7, w = 6;
+  auto x = randn(static_cast<size_t>(b) * c * h * w, rng);
+  Pool2dShape p{c, h, w, 2, 2};
+  auto g = randn(static_cast<size_t>(b) * c * p.ho() * p.wo(), rng);
+  std::vector<float> y(g.size()), gx(x.size());
+  avgpool_forward(p, b, x.data(), y.data());
+  avgpool_backward(p, b, g.data(), gx.data());
+  check(std::fabs(dotd(y, g) - dotd(x, gx)) < 1e-4, "avgpool adjoint");
+  std::vector<int32_t> arg(y.size());
+  maxpool_forward(p, b, x.data(), y.data(), arg.data());
+  maxpool_backward(p, b, g.data(), arg.data(), gx.data());
+  check(std::fabs(dotd(y, g) - dotd(x, gx)) < 1e-4, "maxpool adjoint (piecewise linear)");
+  auto ga = randn(static_cast<size_t>(b) * c * 3 * 3, rng);
+  std::vector<float> ya(ga.size());
+  adaptive_avgpool_forward(b, c, h, w, 3, 3, x.data(), ya.data());
+  adaptive_avgpool_backward(b, c, h, w, 3, 3, ga.data(), gx.data());
+  check(std::fabs(dotd(ya, ga) - dotd(x, gx)) < 1e-4, "adaptive avgpool adjoint (overlapping bins)");
+}
+
+void test_basis() {
+  BasisSpec spec;
+  spec.k = 10;
+  std::vector<float> b(10 * 64);
+  make_basis(spec, 64, b.data());
+  bool ok = true;
+  for (int k = 0; k < 10; ++k) ok = ok && b[static_cast<size_t>(k) * 64] == 0.0f;
+  for (float v : b) ok = ok && (v == 0.0f || v == 1.0f || v == -1.0f);
+  check(ok, "square basis values in {-1, 0, 1}, column 0 zero");
+  spec.waveform = "sine";
+  make_basis(spec, 64, b.data());
+  check(std::fabs(b[1 * 64 + 3] - static_cast<float>(std::sin((50.0 + 462.0 / 9.0) * 3.0))) < 1e-7, "sine closed form");
+}
+
+// The local loss gradient against central finite differences of the loss, in each mode.
+void test_local_loss(LocalMode mode) {
+  std::mt19937 rng(3);
+  LocalHead head;
+  head.mode = mode;
+  head.c = 3, head.h = 5, head.w = 5, head.pool = 2, head.k = 4, head.temperature = 0.5f,
+  head.label_smoothing = 0.1f;
+  const int batch = 3, d = head.dim();
+  BasisSpec spec;
+  spec.k = head.k;
+  spec.waveform = "sine";
+  std::vector<float> basis(static_cast<size_t>(head.k) * d);
+  make_basis(spec, d, basis.data());
+  auto a = randn(static_cast<size_t>(batch) * 75, rng);
+  auto m = randn(4, rng), mm = randn(16, rng);
+  std::vector<int32_t> labels = {0, 3, 1};
+  std::vector<float> ga(a.size()), gm(4), gmm(16), scratch(head.scratch(batch)), junk(a.size()), j4(4), j16(16);
+  local_loss_grad(head, batch, a.data(), labels.data(), basis.data(), m.data(), mm.data(), ga.data(), gm.data(),
+                  gmm.data(), scratch.data());
+  auto loss = [&](const std::vector<float>& aa, const std::vector<float>& mv, const std::vector<float>& mmv) {
+    return static_cast<double>(local_loss_grad(head, batch, aa.data(), labels.data(), basis.data(), mv.data(),
+                                               mmv.data(), junk.data(), j4.data(), j16.data(), scratch.data()));
+  };
+  const float h = 1e-2f;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); i += 3) {
+    auto p = a, q = a;
+    p[i] += h, q[i] -= h;
+    worst = std::max(worst, std::fabs((loss(p, m, mm) - loss(q, m, mm)) / (2 * h) - ga[i]));
+  }
+  if (mode == LocalMode::LLS_M)
+    for (size_t i = 0; i < 4; ++i) {
+      auto p = m, q = m;
+      p[i] += h, q[i] -= h;
+      worst = std::max(worst, std::fabs((loss(a, p, mm) - loss(a, q, mm)) / (2 * h) - gm[i]));
+    }
+  if (mode == LocalMode::LLS_MXM)
+    for (size_t i = 0; i < 16; ++i) {
+      auto p = mm, q = mm;
+      p[i] += h, q[i] -= h;
+      worst = std::max(worst, std::fabs((loss(a, m, p) - loss(a, m, q)) / (2 * h) - gmm[i]));
+    }
+  check(worst < 2e-3, "local loss gradient vs finite differences (mode " + std::to_string(static_cast<int>(mode)) +
+                          "): worst abs err " + std::to_string(worst));
+}
+
+// A two-block net (conv+BN+LeakyReLU -> maxpool -> flatten; linear classifier) as a pack, via the C++ writer.
+std::string tiny_pack(const std::string& mode) {
+  std::mt19937 rng(4);
+  auto w = randn(4 * 1 * 9, rng, 0.3f), b = randn(4, rng, 0.1f);
+  std::vector<float> gamma(4, 1.0f), beta(4, 0.0f), mean(4, 0.0f), var(4, 1.0f);
+  auto fc = randn(3 * 4 * 3 * 3, rng, 0.1f), fb = randn(3, rng, 0.1f);
+  auto m = randn(3, rng, 0.5f), mm = randn(9, rng, 0.5f);
+  const std::string head = mode == "lls_m" ? R"(, "m": "m")" : mode == "lls_mxm" ? R"(, "M": "M")" : "";
+  const std::string header =
+      R"({"format": "edgeml-lls-pack", "version": 1, "input": {"shape": [1, 6, 6]}, "num_classes": 3,
+          "basis": {"waveform": "square"}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+          "blocks": [
+            {"name": "b0", "trainable": true, "tap": 2, "local": {"mode": ")" + mode + R"(", "pool": 2,
+             "temperature": 0.5)" + head + R"(},
+             "ops": [{"op": "conv2d", "weight": "w", "bias": "b", "stride": [1, 1], "padding": [1, 1], "groups": 1},
+                     {"op": "batchnorm", "weight": "g", "bias": "be", "running_mean": "mu", "running_var": "var"},
+                     {"op": "leaky_relu", "slope": 0.01}, {"op": "maxpool", "kernel": 2, "stride": 2},
+                     {"op": "flatten"}]},
+            {"name": "classifier", "trainable": true, "tap": 0, "local": {"mode": "ce"},
+             "ops": [{"op": "linear", "weight": "fc", "bias": "fb"}]}]})";
+  const std::string path = tmp_path(mode + ".pack");
+  write_pack(path, header,
+             {{"w", DType::F32, {4, 1, 3, 3}, w.data()}, {"b", DType::F32, {4}, b.data()},
+              {"g", DType::F32, {4}, gamma.data()}, {"be", DType::F32, {4}, beta.data()},
+              {"mu", DType::F32, {4}, mean.data()}, {"var", DType::F32, {4}, var.data()},
+              {"fc", DType::F32, {3, 36}, fc.data()}, {"fb", DType::F32, {3}, fb.data()},
+              {"m", DType::F32, {3}, m.data()}, {"M", DType::F32, {3, 3}, mm.data()}});
+  return path;
+}
+
+void test_engine_learns(const std::string& mode) {
+  const std::string path = tiny_pack(mode);
+  Engine e(read_pack(path), EngineOptions{8, 0, -1, -1.0f, ""});
+  std::mt19937 rng(5);
+  auto x = randn(8 * 36, rng);
+  std::vector<int32_t> labels = {0, 1, 2, 0, 1, 2, 0, 1};
+  const size_t peak_after_load = e.arena_peak();
+  const float first = e.train_step(x.data(), labels.data(), 8).losses[0];
+  float last = first;
+  for (int i = 0; i < 40; ++i) last = e.train_step(x.data(), labels.data(), 8).losses[0];
+  check(last < first, mode + ": local loss falls on a fixed batch (" + std::to_string(first) + " -> " +
+                          std::to_string(last) + ")");
+  check(e.arena_peak() == peak_after_load && e.arena_capacity() == e.required_bytes(),
+        mode + ": steps use only the arena carved at load");
+  // Saved packs round-trip, and the input pack is untouched.
+  const std::string out = tmp_path(mode + ".out.pack");
+  e.save(out);
+  Pack again = read_pack(out);
+  Engine e2(again, EngineOptions{8, 0, -1, -1.0f, ""});
+  check(max_rel(e2.get("w"), e.get("w")) == 0.0 && max_rel(e2.get("fc"), e.get("fc")) == 0.0,
+        mode + ": saved pack holds the updated weights");
+  Engine e0(read_pack(path), EngineOptions{8, 0, -1, -1.0f, ""});
+  check(max_rel(e0.get("w"), e.get("w")) > 0.0, mode + ": the input pack was not modified");
+  std::remove(out.c_str());
+  std::remove(path.c_str());
+}
+
+void test_bad_packs() {
+  const std::string path = tiny_pack("lls");
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto write = [](const std::string& p, const std::vector<char>& b) {
+    std::ofstream o(p, std::ios::binary);
+    o.write(b.data(), static_cast<long>(b.size()));
+  };
+  const std::string bad = tmp_path("bad.pack");
+  write(bad, std::vector<char>(bytes.begin(), bytes.end() - 100));
+  expect_throw<PackError>([&] { read_pack(bad); }, "truncated", "truncated pack");
+  auto tampered = bytes;
+  tampered[tampered.size() - 50] ^= 0x01;
+  write(bad, tampered);
+  expect_throw<PackError>([&] { read_pack(bad); }, "checksum", "tampered pack");
+  auto newer = bytes;
+  newer[8] = 2;
+  write(bad, newer);
+  expect_throw<PackError>([&] { read_pack(bad); }, "newer", "newer format version");
+  expect_throw<PackError>([&] { read_pack(tmp_path("missing.pack")); }, "cannot open", "missing pack");
+  expect_throw<ArenaError>([&] { Engine(read_pack(path), EngineOptions{8, 4096, -1, -1.0f, ""}); }, "arena too small",
+                           "arena too small");
+  Engine e(read_pack(path), EngineOptions{4, 0, -1, -1.0f, ""});
+  std::vector<float> x(5 * 36, 0.0f);
+  std::vector<int32_t> labels(5, 0);
+  expect_throw<std::runtime_error>([&] { e.train_step(x.data(), labels.data(), 5); }, "sized for",
+                                   "batch larger than the arena's");
+  labels[0] = 7;
+  expect_throw<std::runtime_error>([&] { e.train_step(x.data(), labels.data(), 4); }, "outside",
+                                   "label out of range");
+  std::remove(bad.c_str());
+  std::remove(path.c_str());
+}
+
+}  // namespace
+
+int main() {
+  const std::vector<std::pair<std::string, std::function<void()>>> tests = {
+      {"json", test_json},
+      {"crc32", test_crc},
+      {"conv gradients", [] { test_conv_gradients(1, 1, 1, 3, 4); }},
+      {"conv gradients, stride 2", [] { test_conv_gradients(1, 2, 1, 2, 3); }},
+      {"grouped conv gradients", [] { test_conv_gradients(2, 1, 0, 4, 6); }},
+      {"depthwise conv gradients", [] { test_conv_gradients(3, 2, 1, 3, 3); }},
+      {"pool adjoints", test_pool_adjoints},
+      {"basis", test_basis},
+      {"local loss lls", [] { test_local_loss(LocalMode::LLS); }},
+      {"local loss lls_m", [] { test_local_loss(LocalMode::LLS_M); }},
+      {"local loss lls_mxm", [] { test_local_loss(LocalMode::LLS_MXM); }},
+      {"engine lls", [] { test_engine_learns("lls"); }},
+      {"engine lls_m", [] { test_engine_learns("lls_m"); }},
+      {"engine lls_mxm", [] { test_engine_learns("lls_mxm"); }},
+      {"bad packs", test_bad_packs},
+  };
+  for (const auto& [name, fn] : tests) {
+    const int before = failures;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      check(false, name + " threw: " + e.what());
+    }
+    std::printf("%s %s\n", failures == before ? "ok  " : "FAIL", name.c_str());
+  }
+  std::printf("%d failure(s)\n", failures);
+  return failures;
+}

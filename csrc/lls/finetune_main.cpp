@@ -1,0 +1,202 @@
+// edgeml-finetune: on-device LLS fine-tuning without Python.
+//   edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] [--epochs E] [--batch B] [--lr LR]
+//                   [--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--quiet]
+// DIR holds uncompressed IDX files: train-images-idx3-ubyte + train-labels-idx1-ubyte (fine-tuning data) and,
+// optionally, t10k-* (held-out data for the accuracy before/after; else the training data is used).
+// Prints one JSON line with accuracy before/after, step latency, peak RSS and arena size; exit 2 on bad input.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lls/data.h"
+#include "lls/engine.h"
+
+namespace {
+
+using namespace edgeml::lls;
+
+struct Args {
+  std::string pack, data, out, blocks;
+  int epochs = 1, batch = 32, max_steps = -1;
+  unsigned seed = 0;
+  float lr = -1.0f;
+  std::string optimizer;
+  size_t arena_bytes = 0;
+  bool quiet = false;
+};
+
+[[noreturn]] void usage(const std::string& problem) {
+  std::fprintf(stderr,
+               "edgeml-finetune: error: %s\nusage: edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] "
+               "[--epochs E] [--batch B] [--lr LR] [--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] "
+               "[--seed S] [--quiet]\n",
+               problem.c_str());
+  std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (k == "--quiet") {
+      a.quiet = true;
+      continue;
+    }
+    if (k == "--help" || k == "-h") usage("help requested");
+    if (i + 1 >= argc) usage("missing value after " + k);
+    const std::string v = argv[++i];
+    try {
+      if (k == "--pack") a.pack = v;
+      else if (k == "--data") a.data = v;
+      else if (k == "--out") a.out = v;
+      else if (k == "--blocks") a.blocks = v;
+      else if (k == "--epochs") a.epochs = std::stoi(v);
+      else if (k == "--batch") a.batch = std::stoi(v);
+      else if (k == "--lr") a.lr = std::stof(v);
+      else if (k == "--optimizer") a.optimizer = v;
+      else if (k == "--arena-bytes") a.arena_bytes = static_cast<size_t>(std::stoull(v));
+      else if (k == "--max-steps") a.max_steps = std::stoi(v);
+      else if (k == "--seed") a.seed = static_cast<unsigned>(std::stoul(v));
+      else usage("unknown option " + k);
+    } catch (const std::logic_error&) {
+      usage("bad value '" + v + "' for " + k);
+    }
+  }
+  if (a.pack.empty() || a.data.empty() || a.out.empty()) usage("--pack, --data and --out are required");
+  if (a.epochs < 1 || a.batch < 1) usage("--epochs and --batch must be positive");
+  return a;
+}
+
+int parse_blocks(const std::string& spec) {
+  if (spec.empty()) return -1;
+  if (spec.rfind("last:", 0) != 0) usage("--blocks takes last:N");
+  try {
+    return std::stoi(spec.substr(5));
+  } catch (const std::logic_error&) {
+    usage("--blocks takes last:N");
+  }
+}
+
+long peak_rss_kb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+void check_shape(const Engine& e, const ImageSet& s, const std::string& what) {
+  const auto& in = e.input_shape();
+  if (s.c != in[0] || s.h != in[1] || s.w != in[2])
+    throw PackError(what + ": images are " + std::to_string(s.h) + "x" + std::to_string(s.w) + "x" +
+                    std::to_string(s.c) + " (HxWxC) but the pack expects " + std::to_string(in[1]) + "x" +
+                    std::to_string(in[2]) + "x" + std::to_string(in[0]) + "; resize the data to the net's input");
+  for (int32_t l : s.labels)
+    if (l >= e.classes())
+      throw PackError(what + ": label " + std::to_string(l) + " but the net has " + std::to_string(e.classes()) +
+                      " classes");
+}
+
+// Gathers images idx[0..n) into u8 staging, then normalises into x (both allocated before training).
+void gather(const Engine& e, const ImageSet& s, const int* idx, int n, std::vector<uint8_t>& staging, float* x,
+            int32_t* labels) {
+  const size_t per = static_cast<size_t>(s.h) * s.w * s.c;
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(staging.data() + i * per, s.pixels.data() + static_cast<size_t>(idx[i]) * per, per);
+    if (labels) labels[i] = s.labels[static_cast<size_t>(idx[i])];
+  }
+  e.normalise(staging.data(), n, true, x);
+}
+
+double accuracy(Engine& e, const ImageSet& s, std::vector<uint8_t>& staging, std::vector<float>& x,
+                std::vector<float>& logits) {
+  std::vector<int> idx(static_cast<size_t>(s.n));
+  std::iota(idx.begin(), idx.end(), 0);
+  long correct = 0;
+  for (int start = 0; start < s.n; start += e.batch()) {
+    const int n = std::min(e.batch(), s.n - start);
+    gather(e, s, idx.data() + start, n, staging, x.data(), nullptr);
+    e.forward(x.data(), n, logits.data());
+    for (int i = 0; i < n; ++i) {
+      const float* row = logits.data() + static_cast<size_t>(i) * e.classes();
+      const int pred = static_cast<int>(std::max_element(row, row + e.classes()) - row);
+      correct += pred == s.labels[static_cast<size_t>(start + i)];
+    }
+  }
+  return s.n ? static_cast<double>(correct) / s.n : 0.0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  try {
+    Pack pack = read_pack(a.pack);
+    EngineOptions opt;
+    opt.batch = a.batch;
+    opt.arena_bytes = a.arena_bytes;
+    opt.train_last = parse_blocks(a.blocks);
+    opt.lr = a.lr;
+    opt.optimizer = a.optimizer;
+    Engine engine(pack, opt);
+    pack = Pack();  // the weights now live in the arena; drop the file image
+    const ImageSet train = read_idx_split(a.data, "train");
+    const bool held_out = idx_split_exists(a.data, "t10k");
+    const ImageSet test = held_out ? read_idx_split(a.data, "t10k") : train;
+    check_shape(engine, train, a.data + "/train");
+    check_shape(engine, test, a.data + "/t10k");
+
+    std::vector<uint8_t> staging(static_cast<size_t>(a.batch) * train.h * train.w * train.c);
+    std::vector<float> x(static_cast<size_t>(a.batch) * engine.input_size());
+    std::vector<float> logits(static_cast<size_t>(a.batch) * engine.classes());
+    std::vector<int32_t> labels(static_cast<size_t>(a.batch));
+    const double before = accuracy(engine, test, staging, x, logits);
+
+    std::mt19937 rng(a.seed);
+    std::vector<int> order(static_cast<size_t>(train.n));
+    std::iota(order.begin(), order.end(), 0);
+    const int per_epoch = (train.n + a.batch - 1) / a.batch;
+    const int total = a.max_steps >= 0 ? std::min(a.max_steps, per_epoch * a.epochs) : per_epoch * a.epochs;
+    double step_seconds = 0.0;
+    float first_loss = 0.0f, last_loss = 0.0f;
+    int steps = 0;
+    for (int ep = 0; ep < a.epochs && steps < total; ++ep) {
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int start = 0; start < train.n && steps < total; start += a.batch) {
+        const int n = std::min(a.batch, train.n - start);
+        gather(engine, train, order.data() + start, n, staging, x.data(), labels.data());
+        const auto t0 = std::chrono::steady_clock::now();
+        const StepResult r = engine.train_step(x.data(), labels.data(), n);
+        step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        last_loss = r.losses.empty() ? 0.0f : r.losses.back();
+        if (steps == 0) first_loss = last_loss;
+        ++steps;
+        if (!a.quiet && (steps % 10 == 0 || steps == total)) {
+          const int width = 30, done = steps * width / std::max(total, 1);
+          std::fprintf(stderr, "\rfine-tuning [%.*s%*s] %d/%d steps  loss %.4f", done,
+                       "##############################", width - done, "", steps, total, last_loss);
+        }
+      }
+    }
+    if (!a.quiet) std::fprintf(stderr, "\n");
+    const double after = accuracy(engine, test, staging, x, logits);
+    engine.save(a.out);
+    std::printf(
+        "{\"steps\": %d, \"batch\": %d, \"accuracy_before\": %.6f, \"accuracy_after\": %.6f, \"held_out\": %s, "
+        "\"step_ms\": %.4f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"peak_rss_kb\": %ld, \"arena_bytes\": %zu, "
+        "\"trainable_tensors\": %zu, \"out\": \"%s\"}\n",
+        steps, a.batch, before, after, held_out ? "true" : "false", steps ? 1e3 * step_seconds / steps : 0.0,
+        first_loss, last_loss, peak_rss_kb(), engine.arena_capacity(), engine.trainable_tensors().size(),
+        a.out.c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "edgeml-finetune: error: %s\n", e.what());
+    return 2;
+  }
+}

@@ -1,0 +1,68 @@
+// Layer kernels of the LLS engine over raw NCHW float32 buffers: forward passes, and the backward pieces a
+// local step needs (gradient w.r.t. weights of one block; gradient w.r.t. inputs only inside that block).
+// No allocation: callers hand in every scratch buffer (sized with the *_scratch functions).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define EDGEML_HD __host__ __device__
+#else
+#define EDGEML_HD
+#endif
+
+namespace edgeml::lls {
+
+struct Conv2dShape {
+  int cin, cout, h, w, kh, kw, sh, sw, ph, pw, groups;
+  EDGEML_HD int ho() const { return (h + 2 * ph - kh) / sh + 1; }
+  EDGEML_HD int wo() const { return (w + 2 * pw - kw) / sw + 1; }
+  bool depthwise() const { return groups == cin && groups == cout; }
+  size_t scratch() const;  // floats of im2col scratch for one sample and one group
+};
+
+// y[B,cout,ho,wo] = conv(x[B,cin,h,w], w[cout,cin/groups,kh,kw]) + bias (bias may be null).
+void conv2d_forward(const Conv2dShape& s, int batch, const float* x, const float* w, const float* bias, float* y,
+                    float* scratch);
+// gw[cout,cin/groups,kh,kw] = dL/dw, gb[cout] = dL/db (gb may be null); overwritten, not accumulated.
+void conv2d_weight_grad(const Conv2dShape& s, int batch, const float* x, const float* gy, float* gw, float* gb,
+                        float* scratch);
+
+// gx[B,cin,h,w] = dL/dx (overwritten); scratch as for the forward.
+void conv2d_input_grad(const Conv2dShape& s, int batch, const float* w, const float* gy, float* gx, float* scratch);
+
+// y[B,out] = x[B,in] w[out,in]^T + b.
+void linear_forward(int batch, int in, int out, const float* x, const float* w, const float* bias, float* y);
+void linear_weight_grad(int batch, int in, int out, const float* x, const float* gy, float* gw, float* gb);
+void linear_input_grad(int batch, int in, int out, const float* w, const float* gy, float* gx);
+
+// Batch norm with fixed statistics over [B, C, S] (S = H*W, or 1 after a linear layer).
+void batchnorm_forward(int batch, int c, int s, const float* x, const float* gamma, const float* beta,
+                       const float* mean, const float* var, float eps, float* y);
+// gx = dL/dx (may alias gy), ggamma/gbeta overwritten (may be null when frozen).
+void batchnorm_backward(int batch, int c, int s, const float* x, const float* gy, const float* gamma,
+                        const float* mean, const float* var, float eps, float* gx, float* ggamma, float* gbeta);
+
+void leaky_relu_forward(size_t n, const float* x, float slope, float* y);
+// Uses the layer's output (same sign as its input for slope > 0); gx may alias gy.
+void leaky_relu_backward(size_t n, const float* y, const float* gy, float slope, float* gx);
+
+struct Pool2dShape {
+  int c, h, w, k, s;
+  int ho() const { return (h - k) / s + 1; }
+  int wo() const { return (w - k) / s + 1; }
+};
+// Max pool keeps the argmax (first maximum in the window, as PyTorch's CPU kernel) for the backward.
+void maxpool_forward(const Pool2dShape& p, int batch, const float* x, float* y, int32_t* argmax);
+void maxpool_backward(const Pool2dShape& p, int batch, const float* gy, const int32_t* argmax, float* gx);
+void avgpool_forward(const Pool2dShape& p, int batch, const float* x, float* y);
+void avgpool_backward(const Pool2dShape& p, int batch, const float* gy, float* gx);
+
+// Adaptive average pooling [B,C,H,W] -> [B,C,oh,ow] with PyTorch's bins [floor(i*H/o), ceil((i+1)*H/o)).
+void adaptive_avgpool_forward(int batch, int c, int h, int w, int oh, int ow, const float* x, float* y);
+void adaptive_avgpool_backward(int batch, int c, int h, int w, int oh, int ow, const float* gy, float* gx);
+
+// Symmetric int8 weights with one scale per output row: w[r, :] = q[r, :] * scale[r].
+void dequantize_rows(int rows, int cols, const int8_t* q, const float* scale, float* w);
+
+}  // namespace edgeml::lls
