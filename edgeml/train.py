@@ -337,19 +337,26 @@ def _check_resume(out: Path, name: str) -> tuple[dict, dict] | None:
 def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: int, batch_size: int, lr: float,
           mode: str | None = None, seed: int = 0, resume: bool = False, workers: int = 0,
           device: str | None = None, progress: bool = True, model_name: str | None = None,
-          data_opts: dict | None = None, stop_after_steps: int | None = None, **config: Any) -> dict[str, Any]:
+          data_opts: dict | None = None, stop_after_steps: int | None = None, threads: int | None = None,
+          **config: Any) -> dict[str, Any]:
     """Train `model` on `data`, checkpointing every epoch into `out`; returns the final metrics.
 
     `model`: an nn.Module from `create_model` or a registered name. `data`: a clip-cache folder (video), an image
     data set name/folder (image), or a mapping {"train"|"val"|"test": Dataset}. `batch_size` is the global batch
     (split over DDP ranks). `mode`: None/"bp" end-to-end, else an LLS mode. `config` goes to the learner
-    (weight_decay, warmup, label_smoothing, amp, ...). `stop_after_steps` ends the run early (tests).
+    (weight_decay, warmup, label_smoothing, amp, ...). `stop_after_steps` ends the run early (tests). `threads`:
+    CPU threads per process (default: torch's, or cores / processes under DDP — on a shared CPU, 1 thread avoids
+    OpenMP threads stalling on each other).
     Returns {"model", "epochs_done", "best_epoch", "val", "test", "seconds", "checkpoint"}.
     """
     from edgeml.registry import create_model, model_spec
 
     distributed = _init_distributed()
     rank, world = _world()
+    if threads is None and distributed:
+        threads = max(1, (os.cpu_count() or 1) // world)
+    if threads:
+        torch.set_num_threads(threads)
     if isinstance(model, str):
         model_name, model = model, create_model(model)
     name = model_name or model_name_of(model)
@@ -399,7 +406,7 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
                 "learner_config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))},
                 "data": str(data) if not isinstance(data, Mapping) else "in-memory"}
     t0 = time.perf_counter()
-    bar = _Progress(progress and rank == 0)
+    bar = _Progress(progress and rank == 0, verbose=rank == 0)
     steps_taken = 0
     with bar:
         for epoch in range(start_epoch, epochs):
@@ -506,8 +513,8 @@ def _write_history(out: Path, history: list[dict]) -> None:
 class _Progress:
     """A rich progress bar on rank 0 (or nothing)."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, verbose: bool = True):
+        self.enabled, self.verbose = enabled, verbose
         self.p = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -538,6 +545,37 @@ class _Progress:
     def log(self, text: str) -> None:
         if self.p:
             self.p.console.print(text)
+        elif self.verbose:
+            print(text, flush=True)
 
 
 __all__ = ["BackpropLearner", "Learner", "evaluate", "make_learner", "train"]
+
+
+def train_from_args(model: str, data: Any, out: str | os.PathLike, *, size: str | None = None,
+                    overrides: dict | None = None, weight_decay: float | None = None, **kwargs: Any) -> dict:
+    """What `edgeml train` does: build `model` for `data` (classes and clip geometry read from the data set;
+    on --resume the config comes from the checkpoint) and call `train`."""
+    from edgeml.registry import create_model, model_spec
+
+    spec = model_spec(model)
+    config: dict[str, Any] = dict(overrides or {})
+    if size is not None:
+        config["size"] = size
+    out = Path(out)
+    if kwargs.get("resume") and (out / LAST).is_file():
+        _, meta = load_checkpoint(out / LAST, expect_model=model)
+        config = {**meta.get("config", {}), **config}
+    elif spec.task == "video":
+        ds = open_split("video", data, "train")
+        clip = getattr(ds, "meta", {}) or {}
+        config.setdefault("num_classes", len(ds.classes))
+        for key in ("clip_len", "grid"):
+            if key in clip and key in spec.defaults:
+                config.setdefault(key, clip[key])
+        if "size" in clip and "height" in spec.defaults:
+            config.setdefault("height", clip["size"][0])
+            config.setdefault("width", clip["size"][1])
+    net = create_model(model, **config)
+    learner_config = {} if weight_decay is None else {"weight_decay": weight_decay}
+    return train(net, data, out, model_name=model, **learner_config, **kwargs)

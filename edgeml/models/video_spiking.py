@@ -1,0 +1,196 @@
+"""video_spiking: a spiking compressed-domain action recognizer (DESIGN §4).
+
+Inputs, exactly as `ClipDataset` yields them (batched):
+    iframe   [B, 3, H, W]        RGB 0..255
+    mv       [B, T, 2, H/g, W/g] motion vectors in pixels (accumulated to the I-frame)
+    residual [B, T, 3, H, W]     signed residuals in pixel units
+Pipeline:
+    I-frame  -> light 2-D CNN -> I-tokens [B, nI, D]
+    P-step t -> motion stream:   conv -> LIF -> conv (on spikes) -> LIF      (own membrane state)
+             -> residual stream: avg-pool g -> conv -> LIF -> conv (on spikes) -> LIF   (own state)
+             -> 1x1 projection of the concatenated spikes (accumulations) -> pooled P-tokens [B, nP, D]
+    [I-tokens + modality/time/position embeddings ; P-tokens + ...] -> unified transformer (global attention)
+    -> multi-modal mixer block (token- and channel-mixing MLPs) -> mean pool -> classifier -> logits [B, K]
+Streaming (frame-by-frame export): `stream_init`, `stream_step`, `stream_head`; `forward` is literally those
+three, so the two paths give identical numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeml.errors import ConfigError, InputError
+from edgeml.nn.mixer import MixerBlock, TransformerBlock
+from edgeml.nn.spiking import LIF, SpikingTemporalModulator
+from edgeml.registry import register_model
+
+# stem: I-frame CNN / first spiking conv width; dim: token width; tokens: P-token grid side per step.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"stem": 8, "dim": 32, "depth": 1, "heads": 2, "i_grid": 2, "p_grid": 2},
+    "small": {"stem": 16, "dim": 64, "depth": 2, "heads": 4, "i_grid": 4, "p_grid": 2},
+    "base": {"stem": 32, "dim": 128, "depth": 4, "heads": 4, "i_grid": 4, "p_grid": 4},
+}
+MV_SCALE = 16.0  # pixels -> roughly unit range
+RESIDUAL_SCALE = 32.0
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 2) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+def _spiking_input(seq: nn.Sequential) -> nn.Sequential:
+    """Mark the first layer of `seq` as fed by spikes: its multiply-accumulates are accumulations."""
+    seq[0].spike_input = True
+    return seq
+
+
+class SpikingStream(nn.Module):
+    """Two spiking temporal modulators in a row: [B, cin, h, w] per step -> spikes [B, D, h/4, w/4]."""
+
+    def __init__(self, cin: int, stem: int, dim: int, lif: dict[str, Any]):
+        super().__init__()
+        self.mod1 = SpikingTemporalModulator(_conv_bn(cin, stem), LIF(**lif))
+        self.mod2 = SpikingTemporalModulator(_spiking_input(_conv_bn(stem, dim)), LIF(**lif))
+
+    def state_shapes(self, batch: int, h: int, w: int) -> list[tuple[int, ...]]:
+        c1 = self.mod1.synapse[0].out_channels
+        c2 = self.mod2.synapse[0].out_channels
+        h1, w1 = (h + 1) // 2, (w + 1) // 2
+        s1, s2 = (batch, c1, h1, w1), (batch, c2, (h1 + 1) // 2, (w1 + 1) // 2)
+        return [s1, s1, s2, s2]  # (u, a) of mod1, (u, a) of mod2
+
+    def step(self, x: torch.Tensor, u1: torch.Tensor, a1: torch.Tensor, u2: torch.Tensor,
+             a2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s1, u1, a1 = self.mod1.step(x, u1, a1)
+        s2, u2, a2 = self.mod2.step(s1, u2, a2)
+        return s2, u1, a1, u2, a2
+
+
+class VideoSpiking(nn.Module):
+    """Dual-encoder spiking recognizer over (iframe, mv, residual) -> logits [B, num_classes]."""
+
+    def __init__(self, size: str = "small", num_classes: int = 10, clip_len: int = 8, height: int = 64,
+                 width: int = 64, grid: int = 4, tau: float = 0.5, theta: float = 1.0, reset: str = "soft",
+                 surrogate: str = "fast_sigmoid", slope: float = 5.0, beta: float = 0.2, trace_decay: float = 0.8,
+                 dropout: float = 0.1):
+        super().__init__()
+        if size not in SIZES:
+            raise ConfigError(f"unknown video_spiking size {size!r}", fix=f"choose one of {sorted(SIZES)}")
+        if height % (4 * grid) or width % (4 * grid):
+            raise ConfigError(f"height and width must be multiples of 4*grid = {4 * grid}, got {height}x{width}")
+        self.config = dict(size=size, num_classes=num_classes, clip_len=clip_len, height=height, width=width,
+                           grid=grid, tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
+                           trace_decay=trace_decay, dropout=dropout)
+        self.model_name = "video_spiking"
+        self.num_classes = num_classes
+        s = SIZES[size]
+        stem, dim, self.dim = s["stem"], s["dim"], s["dim"]
+        self.i_grid, self.p_grid = s["i_grid"], s["p_grid"]
+        self.n_i, self.n_p = self.i_grid ** 2, self.p_grid ** 2
+        lif = dict(tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
+                   trace_decay=trace_decay)
+
+        self.iframe_encoder = nn.Sequential(
+            _conv_bn(3, stem), nn.ReLU(), _conv_bn(stem, 2 * stem), nn.ReLU(), _conv_bn(2 * stem, dim), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(self.i_grid))
+        self.motion = SpikingStream(2, stem, dim, lif)
+        self.residual_pool = nn.AvgPool2d(grid)  # residual to the motion grid: the P path never runs at full size
+        self.residual = SpikingStream(3, stem, dim, lif)
+        self.p_proj = nn.Conv2d(2 * dim, dim, 1)
+        self.p_proj.spike_input = True
+        self.p_pool = nn.AdaptiveAvgPool2d(self.p_grid)
+
+        self.modality = nn.Parameter(torch.zeros(2, dim))
+        self.time = nn.Parameter(torch.zeros(clip_len + 1, dim))  # I-frame at time 0, P-step t at t + 1
+        self.pos_i = nn.Parameter(torch.zeros(self.n_i, dim))
+        self.pos_p = nn.Parameter(torch.zeros(self.n_p, dim))
+        for p in (self.modality, self.time, self.pos_i, self.pos_p):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, s["heads"]) for _ in range(s["depth"]))
+        n_tokens = self.n_i + clip_len * self.n_p
+        self.mixer = MixerBlock(n_tokens, dim, token_hidden=n_tokens, channel_hidden=2 * dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes)
+
+    # -- input checks ----------------------------------------------------------------------------------
+    def expected_shapes(self, batch: int | str = "B") -> dict[str, tuple]:
+        c = self.config
+        h, w, g, t = c["height"], c["width"], c["grid"], c["clip_len"]
+        return {"iframe": (batch, 3, h, w), "mv": (batch, t, 2, h // g, w // g), "residual": (batch, t, 3, h, w)}
+
+    def check_inputs(self, iframe: torch.Tensor, mv: torch.Tensor, residual: torch.Tensor) -> None:
+        """InputError naming the tensor, its shape and the expected one when a clip does not fit the model."""
+        batch = iframe.shape[0] if iframe.dim() else 0
+        for name, x in (("iframe", iframe), ("mv", mv), ("residual", residual)):
+            want = self.expected_shapes(batch)[name]
+            if tuple(x.shape) != want:
+                raise InputError(f"{name} has shape {list(x.shape)}, expected {list(want)} for this model "
+                                 f"(clip_len={self.config['clip_len']}, size={self.config['height']}x"
+                                 f"{self.config['width']}, grid={self.config['grid']})",
+                                 fix="build the clips with the model's clip_len/size/grid, or the model with "
+                                     "the clips' (edgeml train reads them from the clip cache)")
+
+    # -- streaming API -------------------------------------------------------------------------------------
+    def stream_init(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """Zero membrane states and spike traces: 4 (motion) + 4 (residual) tensors [B, C, h', w']."""
+        c = self.config
+        h, w = c["height"] // c["grid"], c["width"] // c["grid"]
+        ref = self.p_proj.weight
+        shapes = self.motion.state_shapes(batch, h, w) + self.residual.state_shapes(batch, h, w)
+        return tuple(ref.new_zeros(s) for s in shapes)
+
+    def stream_step(self, mv_t: torch.Tensor, residual_t: torch.Tensor,
+                    *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One P-step: mv_t [B, 2, H/g, W/g], residual_t [B, 3, H, W], 8 state tensors -> (p_tokens_t [B, nP, D],
+        *new_state)."""
+        m_spk, *m_state = self.motion.step(mv_t / MV_SCALE, *state[:4])
+        r_spk, *r_state = self.residual.step(self.residual_pool(residual_t / RESIDUAL_SCALE), *state[4:])
+        p = self.p_pool(self.p_proj(torch.cat([m_spk, r_spk], 1)))  # [B, D, p, p]
+        return (p.flatten(2).transpose(1, 2), *m_state, *r_state)
+
+    def stream_head(self, iframe: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
+        """I-frame [B, 3, H, W] + P-tokens [B, T, nP, D] -> logits [B, num_classes]."""
+        b, t = p_tokens.shape[:2]
+        x = (iframe / 255.0 - 0.45) / 0.25
+        i_tok = self.iframe_encoder(x).flatten(2).transpose(1, 2)  # [B, nI, D]
+        i_tok = i_tok + self.pos_i + self.modality[0] + self.time[0]
+        p_tok = p_tokens + self.pos_p + self.modality[1] + self.time[1:t + 1, None, :]
+        tokens = torch.cat([i_tok, p_tok.reshape(b, t * self.n_p, self.dim)], 1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        tokens = self.mixer(tokens)
+        return self.head(self.drop(self.norm(tokens).mean(1)))
+
+    def forward(self, iframe: torch.Tensor, mv: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """iframe [B, 3, H, W], mv [B, T, 2, H/g, W/g], residual [B, T, 3, H, W] -> logits [B, num_classes]."""
+        self.check_inputs(iframe, mv, residual)
+        state = self.stream_init(iframe.shape[0])
+        tokens = []
+        for t in range(mv.shape[1]):
+            p, *state = self.stream_step(mv[:, t], residual[:, t], *state)
+            tokens.append(p)
+        return self.stream_head(iframe, torch.stack(tokens, 1))
+
+
+def _example_inputs(model: VideoSpiking, batch: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    shapes = model.expected_shapes(batch)
+    return (torch.rand(shapes["iframe"], generator=g) * 255, torch.randn(shapes["mv"], generator=g) * 2,
+            torch.randn(shapes["residual"], generator=g) * 10)
+
+
+@register_model("video_spiking", example_inputs=_example_inputs, task="video",
+                input_names=("iframe", "mv", "residual"), output_names=("logits",),
+                defaults=dict(size="small", num_classes=10, clip_len=8, height=64, width=64, grid=4),
+                description="Spiking compressed-domain action recognizer: I-frame CNN + spiking motion/residual "
+                            "modulators (LIF, dynamic threshold), unified transformer, mixer block")
+def video_spiking(**config: Any) -> VideoSpiking:
+    """Build `VideoSpiking` (sizes tiny | small | base)."""
+    return VideoSpiking(**config)
+
+
+__all__ = ["SIZES", "VideoSpiking", "video_spiking"]
