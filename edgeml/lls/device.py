@@ -71,7 +71,12 @@ class DeviceEngine:
         path = Path(path)
         if path.resolve() == self.path.resolve():
             raise InputError("refusing to overwrite the input pack", path=path, fix="write to another --out path")
-        self._e.save(str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        core = _core()
+        try:
+            self._e.save(str(path))
+        except core.LLSPackError as e:
+            raise CheckpointError(str(e)) from None
         return path
 
 
@@ -126,3 +131,148 @@ def torch_lls_step(model: Any, x: Any, labels: Any, optimizers: dict[int, Any]) 
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+# -- standalone binary and device data --------------------------------------------------------------------------
+
+def finetune_binary() -> Path:
+    """Path of the standalone `edgeml-finetune` (installed with the package, or $EDGEML_FINETUNE)."""
+    import os
+    import shutil
+
+    env = os.environ.get("EDGEML_FINETUNE")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(_core().__file__).parent / "bin" / "edgeml-finetune")
+    found = shutil.which("edgeml-finetune")
+    if found:
+        candidates.append(Path(found))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise MissingDependencyError("edgeml-finetune", purpose="on-device fine-tuning without Python "
+                                 "(reinstall edgeml so CMake builds it, or set EDGEML_FINETUNE)")
+
+
+def write_idx_folder(folder: str | PathLike, images: np.ndarray, labels: np.ndarray, split: str = "train") -> Path:
+    """Write uint8 images [N, H, W] or [N, H, W, C] and labels [N] as uncompressed IDX files (atomically).
+
+    This is the data layout `edgeml-finetune --data` reads: `<split>-images-idx{3,4}-ubyte` and
+    `<split>-labels-idx1-ubyte`, split "train" (fine-tuning data) or "t10k" (held-out evaluation).
+    """
+    import struct
+
+    from edgeml.io import write_bytes
+
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
+        raise InputError(f"images {images.shape} / labels {labels.shape}: expected [N, H, W(, C)] and [N]")
+    folder = Path(folder)
+    nd = images.ndim
+    write_bytes(folder / f"{split}-images-idx{nd}-ubyte",
+                struct.pack(f">4B{nd}I", 0, 0, 8, nd, *images.shape) + images.tobytes())
+    write_bytes(folder / f"{split}-labels-idx1-ubyte", struct.pack(">4BI", 0, 0, 8, 1, len(labels)) + labels.tobytes())
+    return folder
+
+
+def shift_images(images: np.ndarray, brightness: float = 0.0, contrast: float = 1.0) -> np.ndarray:
+    """A photometric domain shift on images in [0, 1]: clip(contrast * (x - 0.5) + 0.5 + brightness, 0, 1)."""
+    return np.clip(contrast * (images - 0.5) + 0.5 + brightness, 0.0, 1.0).astype(np.float32)
+
+
+def _dataset_arrays(data: str | PathLike, split: str, image_size: int, limit: int | None,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, C, H, W] in [0, 1] and labels [N] of a data set name / folder (edgeml.data)."""
+    from edgeml.data import open_image_dataset
+
+    opts: dict[str, Any] = {"augment": False}
+    try:
+        ds = open_image_dataset(data, split, size=image_size, **opts)
+    except TypeError:  # readers without a size option (IDX, CIFAR)
+        ds = open_image_dataset(data, split, **opts)
+    n = len(ds)
+    order = np.random.default_rng(seed).permutation(n)[: limit or n]
+    items = [ds[int(i)] for i in order]
+    images = np.stack([it["image"].numpy() for it in items]).astype(np.float32)
+    labels = np.array([int(it["label"]) for it in items], dtype=np.int64)
+    return images, labels
+
+
+def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *, model: str | None = None,
+             blocks: str = "last:2", epochs: int = 1, batch: int = 32, lr: float | None = None,
+             optimizer: str | None = None, limit: int | None = None, eval_limit: int | None = None,
+             brightness: float = 0.0, contrast: float = 1.0, seed: int = 0, arena_bytes: int = 0,
+             progress: bool = True) -> dict[str, Any]:
+    """Fine-tune a pack on device data with the C++ engine; write the updated pack to `out` atomically.
+
+    `data`: a data set name or folder edgeml.data reads (train split fine-tunes, test split evaluates);
+    `brightness`/`contrast`: an optional photometric shift applied to both splits (the "device domain").
+    Returns accuracy before/after on the test split, mean/median step latency, peak RSS and arena size.
+    """
+    import resource
+    import time
+
+    from edgeml.lls.pack import parse_blocks, read_pack
+
+    header = read_pack(pack).header  # validates (checksum, version) before anything else
+    if model is not None and header.get("model") not in (None, model):
+        raise InputError(f"the pack holds model {header.get('model')!r}, not {model!r}", path=pack,
+                         fix=f"pass --model {header.get('model')} or the pack of {model}")
+    n_blocks = len(header["blocks"])
+    train_last = len(parse_blocks(blocks, n_blocks))
+    if train_last == 0:
+        raise InputError("no block to train", fix="pass --blocks last:N with N >= 1")
+    engine = open_engine(pack, batch, arena_bytes=arena_bytes, train_last=train_last, lr=lr, optimizer=optimizer)
+    image_size = int(engine.input_shape[1])
+    x_train, y_train = _dataset_arrays(data, "train", image_size, limit, seed)
+    x_test, y_test = _dataset_arrays(data, "test", image_size, eval_limit, seed + 1)
+    for name, x in (("train", x_train), ("test", x_test)):
+        if tuple(x.shape[1:]) != tuple(engine.input_shape):
+            raise InputError(f"{name} images have shape {tuple(x.shape[1:])}, the pack expects "
+                             f"{tuple(engine.input_shape)}", path=data, fix="use data of the net's input size")
+    x_train = shift_images(x_train, brightness, contrast) * 2.0 - 1.0
+    x_test = shift_images(x_test, brightness, contrast) * 2.0 - 1.0
+
+    def accuracy() -> float:
+        correct = 0
+        for s in range(0, len(x_test), batch):
+            correct += int((engine.forward(x_test[s:s + batch]).argmax(1) == y_test[s:s + batch]).sum())
+        return correct / max(1, len(x_test))
+
+    before = accuracy()
+    rng = np.random.default_rng(seed)
+    per_epoch = (len(x_train) + batch - 1) // batch
+    times: list[float] = []
+    losses: list[float] = []
+    bar = _progress(progress, epochs * per_epoch)
+    with bar:
+        task = bar.add_task("fine-tuning", total=epochs * per_epoch)
+        for _ in range(epochs):
+            order = rng.permutation(len(x_train))
+            for s in range(0, len(order), batch):
+                idx = order[s:s + batch]
+                xb, yb = np.ascontiguousarray(x_train[idx]), y_train[idx]
+                t0 = time.perf_counter()
+                step_losses = engine.train_step(xb, yb)
+                times.append(time.perf_counter() - t0)
+                losses.append(step_losses[-1])
+                bar.update(task, advance=1, description=f"fine-tuning  loss {step_losses[-1]:.3f}")
+    after = accuracy()
+    engine.save(out)
+    return {
+        "pack": str(pack), "out": str(out), "blocks": blocks, "trainable_blocks": list(engine.trainable_blocks),
+        "steps": len(times), "batch": batch, "train_samples": len(x_train), "test_samples": len(x_test),
+        "accuracy_before": before, "accuracy_after": after,
+        "step_ms_mean": 1e3 * float(np.mean(times)) if times else 0.0,
+        "step_ms_median": 1e3 * float(np.median(times)) if times else 0.0,
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "arena_bytes": int(engine.arena_bytes),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled)
