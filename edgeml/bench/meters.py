@@ -147,6 +147,8 @@ class EnergyReading:
     method: str  # "counter" | "power-sampling"
     error: str | None = None
     channels: dict[str, float] = field(default_factory=dict)  # joules per zone / rail
+    t_start: float | None = None  # time.perf_counter() of the first and last sample: the window measured
+    t_end: float | None = None
 
     @property
     def source(self) -> str:
@@ -236,8 +238,9 @@ class Meter:
 
     def _reading(self, s: _Sampler) -> EnergyReading:
         seconds = s.times[-1] - s.times[0] if len(s.times) > 1 else 0.0
+        window = {"t_start": s.times[0], "t_end": s.times[-1]} if s.times else {}
         if s.error is not None:
-            return EnergyReading(self.kind, self.scope, None, seconds, len(s.times), self.method, s.error)
+            return EnergyReading(self.kind, self.scope, None, seconds, len(s.times), self.method, s.error, **window)
         channels: dict[str, float] = {}
         try:
             for name, values in s.values.items():
@@ -248,9 +251,9 @@ class Meter:
                 else:
                     channels[name] = integrate_power(s.times, values)
         except SensorReadError as e:
-            return EnergyReading(self.kind, self.scope, None, seconds, len(s.times), self.method, str(e))
+            return EnergyReading(self.kind, self.scope, None, seconds, len(s.times), self.method, str(e), **window)
         return EnergyReading(self.kind, self.scope, sum(channels.values()), seconds, len(s.times), self.method,
-                             None, channels)
+                             None, channels, **window)
 
 
 class _Sampler:

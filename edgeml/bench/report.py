@@ -107,7 +107,9 @@ def energy_notes(runs: Sequence[dict], names: Sequence[str]) -> list[str]:
             est = e.get("estimate", {})
             table = est.get("table")
             what = (f"{ESTIMATED_LABEL}: {_fmt(est.get('macs'))} MACs + {_fmt(est.get('acs'))} ACs per clip, "
-                    f"energy table {table}" if est.get("joules") is not None else est.get("error", "no estimate"))
+                    f"energy table {table} ({est.get('pj_per_mac')} pJ/MAC, {est.get('pj_per_ac')} pJ/AC), "
+                    f"weights: {est.get('weights')}" if est.get("joules") is not None
+                    else est.get("error", "no estimate"))
         else:
             what = f"{e['label']}, {e.get('scope', '')}"
         if e.get("problems"):
@@ -316,8 +318,10 @@ def print_summary(r: dict) -> None:
             t.add_row(f"model-only batch {b['batch']}", f"median {_ms(b['median_s'])}, p90 {_ms(b['p90_s'])}, "
                       f"p99 {_ms(b['p99_s'])}, {_fmt(b['items_per_s'])} clips/s")
     t.add_row("energy / video", f"{_fmt(s['joules_per_video'])} J — {s['energy_label']}")
-    if r["energy"]["method"] == "estimated" and r["energy"].get("estimate", {}).get("table") is not None:
-        t.add_row("energy table", str(r["energy"]["estimate"]["table"]))
+    est = r["energy"].get("estimate", {})
+    if r["energy"]["method"] == "estimated" and est.get("table") is not None:
+        t.add_row("energy table", f"{est['table']}: {est['pj_per_mac']} pJ/MAC, {est['pj_per_ac']} pJ/AC "
+                  f"({_fmt(est['macs'])} MACs + {_fmt(est['acs'])} ACs per clip)")
     if s["accuracy"] is not None:
         t.add_row("accuracy", f"{100 * s['accuracy']:.1f} % of {r['accuracy']['videos']} videos")
     env = r["environment"]

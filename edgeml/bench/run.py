@@ -194,8 +194,13 @@ def list_videos(data: str | Path, n: int) -> list[tuple[Path, str | None]]:
 # ----------------------------------------------------------------------------------------------- energy
 
 
-def estimate_energy_per_clip(model: Any, feeds: dict[str, np.ndarray], input_names: Sequence[str]) -> dict:
-    """Op-count energy estimate of one clip (batch 1) -> {"joules", "table", "macs", "acs", ...}."""
+# The op-count energy table that matches each backend's arithmetic (edgeml.bench.energy.TABLES).
+ENERGY_TABLES = {"ort-int8": "45nm-int8", "ort-fp16": "45nm-fp16"}
+
+
+def estimate_energy_per_clip(model: Any, feeds: dict[str, np.ndarray], input_names: Sequence[str],
+                             table: str = "45nm") -> dict:
+    """Op-count energy estimate of one clip (batch 1) -> {"joules", "table", "pj_per_mac", "macs", "acs", ...}."""
     import torch
 
     try:
@@ -206,11 +211,9 @@ def estimate_energy_per_clip(model: Any, feeds: dict[str, np.ndarray], input_nam
     inputs = tuple(torch.from_numpy(np.ascontiguousarray(feeds[k][:1])) for k in input_names)
     with torch.inference_mode():
         ops = count_ops(model.eval(), inputs)
-    est = estimate_energy(ops)
-    table = getattr(est, "table", None)
+    est = estimate_energy(ops, table)
     rates = getattr(ops, "spike_rates", None)
-    return {"joules": float(est.joules), "table": table if isinstance(table, (str, dict)) else str(table),
-            "macs": float(ops.macs), "acs": float(ops.acs),
+    return {**est.as_dict(), "joules": float(est.joules),
             "mean_spike_rate": float(np.mean(list(rates.values()))) if isinstance(rates, dict) and rates else None}
 
 
@@ -283,7 +286,7 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
                                             meters, fixed_batch=_fixed_batch(manifest))
         results["energy"] = _energy(readings, n_videos, clips_per_video, results["model_only"], meters,
                                     torch_model, model_name, config, manifest, checkpoint, sample_feeds,
-                                    input_names, artefact)
+                                    input_names, artefact, backend)
         results["summary"] = _summary(results)
     if out is not None:
         write_json(out, results)
@@ -432,7 +435,7 @@ def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequenc
 
 def _energy(readings: list, videos: int, clips_per_video: float, model_only: dict, meters: MeterSet,
             torch_model: Any, model_name: str, config: dict, manifest: dict, checkpoint: Any,
-            feeds: dict[str, np.ndarray], input_names: list[str], artefact: str | Path | None) -> dict:
+            feeds: dict[str, np.ndarray], input_names: list[str], artefact: str | Path | None, backend: str) -> dict:
     if readings and any(r.joules is not None for r in readings):
         out = _measured_energy(readings, videos)
         out["scope"] = "end-to-end (decode + extraction + model), whole sensor scope incl. idle power"
@@ -443,7 +446,7 @@ def _energy(readings: list, videos: int, clips_per_video: float, model_only: dic
                "scope": f"model only, batch {rows[0]['batch']}" if rows else "no valid reading"}
     else:
         model = torch_model or _model_for_estimate(model_name, config, manifest, checkpoint, artefact)
-        est = estimate_energy_per_clip(model, feeds, input_names)
+        est = estimate_energy_per_clip(model, feeds, input_names, ENERGY_TABLES.get(backend, "45nm"))
         est["weights"] = getattr(model, "_edgeml_weights", "as exported")
         per_video = None if est["joules"] is None else est["joules"] * clips_per_video
         out = {"method": "estimated", "label": ESTIMATED_LABEL, "joules_per_video": per_video,
