@@ -4,15 +4,19 @@ One shared budget (same epochs, batch, AdamW lr 5e-3 + cosine, augmentation, see
 test accuracy, training MACs per sample (counted), peak training memory (RSS growth measured in a fresh process
 per mode) and wall time per epoch — all measured in this run. Results: benchmarks/results/lls_fashion_mnist.json.
 
-    .venv/bin/python benchmarks/lls_fashion_mnist.py                 # full run (>= 10 epochs, 60k images)
+    .venv/bin/python benchmarks/lls_fashion_mnist.py                 # full run (10 epochs, 60k images)
+    .venv/bin/python benchmarks/lls_fashion_mnist.py --jobs 5 --threads 1   # the modes in parallel processes
     .venv/bin/python benchmarks/lls_fashion_mnist.py --subset 2000 --epochs 1 --out /tmp/quick.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,18 +50,20 @@ def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
     return 100.0 * correct / total
 
 
-def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: Console) -> dict:
+def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: Console,
+             part: Path | None = None) -> dict:
+    """Train `mode` for the shared budget, then measure accuracy, MACs and memory; `part` gets per-epoch progress."""
     torch.manual_seed(args.seed)
     model = create_model("lls_smallconv", mode=mode)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))
     learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader))
-    epoch_times, history = [], []
+    epoch_times, cpu_times, history = [], [], []
     with Progress(TextColumn(f"[bold]{mode:>15}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task(mode, total=args.epochs * len(loader), info="")
         for epoch in range(args.epochs):
-            start, losses, accs = time.perf_counter(), [], []
+            start, cpu_start, losses, accs = time.perf_counter(), time.process_time(), [], []
             for batch in loader:
                 m = learner.train_step([batch["image"]], batch["label"])
                 losses.append(m["loss"])
@@ -65,8 +71,12 @@ def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: 
                 progress.update(task, advance=1, info=f"epoch {epoch + 1} loss {m['loss']:.3f}")
             learner.end_epoch()
             epoch_times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                            "train_acc": 100.0 * sum(accs) / len(accs), "seconds": epoch_times[-1]})
+                            "train_acc": 100.0 * sum(accs) / len(accs), "seconds": epoch_times[-1],
+                            "cpu_seconds": cpu_times[-1]})
+            if part is not None:
+                write_json(part, {"mode": mode, "done": False, "history": history})
     learner.before_eval(loader)
     test_loader = DataLoader(test_set, batch_size=512)
     accuracy = evaluate(model, test_loader)
@@ -76,7 +86,8 @@ def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: 
                   f"peak training memory {memory['training_peak_bytes'] / 2**20:.1f} MiB")
     return {"mode": mode, "test_accuracy": accuracy, "training_macs_per_sample": macs,
             "peak_training_memory_bytes": memory["training_peak_bytes"], "memory_probe": memory,
-            "seconds_per_epoch": sum(epoch_times) / len(epoch_times), "history": history,
+            "seconds_per_epoch": sum(epoch_times) / len(epoch_times),
+            "cpu_seconds_per_epoch": sum(cpu_times) / len(cpu_times), "history": history,
             "paper_table1": PAPER_TABLE1.get(mode)}
 
 
@@ -84,7 +95,7 @@ def summary_table(rows: list[dict]) -> Table:
     bp = next((r for r in rows if r["mode"] == "bp"), None)
     table = Table(title="SmallConv on Fashion-MNIST: BP vs local learning (one shared budget)")
     for col in ("mode", "test acc %", "vs BP (pts)", "paper T1 %", "train MACs/sample", "MACs vs BP",
-                "peak train mem", "mem BP/mode", "s/epoch"):
+                "peak train mem", "mem BP/mode", "s/epoch", "CPU s/epoch"):
         table.add_column(col, justify="right")
     for r in rows:
         macs = r["training_macs_per_sample"]["total"]
@@ -95,13 +106,49 @@ def summary_table(rows: list[dict]) -> Table:
             r["paper_table1"] or "-", f"{macs / 1e6:.2f} M",
             f"{bp['training_macs_per_sample']['total'] / macs:.2f}x fewer" if bp else "-",
             f"{mem / 2**20:.1f} MiB", f"{bp['peak_training_memory_bytes'] / mem:.2f}x" if bp else "-",
-            f"{r['seconds_per_epoch']:.1f}")
+            f"{r['seconds_per_epoch']:.1f}", f"{r['cpu_seconds_per_epoch']:.1f}")
     return table
+
+
+def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict:
+    return {"benchmark": "lls_fashion_mnist", "model": "lls_smallconv", "data": args.data,
+            "train_images": train_images, "test_images": test_images, "epochs": args.epochs,
+            "batch_size": args.batch_size, "optimizer": f"AdamW lr {args.lr} + cosine, per block in local modes",
+            "augmentation": "RandomCrop(28, pad 4) + horizontal flip", "seed": args.seed,
+            "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
+                             f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
+            "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
+                           "+ local heads (edgeml.bench.lls_cost.training_macs)",
+            "timing_note": "wall and CPU seconds per training epoch on a shared machine; modes ran "
+                           f"{'in parallel worker processes' if args.jobs > 1 else 'one after another'}, "
+                           f"{args.threads} thread(s) each",
+            "paper_table1_note": "paper figures are approximate ranges (exact Table 1 values not retrieved)",
+            "torch": torch.__version__, "machine": platform.machine(), "python": sys.version.split()[0]}
+
+
+def _run_workers(args: argparse.Namespace, parts: Path, console: Console) -> list[dict]:
+    """One worker process per mode (at most `jobs` at once); each writes parts/<mode>.json."""
+    base = [sys.executable, __file__, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+            "--lr", str(args.lr), "--seed", str(args.seed), "--data", args.data, "--threads", str(args.threads),
+            "--parts", str(parts), "--worker"] + (["--subset", str(args.subset)] if args.subset else [])
+    pending, running = list(args.modes), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            mode = pending.pop(0)
+            running.append((mode, subprocess.Popen([*base, "--modes", mode], stdout=subprocess.DEVNULL)))
+        for mode, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((mode, proc))
+                if proc.returncode != 0:
+                    raise SystemExit(f"worker for mode {mode} failed with exit code {proc.returncode}")
+                console.print(f"{mode} done")
+        time.sleep(2)
+    return [json.loads((parts / f"{mode}.json").read_text()) for mode in args.modes]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -109,38 +156,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--data", default="fashion-mnist", help="data set name or IDX folder")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--jobs", type=int, default=1, help="train this many modes at once, one process each")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--parts", type=Path, default=None,
+                        help="folder for per-mode progress files of --jobs runs (default: a temporary folder)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one mode -> parts/<mode>.json
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
     console = Console()
     train_set = open_image_dataset(args.data, "train")
     test_set = open_image_dataset(args.data, "test")
     if args.subset:
         train_set = Subset(train_set, range(min(args.subset, len(train_set))))
-    meta = {"benchmark": "lls_fashion_mnist", "model": "lls_smallconv", "data": args.data,
-            "train_images": len(train_set), "test_images": len(test_set), "epochs": args.epochs,
-            "batch_size": args.batch_size, "optimizer": f"AdamW lr {args.lr} + cosine, per block in local modes",
-            "augmentation": "RandomCrop(28, pad 4) + horizontal flip", "seed": args.seed,
-            "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
-                             f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
-            "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
-                           "+ local heads (edgeml.bench.lls_cost.training_macs)",
-            "paper_table1_note": "paper figures are approximate ranges (exact Table 1 values not retrieved)",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "python": sys.version.split()[0]}
-    rows: list[dict] = []
-    for mode in args.modes:
-        rows.append(run_mode(mode, args, train_set, test_set, console))
-        write_json(args.out, {**meta, "complete": len(rows) == len(args.modes), "results": rows})
+    meta = _meta(args, len(train_set), len(test_set))
+    if args.worker:
+        part = args.parts / f"{args.modes[0]}.json"
+        write_json(part, {**run_mode(args.modes[0], args, train_set, test_set, console, part), "done": True})
+        return 0
+    if args.jobs > 1 and args.parts is not None:
+        args.parts.mkdir(parents=True, exist_ok=True)
+        rows = _run_workers(args, args.parts, console)
+    elif args.jobs > 1:
+        with tempfile.TemporaryDirectory(prefix="lls_bench_") as tmp:
+            rows = _run_workers(args, Path(tmp), console)
+    else:
+        rows = []
+        for mode in args.modes:
+            rows.append(run_mode(mode, args, train_set, test_set, console))
+            write_json(args.out, {**meta, "complete": False, "results": rows})
     console.print(summary_table(rows))
+    result = {**meta, "complete": True, "results": rows}
     bp = next((r for r in rows if r["mode"] == "bp"), None)
     lls = next((r for r in rows if r["mode"] == "lls"), None)
     if bp and lls:
         gap = bp["test_accuracy"] - lls["test_accuracy"]
         ratio = bp["peak_training_memory_bytes"] / lls["peak_training_memory_bytes"]
-        goals = {"lls_within_1.5_points_of_bp": gap <= 1.5, "lls_memory_ratio_at_least_1.5": ratio >= 1.5,
-                 "accuracy_gap_points": gap, "memory_ratio": ratio}
-        write_json(args.out, {**meta, "complete": True, "goals": goals, "results": rows})
+        result["goals"] = {"lls_within_1.5_points_of_bp": gap <= 1.5, "lls_memory_ratio_at_least_1.5": ratio >= 1.5,
+                           "accuracy_gap_points": gap, "memory_ratio": ratio}
         console.print(f"LLS vs BP: {gap:+.2f} points below BP (goal <= 1.5), {ratio:.2f}x less peak training "
                       f"memory (goal >= 1.5x)")
+    write_json(args.out, result)
     console.print(f"results: {args.out}")
     return 0
 

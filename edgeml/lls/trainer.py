@@ -12,7 +12,6 @@ settings: a fair baseline). Under DDP the learner averages each optimizer's grad
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,15 +21,9 @@ from torch import nn
 
 from edgeml.errors import ConfigError
 from edgeml.lls.rule import check_mode
+from edgeml.train import average_gradients, cosine_schedule, load_optimizer_tensors, optimizer_tensors
 
 BN_BATCHES = 50  # the authors re-estimate BatchNorm statistics on 50 training batches before each evaluation
-
-
-def _cosine(total_steps: int):
-    def factor(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-
-    return factor
 
 
 def batch_images(batch: Any) -> torch.Tensor:
@@ -60,7 +53,7 @@ class LocalLearner:
             self.groups = [list(b.parameters()) for b in model.blocks] + [list(model.classifier.parameters())]
         self.optimizers = [torch.optim.AdamW(g, lr=lr, weight_decay=weight_decay) for g in self.groups]
         total = max(1, epochs * steps_per_epoch)
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _cosine(total)) for o in self.optimizers]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, cosine_schedule(total)) for o in self.optimizers]
         if self.distributed:
             self._broadcast_from_rank0()
 
@@ -70,7 +63,7 @@ class LocalLearner:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.distributed:
-            self._average_grads(self.groups[i])
+            average_gradients(self.groups[i])
         opt.step()
         self.schedulers[i].step()
 
@@ -118,18 +111,6 @@ class LocalLearner:
         self.model.eval()
 
     # -- DDP --------------------------------------------------------------------------------------------
-    def _average_grads(self, params: list[nn.Parameter]) -> None:
-        dist = torch.distributed
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= dist.get_world_size()
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
-
     @torch.no_grad()
     def _broadcast_from_rank0(self) -> None:
         for t in itertools.chain(self.model.parameters(), self.model.buffers()):
@@ -138,28 +119,8 @@ class LocalLearner:
     # -- checkpoint state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Optimizer moments, step counts and schedule positions as flat tensors (`opt{i}.{param}.{key}`)."""
-        out: dict[str, torch.Tensor] = {}
-        for i, (opt, sched) in enumerate(zip(self.optimizers, self.schedulers, strict=True)):
-            for pid, state in opt.state_dict()["state"].items():
-                for key, value in state.items():
-                    out[f"opt{i}.{pid}.{key}"] = torch.as_tensor(value).detach().clone()
-            out[f"sched{i}.last_epoch"] = torch.tensor(sched.last_epoch)
-        return out
+        return optimizer_tensors(self.optimizers, self.schedulers)
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `state_dict` (the learner must have been built for the same model and mode)."""
-        for i, (opt, sched) in enumerate(zip(self.optimizers, self.schedulers, strict=True)):
-            full = opt.state_dict()
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            prefix = f"opt{i}."
-            for name, value in tensors.items():
-                if name.startswith(prefix):
-                    pid, key = name[len(prefix):].split(".", 1)
-                    state.setdefault(int(pid), {})[key] = value
-            full["state"] = state
-            opt.load_state_dict(full)
-            key = f"sched{i}.last_epoch"
-            if key in tensors:
-                sched.last_epoch = int(tensors[key])
-                for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
-                    group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
+        load_optimizer_tensors(self.optimizers, self.schedulers, tensors)
