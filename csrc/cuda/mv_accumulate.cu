@@ -1,0 +1,163 @@
+// CUDA twins of csrc/mv/accumulate.cpp and csrc/mv/residual.cpp (host buffers in and out).
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_api.h"
+#include "mv/accumulate.h"
+#include "mv/rasterise.h"
+#include "mv/residual.h"
+
+namespace edgeml::cuda {
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err) +
+                             " (code " + std::to_string(static_cast<int>(err)) + ")");
+  }
+}
+
+struct Buffer {
+  void* ptr = nullptr;
+  explicit Buffer(size_t bytes) { check(cudaMalloc(&ptr, bytes > 0 ? bytes : 1), "cudaMalloc"); }
+  Buffer(const void* host, size_t bytes) : Buffer(bytes) {
+    if (bytes > 0) check(cudaMemcpy(ptr, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+  }
+  ~Buffer() { cudaFree(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
+
+__device__ int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+__global__ void accumulate_kernel(const float* field, const float* prev, int height, int width, int grid, int ho,
+                                  int wo, float* out) {
+  const int64_t plane = static_cast<int64_t>(ho) * wo;
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= plane) return;
+  const int i = static_cast<int>(c / wo), j = static_cast<int>(c % wo);
+  const float vx = field[c], vy = field[c + plane];
+  const int sx = clampi(static_cast<int>(floorf(j * grid - vx)), 0, width - 1);
+  const int sy = clampi(static_cast<int>(floorf(i * grid - vy)), 0, height - 1);
+  const int64_t s = static_cast<int64_t>(sy / grid) * wo + sx / grid;
+  out[c] = vx + prev[s];
+  out[c + plane] = vy + prev[s + plane];
+}
+
+struct DevPlane {
+  const uint8_t* data;
+  int64_t row_stride, col_stride;
+  int shift_y, shift_x;
+};
+
+__device__ uint8_t sample(const DevPlane& p, int y, int x) {
+  return p.data[(y >> p.shift_y) * p.row_stride + (x >> p.shift_x) * p.col_stride];
+}
+
+// One thread per pixel and channel; `ref_only` selects warp (uint8 out) instead of residual (int16 out).
+__global__ void warp_kernel(const DevPlane* cur, const DevPlane* ref, int channels, const float* field, int height,
+                            int width, int grid, int16_t* res_out, uint8_t* warp_out) {
+  const int64_t hw = static_cast<int64_t>(height) * width;
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k >= hw * channels) return;
+  const int c = static_cast<int>(k / hw);
+  const int64_t p = k % hw;
+  const int y = static_cast<int>(p / width), x = static_cast<int>(p % width);
+  int sy = y, sx = x;
+  if (field != nullptr) {
+    const int wo = (width + grid - 1) / grid;
+    const int64_t plane = static_cast<int64_t>((height + grid - 1) / grid) * wo;
+    const int64_t cell = static_cast<int64_t>(y / grid) * wo + x / grid;
+    sx = clampi(static_cast<int>(floorf(x - field[cell])), 0, width - 1);
+    sy = clampi(static_cast<int>(floorf(y - field[cell + plane])), 0, height - 1);
+  }
+  const uint8_t r = sample(ref[c], sy, sx);
+  if (warp_out != nullptr) {
+    warp_out[k] = r;
+  } else {
+    res_out[k] = static_cast<int16_t>(static_cast<int>(sample(cur[c], y, x)) - static_cast<int>(r));
+  }
+}
+
+size_t plane_bytes(const mv::Plane& p, int height, int width) {
+  const int64_t rows = ((height - 1) >> p.shift_y) + 1, cols = ((width - 1) >> p.shift_x) + 1;
+  return static_cast<size_t>((rows - 1) * p.row_stride + (cols - 1) * p.col_stride + 1);
+}
+
+// Copies host planes to the device; `views` point into `buffers`.
+struct DevicePlanes {
+  std::vector<std::unique_ptr<Buffer>> buffers;
+  std::unique_ptr<Buffer> table;
+  DevicePlanes(const mv::Plane* planes, int channels, int height, int width) {
+    std::vector<DevPlane> views;
+    for (int c = 0; c < channels; ++c) {
+      const mv::Plane& p = planes[c];
+      buffers.push_back(std::make_unique<Buffer>(p.data, plane_bytes(p, height, width)));
+      views.push_back({buffers.back()->as<uint8_t>(), p.row_stride, p.col_stride, p.shift_y, p.shift_x});
+    }
+    table = std::make_unique<Buffer>(views.data(), views.size() * sizeof(DevPlane));
+  }
+  const DevPlane* get() const { return table->as<DevPlane>(); }
+};
+
+void run_warp(const mv::Plane* cur, const mv::Plane* ref, int channels, const float* field, int height, int width,
+              int grid, int16_t* res_out, uint8_t* warp_out) {
+  const int64_t total = static_cast<int64_t>(height) * width * channels;
+  const size_t field_bytes = static_cast<size_t>(2) * mv::cells(height, grid) * mv::cells(width, grid) * 4;
+  DevicePlanes d_ref(ref, channels, height, width);
+  std::unique_ptr<DevicePlanes> d_cur;
+  if (cur != nullptr) d_cur = std::make_unique<DevicePlanes>(cur, channels, height, width);
+  std::unique_ptr<Buffer> d_field;
+  if (field != nullptr) d_field = std::make_unique<Buffer>(field, field_bytes);
+  const size_t out_bytes = static_cast<size_t>(total) * (warp_out ? 1 : 2);
+  Buffer d_out(out_bytes);
+  const int threads = 256;
+  if (total > 0) {
+    warp_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads>>>(
+        d_cur ? d_cur->get() : nullptr, d_ref.get(), channels, d_field ? d_field->as<float>() : nullptr, height,
+        width, grid, warp_out ? nullptr : d_out.as<int16_t>(), warp_out ? d_out.as<uint8_t>() : nullptr);
+    check(cudaGetLastError(), "warp_kernel launch");
+  }
+  check(cudaMemcpy(warp_out ? static_cast<void*>(warp_out) : static_cast<void*>(res_out), d_out.ptr, out_bytes,
+                   cudaMemcpyDeviceToHost),
+        "cudaMemcpy out");
+}
+
+}  // namespace
+
+void accumulate(const float* field, const float* prev, int height, int width, int grid, float* out) {
+  const int ho = mv::cells(height, grid), wo = mv::cells(width, grid);
+  const size_t bytes = static_cast<size_t>(2) * ho * wo * sizeof(float);
+  if (prev == nullptr) {
+    // same contract as the CPU: the first P-step's accumulated field is its own field (still touch the device,
+    // so a missing GPU is reported the same way on every call)
+    Buffer d(field, bytes);
+    check(cudaMemcpy(out, d.ptr, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy out");
+    return;
+  }
+  Buffer d_field(field, bytes), d_prev(prev, bytes), d_out(bytes);
+  const int64_t plane = static_cast<int64_t>(ho) * wo;
+  const int threads = 256;
+  accumulate_kernel<<<static_cast<unsigned>((plane + threads - 1) / threads), threads>>>(
+      d_field.as<float>(), d_prev.as<float>(), height, width, grid, ho, wo, d_out.as<float>());
+  check(cudaGetLastError(), "accumulate_kernel launch");
+  check(cudaMemcpy(out, d_out.ptr, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy out");
+}
+
+void residual(const mv::Plane* cur, const mv::Plane* ref, int channels, const float* field, int height, int width,
+              int grid, int16_t* out) {
+  run_warp(cur, ref, channels, field, height, width, grid, out, nullptr);
+}
+
+void warp(const mv::Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out) {
+  run_warp(nullptr, ref, channels, field, height, width, grid, nullptr, out);
+}
+
+}  // namespace edgeml::cuda

@@ -1,0 +1,29 @@
+// Residual = current frame - reference warped by a motion field, over planar images. Plain C++17.
+#pragma once
+#include <cstdint>
+
+namespace edgeml::mv {
+
+// One image plane in memory: rows of `width` samples, `row_stride` bytes apart, `col_stride` bytes between samples
+// (1 for a planar Y/U/V plane, 3 for one channel of packed RGB). Chroma planes are smaller than the luma plane by
+// (shift_y, shift_x): sample (y, x) of the full-resolution image lives at (y >> shift_y, x >> shift_x).
+struct Plane {
+  const uint8_t* data;
+  int64_t row_stride;
+  int64_t col_stride;
+  int shift_y;
+  int shift_x;
+};
+
+// out[c, y, x] = cur_c(y, x) - ref_c(clamp(y - fy), clamp(x - fx)) for c < channels, where (fx, fy) is the field
+// of the cell covering pixel (y, x): field float32 [2, cells(height, grid), cells(width, grid)] (channel 0 = x) and
+// nearest sampling (vectors are whole pixels; a fractional one is floored). Chroma is read at the subsampled
+// position, i.e. the planes are upsampled by sample repetition. So cur == out + warp(ref) exactly, per channel.
+// field == nullptr means a zero field. out: int16 [channels, height, width].
+void residual(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width, int grid,
+              int16_t* out);
+
+// warp only: out[c, y, x] = ref_c(clamp(y - fy), clamp(x - fx)) as uint8 [channels, height, width].
+void warp(const Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out);
+
+}  // namespace edgeml::mv

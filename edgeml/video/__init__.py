@@ -1,0 +1,1 @@
+"""Compressed-domain video: decoding with motion-vector export (codec), kernels (mv), clips, synth set, datasets."""

@@ -1,0 +1,208 @@
+"""Decoding with libavcodec's motion-vector export (PyAV), and the canonical re-encode.
+
+Every decoded frame comes out in presentation order with its picture type, pts, the exported motion vectors (the
+structured `AVMotionVector` rows libavcodec hands out, unchanged) and, when asked, the decoded frame itself
+(`av.VideoFrame`, whose Y/U/V plane buffers the kernels read directly: no colour conversion).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.errors import MissingDependencyError, VideoError
+
+# The columns of FFmpeg's doc/examples/extract_mvs.c, in its order (`edgeml data mvs`).
+CSV_HEADER = "framenum,source,blockw,blockh,srcx,srcy,dstx,dsty,flags"
+MV_FIELDS = ("source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x", "motion_y", "motion_scale")
+CANONICAL_CODECS = ("mpeg4", "h264")
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a core dependency
+        raise MissingDependencyError("av", purpose="video decoding") from e
+    return av
+
+
+@dataclass
+class DecodedFrame:
+    """One decoded frame. `index`: 0-based, in output (presentation) order over all frames of the stream."""
+
+    index: int
+    pict_type: str  # "I", "P", "B", "S", ... (libavcodec's picture type)
+    pts: int | None
+    mvs: np.ndarray | None  # structured AVMotionVector rows (fields MV_FIELDS); None when the frame exported none
+    frame: Any = None  # av.VideoFrame when decode(..., frames=True)
+
+
+@dataclass
+class VideoInfo:
+    codec: str
+    profile: str | None
+    width: int
+    height: int
+    frames: int  # as the container declares it (0 = unknown)
+    fps: float
+    pix_fmt: str | None
+
+
+def _fail(path: Path, problem: str, fix: str | None = None) -> VideoError:
+    return VideoError(problem, path=path, fix=fix or "check the file, or re-encode it with `edgeml data prepare`")
+
+
+def open_video(path: str | os.PathLike) -> tuple[Any, Any]:
+    """Open `path` -> (container, its first video stream). VideoError for a missing, non-media or video-less file."""
+    av = _av()
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError("video file not found", path=path, fix="pass an existing video file")
+    if path.stat().st_size == 0:
+        raise _fail(path, "the file is empty")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise _fail(path, f"not a readable media file ({e.strerror or type(e).__name__})") from e
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise _fail(path, f"no video stream (found: {', '.join(kinds)})", "pass a file with a video track")
+    stream = container.streams.video[0]
+    if stream.codec_context is None or not stream.codec_context.name:
+        container.close()
+        raise _fail(path, "the video stream has no decoder in this FFmpeg build")
+    return container, stream
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Stream facts without decoding."""
+    container, stream = open_video(path)
+    with container:
+        cc = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate or 0
+        return VideoInfo(codec=cc.name, profile=cc.profile, width=cc.width, height=cc.height, frames=stream.frames,
+                         fps=float(rate), pix_fmt=cc.pix_fmt)
+
+
+def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int = 1,
+           check_complete: bool = True) -> Iterator[DecodedFrame]:
+    """Decode every frame of the first video stream, in presentation order.
+
+    mvs: ask libavcodec to export motion vectors (`flags2=+export_mvs`). frames: also yield the `av.VideoFrame`.
+    threads > 1 turns on libavcodec's frame/slice threading (it was slower on 2 cores, hence off by default).
+    Raises VideoError for undecodable data, a stream with no frames, or (check_complete) fewer frames than the
+    container declares, i.e. a truncated file.
+    """
+    av = _av()
+    path = Path(path)
+    container, stream = open_video(path)
+    with container:
+        cc = stream.codec_context
+        if mvs:
+            cc.options = {"flags2": "+export_mvs"}
+        if threads > 1:
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
+        declared = stream.frames
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                sd = frame.side_data.get("MOTION_VECTORS") if mvs else None
+                yield DecodedFrame(index=n, pict_type=av.video.frame.PictureType(frame.pict_type).name,
+                                   pts=frame.pts, mvs=None if sd is None else sd.to_ndarray(),
+                                   frame=frame if frames else None)
+                n += 1
+        except av.FFmpegError as e:
+            raise _fail(path, f"decoding failed after {n} frames ({e.strerror or type(e).__name__}): "
+                              "truncated or corrupt") from e
+        if n == 0:
+            raise _fail(path, "the video stream has no decodable frames")
+        if check_complete and declared and n < declared:
+            raise _fail(path, f"truncated: decoded {n} of the {declared} frames the container declares")
+
+
+def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
+    """`edgeml data mvs`: every exported motion vector as one CSV row, exactly as FFmpeg's
+    doc/examples/extract_mvs.c prints it (same header, columns, number formatting; `framenum` counts every decoded
+    frame from 1, in decoder output order). Returns the number of rows."""
+    from edgeml.io import atomic_write
+
+    rows = 0
+    with atomic_write(out, "w") as f:
+        f.write(CSV_HEADER + "\n")
+        for fr in decode(video, mvs=True, check_complete=False):
+            if fr.mvs is None or not len(fr.mvs):
+                continue
+            f.write(format_mv_rows(fr.index + 1, fr.mvs))
+            rows += len(fr.mvs)
+    return rows
+
+
+def format_mv_rows(framenum: int, mvs: np.ndarray) -> str:
+    """extract_mvs.c's printf("%d,%2d,%2d,%2d,%4d,%4d,%4d,%4d,0x%"PRIx64"\\n") for one frame's rows."""
+    cols = [mvs[k].tolist() for k in ("source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags")]
+    return "".join(f"{framenum},{s:2d},{w:2d},{h:2d},{sx:4d},{sy:4d},{dx:4d},{dy:4d},0x{fl:x}\n"
+                   for s, w, h, sx, sy, dx, dy, fl in zip(*cols, strict=True))
+
+
+def prepare(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str = "mpeg4", gop: int = 12,
+            size: tuple[int, int] | None = None, quality: int = 2, fps: float | None = None) -> Path:
+    """Canonical re-encode (as CoViAR): `codec` (mpeg4 = MPEG-4 Part 2, or h264), I-frame every `gop` frames, no
+    B-frames (every P-frame refers to the frame before it; H.264 also gets a single reference frame), optional
+    `size` (H, W), yuv420p. quality: mpeg4 qscale (1 best) / x264 CRF = 6*quality. Writes `dst` atomically."""
+    av = _av()
+    if codec not in CANONICAL_CODECS:
+        raise VideoError(f"unsupported canonical codec {codec!r}", fix=f"use one of {', '.join(CANONICAL_CODECS)}")
+    if gop < 1:
+        raise VideoError(f"gop must be >= 1, got {gop}")
+    src, dst = Path(src), Path(dst)
+    info = probe(src)
+    h, w = size if size else (info.height, info.width)
+    if h % 2 or w % 2 or h < 16 or w < 16:
+        raise VideoError(f"target size {h}x{w} must be even and at least 16x16", fix="pass e.g. --size 128x128")
+    rate = Fraction(fps or info.fps or 25).limit_denominator(1001)
+    from edgeml.io import atomic_write
+
+    n = 0
+    with atomic_write(dst, "wb") as f:
+        out = av.open(f, "w", format=_container_format(dst))
+        with out:
+            st = open_encoder(out, codec, w, h, rate, gop, quality)
+            for fr in decode(src, mvs=False, frames=True, check_complete=False):
+                img = fr.frame.reformat(width=w, height=h, format="yuv420p")
+                img.pts = None
+                for pkt in st.encode(img):
+                    out.mux(pkt)
+                n += 1
+            for pkt in st.encode(None):
+                out.mux(pkt)
+    if n == 0:
+        raise _fail(src, "no frames to re-encode")
+    return dst
+
+
+def open_encoder(out: Any, codec: str, width: int, height: int, rate: Fraction | int, gop: int, quality: int) -> Any:
+    """A video stream in `out` set up for the canonical format (fixed GOP, no B-frames, one reference)."""
+    if codec == "mpeg4":
+        st = out.add_stream("mpeg4", rate=rate)
+        st.options = {"flags": "+qscale+mv4", "global_quality": str(quality * 118), "sc_threshold": "1000000000"}
+    else:
+        st = out.add_stream("libx264", rate=rate)
+        st.options = {"crf": str(6 * quality), "bf": "0", "refs": "1", "sc_threshold": "0", "preset": "veryfast",
+                      "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:ref=1"}
+    st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+    st.codec_context.gop_size = gop
+    st.codec_context.max_b_frames = 0
+    return st
+
+
+def _container_format(path: Path) -> str:
+    return {".avi": "avi", ".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".m4v": "mp4"}.get(
+        path.suffix.lower(), "avi")

@@ -1,0 +1,317 @@
+"""Folders of videos -> a cache of compressed-domain clips (safetensors shards + JSON index) -> a torch Dataset.
+
+Layouts (detected): `synth` / pre-split (`<root>/{train,val,test}/<class>/*`), UCF-101 (`<root>/<Class>/*.avi`
+beside a `ucfTrainTestlist/` folder; val = train videos of groups g05, g10, ..., so no group leaks), HMDB-51
+(`<root>/<class>/*.avi` beside `testTrainMulti_7030_splits/`; val = the videos a split leaves unused, id 0), and plain
+class folders (`<root>/<class>/*`; split 80/10/10 by a hash of the file name).
+
+The build runs videos in worker processes; each finished video is one shard written atomically, so a killed build
+resumes where it stopped (finished shards are reused, not redone). A video that cannot be decoded is skipped and
+reported (in `index.json` and on the console) instead of aborting the build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.errors import DataError, EdgeMLError
+from edgeml.io import read_json, write_json
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+SPLIT_NAMES = ("train", "val", "test")
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, what: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar; yields advance(n=1). Silent when disabled."""
+    if not enabled or total == 0:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+# --------------------------------------------------------------------------------------------------- layouts
+
+
+def _videos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _videos(p))
+
+
+def _find(root: Path, name: str) -> Path | None:
+    for base in (root, root.parent):
+        if (base / name).is_dir():
+            return base / name
+    return None
+
+
+def scan_layout(root: str | os.PathLike, split: int = 1) -> tuple[str, list[str], list[tuple[Path, str, str]]]:
+    """-> (layout name, classes, [(video, class, split)]) for a source folder (see module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("video folder not found", path=root, fix="pass a folder of videos")
+    if (root / "train").is_dir() and any((root / s).is_dir() for s in ("val", "test")):
+        items = [(v, c.name, s) for s in SPLIT_NAMES if (root / s).is_dir()
+                 for c in _class_dirs(root / s) for v in _videos(c)]
+        classes = _read_classes(root) or sorted({c for _, c, _ in items})
+        return "presplit", classes, items
+    classes = [c.name for c in _class_dirs(root)]
+    if not classes:
+        raise DataError("no class folders with videos", path=root,
+                        fix="lay videos out as <root>/<class>/<video> (or <root>/<split>/<class>/<video>)")
+    if (ucf := _find(root, "ucfTrainTestlist")) is not None:
+        return "ucf101", *_ucf(root, ucf, split)
+    if (hmdb := _find(root, "testTrainMulti_7030_splits")) is not None:
+        return "hmdb51", classes, _hmdb(root, hmdb, classes, split)
+    items = []
+    for c in classes:
+        for v in _videos(root / c):
+            bucket = int(hashlib.sha1(v.name.encode()).hexdigest()[:8], 16) % 10
+            items.append((v, c, "test" if bucket == 0 else ("val" if bucket == 1 else "train")))
+    return "folders", classes, items
+
+
+def _read_classes(root: Path) -> list[str] | None:
+    f = root / "classes.txt"
+    return [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else None
+
+
+def _ucf(root: Path, lists: Path, split: int) -> tuple[list[str], list[tuple[Path, str, str]]]:
+    ind = lists / "classInd.txt"
+    if not ind.is_file():
+        raise DataError("UCF-101 split folder without classInd.txt", path=lists)
+    classes = [ln.split()[1] for ln in ind.read_text().splitlines() if ln.strip()]
+    items = []
+    for name, kind in ((f"trainlist0{split}.txt", "train"), (f"testlist0{split}.txt", "test")):
+        f = lists / name
+        if not f.is_file():
+            raise DataError(f"UCF-101 split file {name} missing", path=lists, fix="use --split 1, 2 or 3")
+        for ln in f.read_text().splitlines():
+            if not ln.strip():
+                continue
+            rel = ln.split()[0]
+            cls = rel.split("/")[0]
+            s = kind
+            g = re.search(r"_g(\d+)_", rel)
+            if kind == "train" and g and int(g.group(1)) % 5 == 0:
+                s = "val"
+            items.append((root / rel, cls, s))
+    return classes, items
+
+
+def _hmdb(root: Path, lists: Path, classes: list[str], split: int) -> list[tuple[Path, str, str]]:
+    items = []
+    for c in classes:
+        f = lists / f"{c}_test_split{split}.txt"
+        if not f.is_file():
+            raise DataError(f"HMDB-51 split file {f.name} missing", path=lists)
+        for ln in f.read_text().splitlines():
+            parts = ln.split()
+            if len(parts) == 2:
+                items.append((root / c / parts[0], c, {"1": "train", "2": "test"}.get(parts[1], "val")))
+    return items
+
+
+# --------------------------------------------------------------------------------------------------- build
+
+
+def _shard_name(rel: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(rel).stem)[:60]
+    return f"{stem}-{hashlib.sha1(rel.encode()).hexdigest()[:10]}"
+
+
+def _extract_job(job: dict) -> dict:
+    """Worker: one video -> one shard (atomic) or a broken/skipped marker. Never raises for a bad video."""
+    from safetensors.numpy import save
+
+    from edgeml.io import write_bytes
+    from edgeml.video.clips import canonical_copy, video_clips
+
+    out, marker = Path(job["shard"]), Path(job["marker"])
+    try:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgeml-cache-") as tmp:
+            src = canonical_copy(Path(job["video"]), tuple(job["size"]), tmp)
+            clips = video_clips(src, clip_len=job["clip_len"], grid=job["grid"], accumulate=job["accumulate"])
+    except EdgeMLError as e:
+        status = {"video": job["rel"], "status": "broken", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - any decoder failure is reported per video, never aborts the build
+        status = {"video": job["rel"], "status": "broken", "reason": f"{type(e).__name__}: {e}"}
+    else:
+        if not clips:
+            status = {"video": job["rel"], "status": "skipped",
+                      "reason": f"no GOP with {job['clip_len']} P-frames (video too short for the clip length)"}
+        else:
+            arrays = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+            write_bytes(out, save(arrays, metadata={"video": job["rel"], "clips": str(len(clips))}))
+            return {"video": job["rel"], "status": "ok", "clips": len(clips)}
+    write_json(marker, status)
+    return status
+
+
+def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike, *, clip_len: int = 8,
+                     grid: int = 4, size: tuple[int, int] = (64, 64), workers: int = 2, accumulate: bool = True,
+                     split: int = 1, progress: bool = True) -> Path:
+    """Videos under `source_dir` -> clip cache in `cache_dir` (resumable); returns `cache_dir`.
+
+    Per video: one clip per GOP (its I-frame + first `clip_len` P-steps), stored in compact dtypes in
+    `shards/<name>.safetensors`: iframe uint8 [C,3,H,W], mv int16 [C,T,2,H/g,W/g], residual int16 [C,T,3,H,W],
+    frames uint8 [C,T+1,3,H,W]. Videos of another size are re-encoded canonically to `size` first. `index.json`
+    lists classes, settings, the shards per split, and the broken/skipped videos with reasons.
+    """
+    from edgeml.video.mv import GRIDS
+
+    source, cache = Path(source_dir), Path(cache_dir)
+    if grid not in GRIDS:
+        raise DataError(f"grid must be one of {GRIDS}, got {grid}")
+    layout, classes, items = scan_layout(source, split)
+    settings = {"format": FORMAT_VERSION, "source": str(source.resolve()), "layout": layout, "split": split,
+                "clip_len": clip_len, "grid": grid, "size": list(size), "accumulate": accumulate}
+    settings_path = cache / "settings.json"
+    if settings_path.is_file() and read_json(settings_path) != settings:
+        raise DataError("cache folder was built with other settings", path=cache,
+                        fix="use another cache folder or delete this one")
+    (cache / "shards").mkdir(parents=True, exist_ok=True)
+    (cache / "status").mkdir(exist_ok=True)
+    write_json(settings_path, settings)
+
+    jobs, reused = [], 0
+    entries = []
+    for video, cls, s in items:
+        rel = str(video.relative_to(source)) if video.is_relative_to(source) else str(video)
+        name = _shard_name(rel)
+        shard, marker = cache / "shards" / f"{name}.safetensors", cache / "status" / f"{name}.json"
+        entries.append((rel, cls, s, shard, marker))
+        if shard.is_file() or marker.is_file():
+            reused += 1
+            continue
+        if cls not in classes:
+            write_json(marker, {"video": rel, "status": "skipped", "reason": f"class {cls!r} not in the class list"})
+            continue
+        jobs.append({"video": str(video), "rel": rel, "shard": str(shard), "marker": str(marker), "size": list(size),
+                     "clip_len": clip_len, "grid": grid, "accumulate": accumulate})
+    results = _run(jobs, workers, progress)
+    problems = [r for r in results if r["status"] != "ok"]
+    for r in problems:
+        print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
+    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused)
+
+
+def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
+    results = []
+    with progress_bar(len(jobs), "clip cache", progress) as advance:
+        if workers <= 1 or len(jobs) < 2:
+            for j in jobs:
+                results.append(_extract_job(j))
+                advance()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for r in pool.map(_extract_job, jobs):
+                    results.append(r)
+                    advance()
+    return results
+
+
+def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int) -> Path:
+    from safetensors import safe_open
+
+    splits: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
+    problems = []
+    for rel, cls, s, shard, marker in entries:
+        if shard.is_file():
+            with safe_open(str(shard), "np") as f:
+                n = int(f.metadata()["clips"])
+            splits[s].append({"video": rel, "shard": f"shards/{shard.name}", "clips": n, "label": classes.index(cls)})
+        elif marker.is_file():
+            problems.append(read_json(marker))
+    h, w = settings["size"]
+    meta = {"clip_len": settings["clip_len"], "grid": settings["grid"], "size": [h, w],
+            "accumulate": "iframe" if settings["accumulate"] else "previous", "warp": "nearest",
+            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped"}
+    index = {"format": FORMAT_VERSION, "meta": meta, "settings": settings, "classes": classes, "splits": splits,
+             "clips": {s: sum(e["clips"] for e in v) for s, v in splits.items()},
+             "broken": [p for p in problems if p["status"] == "broken"],
+             "skipped": [p for p in problems if p["status"] == "skipped"],
+             "build": {"videos_built": built, "videos_reused": reused}}
+    write_json(cache / "index.json", index)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+
+
+class ClipDataset:
+    """torch Dataset over a clip cache. Item: iframe float32 [3,H,W] (RGB 0..255), mv float32 [T,2,H/g,W/g]
+    (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 []."""
+
+    def __init__(self, cache_dir: str | os.PathLike, split: str = "train", *, max_open: int = 16):
+        self.root = Path(cache_dir)
+        if split not in SPLIT_NAMES:
+            raise DataError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLIT_NAMES)}")
+        index_path = self.root / "index.json"
+        if not index_path.is_file():
+            raise DataError("no clip cache here (index.json missing)", path=self.root,
+                            fix="build it with `edgeml data build SOURCE CACHE` (a killed build resumes)")
+        index = read_json(index_path)
+        self.classes: list[str] = index["classes"]
+        self.meta: dict = index["meta"]
+        self.split = split
+        self._items = [(e["shard"], i, e["label"]) for e in index["splits"][split] for i in range(e["clips"])]
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._max_open = max_open
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _shard(self, rel: str) -> dict[str, np.ndarray]:
+        if rel not in self._cache:
+            from safetensors.numpy import load_file
+
+            if len(self._cache) >= self._max_open:
+                self._cache.pop(next(iter(self._cache)))
+            try:
+                self._cache[rel] = load_file(str(self.root / rel))
+            except Exception as e:  # noqa: BLE001 - a damaged shard is a data error with the file named
+                raise DataError(f"cannot read clip shard ({e})", path=self.root / rel,
+                                fix="delete it and re-run the build (it resumes)") from e
+        return self._cache[rel]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        rel, k, label = self._items[i]
+        arrays = self._shard(rel)
+        item = {name: torch.from_numpy(arrays[name][k].astype(np.float32)) for name in arrays}
+        item["label"] = torch.tensor(label, dtype=torch.int64)
+        return item
+
+    def labels(self) -> list[int]:
+        return [lab for _, _, lab in self._items]
+
+
+def cache_summary(cache_dir: str | os.PathLike) -> str:
+    """One line per split and the broken/skipped videos of a built cache."""
+    index = read_json(Path(cache_dir) / "index.json")
+    lines = [f"{s}: {index['clips'][s]} clips from {len(index['splits'][s])} videos" for s in SPLIT_NAMES]
+    lines.append(f"classes: {len(index['classes'])}; broken: {len(index['broken'])}; skipped: {len(index['skipped'])}")
+    return "\n".join(lines) + ("\n" + json.dumps(index["build"]) if "build" in index else "")

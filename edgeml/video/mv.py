@@ -1,0 +1,84 @@
+"""Front of the compiled motion-vector kernels (edgeml._C): rows, fields, accumulation, residuals.
+
+Conventions (DESIGN.md §3): a field is float32 `[2, ceil(H/g), ceil(W/g)]` (channel 0 = x), painted with each block's
+`dst - src` in whole pixels; cell (i, j) stands for pixel (i*g, j*g). A pixel p came from `p - field(p)` in the
+reference. Warping is nearest-neighbour with clamping at the borders (vectors are whole pixels, so bilinear would
+give the same numbers); residual = current - warp(reference), so current == residual + warp(reference) exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeml import _C
+
+GRIDS = (1, 2, 4, 8, 16)
+WARP = "nearest"
+
+
+def mv_rows(mvs: np.ndarray | None, *, source: str = "past") -> np.ndarray:
+    """Structured AVMotionVector rows -> int32 [N, 6] (w, h, src_x, src_y, dst_x, dst_y) for the kernels.
+
+    source: "past" keeps rows predicted from an earlier frame (`source < 0`: all rows of a P-frame), "future" those
+    from a later one (`source > 0`, B-frames only), "all" every row.
+    """
+    if mvs is None or len(mvs) == 0:
+        return np.zeros((0, 6), np.int32)
+    if source == "past":
+        mvs = mvs[mvs["source"] < 0]
+    elif source == "future":
+        mvs = mvs[mvs["source"] > 0]
+    elif source != "all":
+        raise ValueError(f"source must be past, future or all, got {source!r}")
+    out = np.empty((len(mvs), 6), np.int32)
+    for k, name in enumerate(("w", "h", "src_x", "src_y", "dst_x", "dst_y")):
+        out[:, k] = mvs[name]
+    return out
+
+
+def _pick(name: str, device: str) -> Any:
+    if device == "cpu":
+        return getattr(_C, name)
+    if device == "cuda":
+        return getattr(_C, name + "_cuda")
+    raise ValueError(f"device must be cpu or cuda, got {device!r}")
+
+
+def rasterise(rows: np.ndarray, height: int, width: int, grid: int, *, device: str = "cpu") -> np.ndarray:
+    """int32 [N, 6] rows -> float32 field [2, ceil(H/g), ceil(W/g)] (last covering block wins; uncovered = 0)."""
+    return _pick("rasterise_mvs", device)(rows, height, width, grid)
+
+
+def accumulate(field: np.ndarray, prev: np.ndarray | None, height: int, width: int, grid: int, *,
+               device: str = "cpu") -> np.ndarray:
+    """One step of the chain to the I-frame: out(p) = field(p) + prev(clamp(p - field(p))); prev None = I-frame."""
+    return _pick("accumulate_mvs", device)(field, prev, height, width, grid)
+
+
+def residual(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray | None, grid: int, *,
+             device: str = "cpu") -> np.ndarray:
+    """Planes (Y, U, V or R, G, B; 2-D uint8, any strides) -> int16 [C, H, W] = cur - warp(ref, field)."""
+    return _pick("residual", device)(cur, ref, field, grid)
+
+
+def warp(ref: list[np.ndarray], field: np.ndarray | None, grid: int, *, device: str = "cpu") -> np.ndarray:
+    """Planes warped by `field` (nearest, clamped; chroma upsampled by repetition) -> uint8 [C, H, W]."""
+    return _pick("warp", device)(ref, field, grid)
+
+
+def frame_planes(frame: Any) -> list[np.ndarray]:
+    """An av.VideoFrame's planes as zero-copy 2-D uint8 views (no colour conversion), e.g. Y, U, V for yuv420p."""
+    if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"):
+        frame = frame.reformat(format="yuv420p")
+    out = []
+    for p in frame.planes:
+        buf = np.frombuffer(p, np.uint8)
+        out.append(buf.reshape(-1, p.line_size)[: p.height, : p.width])
+    return out
+
+
+def packed_planes(image: np.ndarray) -> list[np.ndarray]:
+    """uint8 [H, W, C] (e.g. RGB) -> C zero-copy plane views for the kernels."""
+    return [image[:, :, c] for c in range(image.shape[2])]

@@ -1,0 +1,69 @@
+"""synth -> build_clip_cache -> ClipDataset: the ready-to-train path and its contracts (CONTRACTS.md §A)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeml.errors import DataError
+from edgeml.video.synth import CLASSES
+
+
+def test_synth_set_has_splits_classes_and_real_codec(synth_dir):
+    from edgeml.video.codec import decode, probe
+
+    assert (synth_dir / "classes.txt").read_text().split() == list(CLASSES)
+    assert len(CLASSES) >= 8
+    for split in ("train", "val", "test"):
+        assert {p.name for p in (synth_dir / split).iterdir()} == set(CLASSES)
+    video = next((synth_dir / "train" / "left").glob("*.avi"))
+    assert probe(video).codec == "mpeg4"
+    types = "".join(f.pict_type for f in decode(video))
+    assert types == ("I" + "P" * 11) * 2 + "IP"  # GOP 12, no B-frames
+
+
+def test_clip_dataset_items_follow_the_contract(clip_cache):
+    from edgeml.video.datasets import ClipDataset
+
+    ds = ClipDataset(clip_cache, "train")
+    assert ds.classes == list(CLASSES)
+    assert ds.meta["clip_len"] == 8 and ds.meta["grid"] == 4 and ds.meta["size"] == [64, 64]
+    assert len(ds) == 2 * 2 * len(CLASSES)  # 2 train videos per class, 2 full GOPs each
+    item = ds[0]
+    shapes = {k: tuple(v.shape) for k, v in item.items()}
+    assert shapes == {"iframe": (3, 64, 64), "mv": (8, 2, 16, 16), "residual": (8, 3, 64, 64),
+                      "frames": (9, 3, 64, 64), "label": ()}
+    assert all(v.dtype == torch.float32 for k, v in item.items() if k != "label")
+    assert item["label"].dtype == torch.int64
+    assert torch.equal(item["frames"][0], item["iframe"])
+    assert item["mv"].abs().sum() > 0 and item["residual"].min() < 0
+    assert sorted(set(ds.labels())) == list(range(len(CLASSES)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)
+    assert next(iter(loader))["mv"].shape == (4, 8, 2, 16, 16)
+
+
+def test_extract_clips_equals_the_cached_items(clip_cache, synth_dir):
+    from edgeml.video.clips import extract_clips
+    from edgeml.video.datasets import ClipDataset
+
+    index = json.loads((clip_cache / "index.json").read_text())
+    entry = index["splits"]["test"][0]
+    timings: dict = {}
+    clips = extract_clips(synth_dir / entry["video"], clip_len=8, grid=4, size=(64, 64), timings=timings)
+    ds = ClipDataset(clip_cache, "test")
+    first = ds[0]
+    for k in ("iframe", "mv", "residual", "frames"):
+        np.testing.assert_array_equal(clips[0][k], first[k].numpy())
+    assert timings["decode"] > 0 and timings["kernels"] > 0
+
+
+def test_dataset_without_cache_names_the_fix(tmp_path):
+    from edgeml.video.datasets import ClipDataset
+
+    with pytest.raises(DataError, match="edgeml data build"):
+        ClipDataset(tmp_path, "train")
+    with pytest.raises(DataError, match="unknown split"):
+        ClipDataset(tmp_path, "dev")
