@@ -445,10 +445,11 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
                         "best_epoch": best_epoch}
                 tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                            **{f"learner.{k}": v for k, v in learner.state_dict().items()}}
+                # metrics first: a kill between the two writes leaves an extra line, which resume drops
+                _write_history(out, history)
                 save_checkpoint(out / LAST, tensors, meta)
                 if improved:
                     save_checkpoint(out / BEST, {k: v for k, v in tensors.items() if k.startswith("model.")}, meta)
-                _write_history(out, history)
                 bar.log(_summary(record))
             if distributed:
                 torch.distributed.barrier()
@@ -576,6 +577,7 @@ def train_from_args(model: str, data: Any, out: str | os.PathLike, *, size: str 
         if "size" in clip and "height" in spec.defaults:
             config.setdefault("height", clip["size"][0])
             config.setdefault("width", clip["size"][1])
+    torch.manual_seed(kwargs.get("seed", 0))  # the initial weights are part of what the seed reproduces
     net = create_model(model, **config)
     learner_config = {} if weight_decay is None else {"weight_decay": weight_decay}
     return train(net, data, out, model_name=model, **learner_config, **kwargs)

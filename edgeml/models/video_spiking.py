@@ -48,17 +48,19 @@ def _spiking_input(seq: nn.Sequential) -> nn.Sequential:
 
 
 class SpikingStream(nn.Module):
-    """Two spiking temporal modulators in a row: [B, cin, h, w] per step -> spikes [B, D, h/4, w/4]."""
+    """Two spiking temporal modulators in a row: [B, cin, h, w] per step -> spikes [B, D, h/(2s), w/(2s)]
+    (s = stride of the first one)."""
 
-    def __init__(self, cin: int, stem: int, dim: int, lif: dict[str, Any]):
+    def __init__(self, cin: int, stem: int, dim: int, lif: dict[str, Any], stride: int = 2):
         super().__init__()
-        self.mod1 = SpikingTemporalModulator(_conv_bn(cin, stem), LIF(**lif))
+        self.stride = stride
+        self.mod1 = SpikingTemporalModulator(_conv_bn(cin, stem, stride), LIF(**lif))
         self.mod2 = SpikingTemporalModulator(_spiking_input(_conv_bn(stem, dim)), LIF(**lif))
 
     def state_shapes(self, batch: int, h: int, w: int) -> list[tuple[int, ...]]:
         c1 = self.mod1.synapse[0].out_channels
         c2 = self.mod2.synapse[0].out_channels
-        h1, w1 = (h + 1) // 2, (w + 1) // 2
+        h1, w1 = (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
         s1, s2 = (batch, c1, h1, w1), (batch, c2, (h1 + 1) // 2, (w1 + 1) // 2)
         return [s1, s1, s2, s2]  # (u, a) of mod1, (u, a) of mod2
 
@@ -75,7 +77,8 @@ class VideoSpiking(nn.Module):
     def __init__(self, size: str = "small", num_classes: int = 10, clip_len: int = 8, height: int = 64,
                  width: int = 64, grid: int = 4, tau: float = 0.5, theta: float = 1.0, reset: str = "soft",
                  surrogate: str = "fast_sigmoid", slope: float = 5.0, beta: float = 0.2, trace_decay: float = 0.8,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, p_grid: int | None = None, i_grid: int | None = None,
+                 motion_delta: bool = True, p_stride: int = 1):
         super().__init__()
         if size not in SIZES:
             raise ConfigError(f"unknown video_spiking size {size!r}", fix=f"choose one of {sorted(SIZES)}")
@@ -83,12 +86,13 @@ class VideoSpiking(nn.Module):
             raise ConfigError(f"height and width must be multiples of 4*grid = {4 * grid}, got {height}x{width}")
         self.config = dict(size=size, num_classes=num_classes, clip_len=clip_len, height=height, width=width,
                            grid=grid, tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
-                           trace_decay=trace_decay, dropout=dropout)
+                           trace_decay=trace_decay, dropout=dropout, p_grid=p_grid, i_grid=i_grid,
+                           motion_delta=motion_delta, p_stride=p_stride)
         self.model_name = "video_spiking"
         self.num_classes = num_classes
         s = SIZES[size]
         stem, dim, self.dim = s["stem"], s["dim"], s["dim"]
-        self.i_grid, self.p_grid = s["i_grid"], s["p_grid"]
+        self.i_grid, self.p_grid = i_grid or s["i_grid"], p_grid or s["p_grid"]
         self.n_i, self.n_p = self.i_grid ** 2, self.p_grid ** 2
         lif = dict(tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
                    trace_decay=trace_decay)
@@ -96,9 +100,12 @@ class VideoSpiking(nn.Module):
         self.iframe_encoder = nn.Sequential(
             _conv_bn(3, stem), nn.ReLU(), _conv_bn(stem, 2 * stem), nn.ReLU(), _conv_bn(2 * stem, dim), nn.ReLU(),
             nn.AdaptiveAvgPool2d(self.i_grid))
-        self.motion = SpikingStream(2, stem, dim, lif)
+        # Accumulated vectors (to the I-frame) say where a block has come from; their step-to-step change says how
+        # it moves now. With motion_delta the previous field is part of the streaming state.
+        self.motion_delta = motion_delta
+        self.motion = SpikingStream(4 if motion_delta else 2, stem, dim, lif, p_stride)
         self.residual_pool = nn.AvgPool2d(grid)  # residual to the motion grid: the P path never runs at full size
-        self.residual = SpikingStream(3, stem, dim, lif)
+        self.residual = SpikingStream(3, stem, dim, lif, p_stride)
         self.p_proj = nn.Conv2d(2 * dim, dim, 1)
         self.p_proj.spike_input = True
         self.p_pool = nn.AdaptiveAvgPool2d(self.p_grid)
@@ -141,16 +148,23 @@ class VideoSpiking(nn.Module):
         h, w = c["height"] // c["grid"], c["width"] // c["grid"]
         ref = self.p_proj.weight
         shapes = self.motion.state_shapes(batch, h, w) + self.residual.state_shapes(batch, h, w)
+        if self.motion_delta:
+            shapes.append((batch, 2, h, w))  # the previous step's (scaled) motion field
         return tuple(ref.new_zeros(s) for s in shapes)
 
     def stream_step(self, mv_t: torch.Tensor, residual_t: torch.Tensor,
                     *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One P-step: mv_t [B, 2, H/g, W/g], residual_t [B, 3, H, W], 8 state tensors -> (p_tokens_t [B, nP, D],
-        *new_state)."""
-        m_spk, *m_state = self.motion.step(mv_t / MV_SCALE, *state[:4])
-        r_spk, *r_state = self.residual.step(self.residual_pool(residual_t / RESIDUAL_SCALE), *state[4:])
+        """One P-step: mv_t [B, 2, H/g, W/g], residual_t [B, 3, H, W], state (8 tensors, + the previous field
+        [B, 2, H/g, W/g] with motion_delta) -> (p_tokens_t [B, nP, D], *new_state)."""
+        mv = mv_t / MV_SCALE
+        extra: tuple[torch.Tensor, ...] = ()
+        if self.motion_delta:
+            extra = (mv,)
+            mv = torch.cat([mv, mv - state[8]], 1)
+        m_spk, *m_state = self.motion.step(mv, *state[:4])
+        r_spk, *r_state = self.residual.step(self.residual_pool(residual_t / RESIDUAL_SCALE), *state[4:8])
         p = self.p_pool(self.p_proj(torch.cat([m_spk, r_spk], 1)))  # [B, D, p, p]
-        return (p.flatten(2).transpose(1, 2), *m_state, *r_state)
+        return (p.flatten(2).transpose(1, 2), *m_state, *r_state, *extra)
 
     def stream_head(self, iframe: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
         """I-frame [B, 3, H, W] + P-tokens [B, T, nP, D] -> logits [B, num_classes]."""

@@ -37,7 +37,8 @@ def test_streaming_steps_equal_forward_exactly():
             tokens.append(p)
         streamed = model.stream_head(iframe, torch.stack(tokens, 1))
     assert torch.equal(full, streamed)
-    assert len(state) == 8  # (membrane, trace) x 2 modulators x 2 streams (motion and residual kept apart)
+    # (membrane, trace) x 2 modulators x 2 streams (motion and residual kept apart) + the previous motion field
+    assert len(state) == 9
 
 
 def test_membrane_state_carries_information_between_steps():
@@ -100,7 +101,7 @@ def test_accumulations_are_counted_from_measured_spike_rates():
     assert loud.acs > 0 and max(loud.spike_rates.values()) > 0.1
     assert quiet.macs == pytest.approx(loud.macs)  # dense layers do not depend on spikes
     # Each spike-fed layer's ACs = its dense MACs x the non-zero fraction of the input it actually got.
-    for name, layer in loud.layers.items():
+    for layer in loud.layers.values():
         if "input_rate" in layer:
             assert 0 < layer["input_rate"] <= 1
     assert loud.acs < loud.dense_macs

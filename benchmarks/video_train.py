@@ -1,0 +1,166 @@
+"""video_spiking vs the RGB 3-D CNN baseline on the built-in synth action set, trained with the same budget.
+
+One run: synth videos -> compressed-domain clip cache -> train video_spiking and rgb_baseline with the same epochs,
+batch, AdamW lr + cosine schedule, seed and CPU threads -> test top-1 (best-on-val checkpoint), parameters, MACs and
+ACs per clip counted on real test clips (ACs from the spike rates measured on those clips), estimated energy per clip
+(45 nm table: 4.6 pJ/MAC, 0.9 pJ/AC — an estimate, not a measurement), PyTorch inference clips/s (same threads,
+same batch) and training time. Ratios are against the baseline measured in the same run.
+Results: benchmarks/results/video_train.json.
+
+    .venv/bin/python benchmarks/video_train.py                      # the full run (8 classes x 48 videos)
+    .venv/bin/python benchmarks/video_train.py --ship    # ... and install edgeml/assets/video_spiking/best.safetensors
+    .venv/bin/python benchmarks/video_train.py --per-class 6 --epochs 1 --out /tmp/quick.json   # smoke test
+
+The shipped checkpoint (the export verb's default weights) is reproduced by the `--ship` command above (seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgeml.bench.energy import TABLES, estimate_energy
+from edgeml.bench.opcount import count_ops
+from edgeml.io import load_checkpoint, save_checkpoint, write_json
+from edgeml.registry import create_model, model_spec
+from edgeml.train import train
+from edgeml.video.datasets import ClipDataset, build_clip_cache
+from edgeml.video.synth import make_synth_dataset
+
+RESULTS = Path(__file__).parent / "results" / "video_train.json"
+ASSET = Path(__file__).resolve().parents[1] / "edgeml" / "assets" / "video_spiking" / "best.safetensors"
+
+
+def clips_per_second(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int) -> float:
+    """Inference throughput on `inputs` (one batch): best of `repeats` timed forward passes, after a warm-up."""
+    model.eval()
+    best = float("inf")
+    with torch.inference_mode():
+        model(*inputs)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(*inputs)
+            best = min(best, time.perf_counter() - t0)
+    return inputs[0].shape[0] / best
+
+
+def real_batch(cache: Path, names: tuple[str, ...], n: int) -> tuple[torch.Tensor, ...]:
+    """The first `n` test clips (spread over the split) as one batch of the model's inputs."""
+    ds = ClipDataset(cache, "test")
+    step = max(1, len(ds) // n)
+    items = [ds[i] for i in range(0, len(ds), step)][:n]
+    return tuple(torch.stack([it[k] for it in items]) for k in names)
+
+
+def run_model(name: str, size: str, cache: Path, out: Path, args: argparse.Namespace, console: Console) -> dict:
+    meta = ClipDataset(cache, "train")
+    h, w = meta.meta["size"]
+    torch.manual_seed(args.seed)
+    model = create_model(name, size=size, num_classes=len(meta.classes), clip_len=meta.meta["clip_len"],
+                         height=h, width=w, grid=meta.meta["grid"])
+    console.print(f"[bold]{name} ({size})[/]: training {args.epochs} epochs")
+    t0 = time.perf_counter()
+    result = train(model, cache, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   threads=args.threads, progress=not args.no_progress)
+    train_s = time.perf_counter() - t0
+    model = create_model(name, checkpoint=out / "best.safetensors")
+    spec = model_spec(name)
+    batch = real_batch(cache, spec.input_names, args.clips)
+    ops = count_ops(model, batch)
+    energy = estimate_energy(ops, args.table)
+    speed = clips_per_second(model, batch, args.repeats)
+    test = result["test"]
+    return {"model": name, "size": size, "test_top1": test["top1"], "test_top5": test["top5"],
+            "best_epoch": result["best_epoch"], "params": sum(p.numel() for p in model.parameters()),
+            "macs_per_clip": ops.macs, "acs_per_clip": ops.acs, "dense_macs_per_clip": ops.dense_macs,
+            "spike_rates": ops.spike_rates, "mean_spike_rate": ops.as_dict()["mean_spike_rate"],
+            "energy_j_per_clip": energy.joules, "energy_label": energy.label, "energy_table": energy.table,
+            "clips_per_s": speed, "train_minutes": train_s / 60, "test_confusion": test["confusion"],
+            "checkpoint": str(out / "best.safetensors")}
+
+
+def ship(checkpoint: Path, args: argparse.Namespace) -> None:
+    """Install the model weights (no optimizer state) as the package's default video_spiking checkpoint."""
+    tensors, meta = load_checkpoint(checkpoint, expect_model="video_spiking")
+    meta = {**meta, "reproduce": "python benchmarks/video_train.py --ship " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in (("per_class", args.per_class), ("epochs", args.epochs),
+                                                    ("batch_size", args.batch_size), ("lr", args.lr),
+                                                    ("seed", args.seed)))}
+    save_checkpoint(ASSET, {k: v for k, v in tensors.items() if k.startswith("model.")}, meta)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_video_train"), help="data and checkpoints")
+    ap.add_argument("--per-class", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for training and timing (both models)")
+    ap.add_argument("--size", default="small", help="video_spiking size")
+    ap.add_argument("--rgb-size", default="tiny", help="rgb_baseline size")
+    ap.add_argument("--clips", type=int, default=16, help="test clips per batch for op counts and timing")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--table", default="45nm", choices=sorted(TABLES))
+    ap.add_argument("--ship", action="store_true", help=f"install the video_spiking checkpoint as {ASSET}")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    console = Console()
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    videos = make_synth_dataset(args.work / f"synth{args.per_class}", per_class=args.per_class, seed=args.seed,
+                                progress=not args.no_progress)
+    cache = build_clip_cache(videos, args.work / f"clips{args.per_class}", progress=not args.no_progress)
+    data_min = (time.perf_counter() - t0) / 60
+    counts = {s: len(ClipDataset(cache, s)) for s in ("train", "val", "test")}
+    console.print(f"data: {counts} clips ({data_min:.1f} min to build)")
+
+    rows = [run_model("video_spiking", args.size, cache, args.work / "video_spiking", args, console),
+            run_model("rgb_baseline", args.rgb_size, cache, args.work / "rgb_baseline", args, console)]
+    spk, rgb = rows
+    ratios = {"macs_fewer_x": rgb["macs_per_clip"] / max(spk["macs_per_clip"], 1.0),
+              "clips_per_s_faster_x": spk["clips_per_s"] / rgb["clips_per_s"],
+              "energy_lower_x": rgb["energy_j_per_clip"] / spk["energy_j_per_clip"],
+              "top1_diff_points": 100 * (spk["test_top1"] - rgb["test_top1"])}
+    goals = {"spiking_top1_ge_90": spk["test_top1"] >= 0.90, "spiking_train_le_20_min": spk["train_minutes"] <= 20,
+             "macs_ge_10x_fewer": ratios["macs_fewer_x"] >= 10,
+             "clips_per_s_ge_5x": ratios["clips_per_s_faster_x"] >= 5,
+             "accuracy_equal_or_better": spk["test_top1"] >= rgb["test_top1"]}
+
+    table = Table(title=f"video_spiking vs RGB baseline — synth, {args.epochs} epochs each, {args.threads} thread(s)")
+    for col in ("model", "test top-1", "params", "MACs/clip", "ACs/clip", "est. J/clip", "clips/s", "train min"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{r['model']} ({r['size']})", f"{100 * r['test_top1']:.1f}%", f"{r['params']:,}",
+                      f"{r['macs_per_clip'] / 1e6:.2f} M", f"{r['acs_per_clip'] / 1e6:.2f} M",
+                      f"{r['energy_j_per_clip'] * 1e6:.1f} µJ", f"{r['clips_per_s']:.0f}", f"{r['train_minutes']:.1f}")
+    table.add_row("ratio (baseline / spiking)", f"{ratios['top1_diff_points']:+.1f} pt", "",
+                  f"{ratios['macs_fewer_x']:.1f}x fewer", "", f"{ratios['energy_lower_x']:.1f}x lower",
+                  f"{ratios['clips_per_s_faster_x']:.1f}x faster", "")
+    console.print(table)
+    console.print("energy: estimated from op counts (" + f"{TABLES[args.table]['pj_per_mac']} pJ/MAC, "
+                  f"{TABLES[args.table]['pj_per_ac']} pJ/AC, table {args.table}); ACs from spike rates measured on "
+                  f"{args.clips} test clips. Goals: " + ", ".join(f"{k}={v}" for k, v in goals.items()))
+
+    write_json(args.out, {"benchmark": "video_train", "rows": rows, "ratios": ratios, "goals": goals,
+                          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                          "data_clips": counts, "data_minutes": data_min, "machine": {
+                              "cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
+                              "torch": torch.__version__, "note": "shared CPU (other jobs running)"}})
+    console.print(f"wrote {args.out}")
+    if args.ship:
+        ship(Path(spk["checkpoint"]), args)
+        console.print(f"installed {ASSET}")
+
+
+if __name__ == "__main__":
+    main()
