@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 4,
     "batch_size": 16,
     "lr": 2e-3,
+    "calib_samples": 32,
+    "parity_samples": 16,
+    "eval_samples": 64,
     "bench_videos": 16,
     "bench_repeats": 20,
     "batch_sizes": (1, 4),
@@ -135,8 +138,9 @@ class Demo:
             Step("train", self.checkpoint, self._train, lambda: _quietly(self._checkpoint_ok), train),
         ]
         for t in TARGETS:
+            export = {k: c[k] for k in ("calib_samples", "parity_samples", "eval_samples")}
             steps.append(Step(f"export-{t}", self.artefact(t), lambda t=t: self._export(t),
-                              lambda t=t: _quietly(lambda: self._artefact_ok(t)), {**train, "target": t}))
+                              lambda t=t: _quietly(lambda: self._artefact_ok(t)), {**train, **export, "target": t}))
         for b in c["backends"]:
             steps.append(Step(f"bench-{b}", self.result(b), lambda b=b: self._bench(b),
                               lambda b=b: _quietly(lambda: self._result_ok(b)),
@@ -190,21 +194,26 @@ class Demo:
               seed=c["seed"])
 
     def _checkpoint_ok(self) -> bool:
-        from edgeml.io import load_checkpoint
+        from edgeml.registry import create_model
 
-        load_checkpoint(self.checkpoint, expect_model=MODEL)
+        create_model(MODEL, checkpoint=self.checkpoint)  # fails when the model code changed since training
         return True
 
     def _export(self, target: str) -> None:
         _need("edgeml.export", "the export layer", f"export-{target}")
         from edgeml.export import export_model
 
-        export_model(MODEL, target, self.artefact(target), checkpoint=self.checkpoint, force=True)
+        c = self.cfg
+        export_model(MODEL, target, self.artefact(target), checkpoint=self.checkpoint, data=self.clips, force=True,
+                     calib_samples=c["calib_samples"], parity_samples=c["parity_samples"],
+                     eval_samples=c["eval_samples"], log=lambda s: print(f"[demo]   {s}", flush=True))
 
     def _artefact_ok(self, target: str) -> bool:
         from edgeml.bench.run import read_manifest
+        from edgeml.registry import create_model
 
         read_manifest(self.artefact(target))
+        create_model(MODEL, checkpoint=self.artefact(target) / "model.safetensors")
         return (self.artefact(target) / "model.onnx").is_file()
 
     def _bench(self, backend: str) -> None:
