@@ -85,7 +85,18 @@ int parse_blocks(const std::string& spec) {
   }
 }
 
+// Peak RSS of this program: VmHWM (per address space, so a parent's memory before exec does not count),
+// else getrusage's ru_maxrss.
 long peak_rss_kb() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f) {
+    char line[256];
+    long kb = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    std::fclose(f);
+    if (kb > 0) return kb;
+  }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss;
@@ -164,6 +175,7 @@ int main(int argc, char** argv) {
     const int per_epoch = (train.n + a.batch - 1) / a.batch;
     const int total = a.max_steps >= 0 ? std::min(a.max_steps, per_epoch * a.epochs) : per_epoch * a.epochs;
     double step_seconds = 0.0;
+    std::vector<double> step_times(static_cast<size_t>(std::max(total, 1)));
     float first_loss = 0.0f, last_loss = 0.0f;
     int steps = 0;
     for (int ep = 0; ep < a.epochs && steps < total; ++ep) {
@@ -173,7 +185,9 @@ int main(int argc, char** argv) {
         gather(engine, train, order.data() + start, n, staging, x.data(), labels.data());
         const auto t0 = std::chrono::steady_clock::now();
         const StepResult r = engine.train_step(x.data(), labels.data(), n);
-        step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        step_seconds += dt;
+        step_times[static_cast<size_t>(steps)] = dt;
         last_loss = r.losses.empty() ? 0.0f : r.losses.back();
         if (steps == 0) first_loss = last_loss;
         ++steps;
@@ -186,12 +200,14 @@ int main(int argc, char** argv) {
     }
     if (!a.quiet) std::fprintf(stderr, "\n");
     const double after = accuracy(engine, test, staging, x, logits);
+    std::sort(step_times.begin(), step_times.begin() + steps);
+    const double median = steps ? step_times[static_cast<size_t>(steps / 2)] : 0.0;
     engine.save(a.out);
     std::printf(
         "{\"steps\": %d, \"batch\": %d, \"accuracy_before\": %.6f, \"accuracy_after\": %.6f, \"held_out\": %s, "
-        "\"step_ms\": %.4f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"peak_rss_kb\": %ld, \"arena_bytes\": %zu, "
+        "\"step_ms\": %.4f, \"step_ms_median\": %.4f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"peak_rss_kb\": %ld, \"arena_bytes\": %zu, "
         "\"trainable_tensors\": %zu, \"out\": \"%s\"}\n",
-        steps, a.batch, before, after, held_out ? "true" : "false", steps ? 1e3 * step_seconds / steps : 0.0,
+        steps, a.batch, before, after, held_out ? "true" : "false", steps ? 1e3 * step_seconds / steps : 0.0, 1e3 * median,
         first_loss, last_loss, peak_rss_kb(), engine.arena_capacity(), engine.trainable_tensors().size(),
         a.out.c_str());
     return 0;
