@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from idx_fixture import idx_bytes, make_idx_folder
 
 from edgeml.data import DEFAULT_ROOTS, open_image_dataset
 from edgeml.data.idx import read_idx
 from edgeml.errors import DataError
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    code = {np.uint8: 0x08, np.int32: 0x0C}[array.dtype.type]
-    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def make_idx_folder(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = True) -> Path:
-    """A tiny MNIST-layout folder with 28x28 images whose label is encoded in the first pixel."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        images[:, 0, 0] = labels
-        for stem, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
-            data = _idx_bytes(arr)
-            (root / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(data) if gz else data)
-    return root
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -48,7 +25,7 @@ def test_reads_gzip_and_raw_idx(tmp_path, gz):
 
 def test_int32_idx_round_trips(tmp_path):
     arr = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
-    (tmp_path / "a.idx").write_bytes(_idx_bytes(arr))
+    (tmp_path / "a.idx").write_bytes(idx_bytes(arr))
     assert np.array_equal(read_idx(tmp_path / "a.idx"), arr)
 
 
@@ -60,7 +37,7 @@ def test_corrupt_header_is_a_clear_error(tmp_path):
 
 
 def test_truncated_data_is_a_clear_error(tmp_path):
-    data = _idx_bytes(np.zeros((4, 28, 28), np.uint8))
+    data = idx_bytes(np.zeros((4, 28, 28), np.uint8))
     (tmp_path / "x").write_bytes(data[:-10])
     with pytest.raises(DataError, match="announces shape"):
         read_idx(tmp_path / "x")
@@ -68,7 +45,7 @@ def test_truncated_data_is_a_clear_error(tmp_path):
 
 def test_mismatched_image_and_label_counts(tmp_path):
     root = make_idx_folder(tmp_path / "d", gz=False)
-    (root / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(11, np.uint8)))
+    (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(11, np.uint8)))
     with pytest.raises(DataError, match="12 images but 11 labels"):
         open_image_dataset(root, "train")
 
