@@ -3,8 +3,8 @@
 Part 1 (cost): step latency (median) and peak RSS, each measured in its own process:
   - PyTorch BP (end-to-end backprop, all blocks), PyTorch LLS (local steps), and the standalone C++ engine
     (edgeml-finetune, no Python), training all blocks and fine-tuning the last two.
-  Peak RSS is the process's VmHWM (high-water RSS); the PyTorch rows also show it above the RSS after import + model build
-  (the training's own share), since the interpreter and libtorch alone take ~300 MB.
+  Peak RSS is the process's VmHWM (high-water RSS); the PyTorch rows also show it above the RSS after import and
+  model build (the training's own share), since the interpreter and libtorch alone take ~300 MB.
 Part 2 (accuracy): SmallConv trained with LLS on clean Fashion-MNIST (in this run), evaluated on a
   brightness/contrast-shifted split, then fine-tuned on shifted device data (last two blocks) by the C++ binary:
   accuracy before / after on the shifted test split.
@@ -251,6 +251,7 @@ def main() -> None:
     ap.add_argument("--blocks", default="last:2")
     ap.add_argument("--quick", action="store_true", help="fewer steps and a smaller pre-training run")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
     args = ap.parse_args()
     if args.worker:
         torch_worker(args)
@@ -263,7 +264,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("cost (each row: three fresh processes)", flush=True)
-        rows = cost_rows(binary, work, nets, args.batch, steps)
+        rows = [] if args.skip_cost else cost_rows(binary, work, nets, args.batch, steps)
         acc = None
         if not args.skip_accuracy:
             print("accuracy recovery on shifted Fashion-MNIST", flush=True)
