@@ -123,7 +123,7 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
             raise _fail(path, f"decoding failed after {n} frames ({e.strerror or type(e).__name__}): "
                               "truncated or corrupt") from e
         if n == 0:
-            raise _fail(path, "the video stream has no decodable frames")
+            raise _fail(path, "the video stream has no frames (zero-frame video)")
         if check_complete and declared and n < declared:
             raise _fail(path, f"truncated: decoded {n} of the {declared} frames the container declares")
 
@@ -131,17 +131,21 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
 def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
     """`edgeml data mvs`: every exported motion vector as one CSV row, exactly as FFmpeg's
     doc/examples/extract_mvs.c prints it (same header, columns, number formatting; `framenum` counts every decoded
-    frame from 1, in decoder output order). Returns the number of rows."""
+    frame from 1, in decoder output order). Returns the number of rows. A truncated file or one without any motion
+    vector (intra-only) is a VideoError and writes nothing."""
     from edgeml.io import atomic_write
 
     rows = 0
     with atomic_write(out, "w") as f:
         f.write(CSV_HEADER + "\n")
-        for fr in decode(video, mvs=True, check_complete=False):
+        for fr in decode(video, mvs=True):
             if fr.mvs is None or not len(fr.mvs):
                 continue
             f.write(format_mv_rows(fr.index + 1, fr.mvs))
             rows += len(fr.mvs)
+        if rows == 0:
+            raise VideoError("no motion vectors: the video is intra-only (no P- or B-frames)", path=video,
+                             fix="re-encode it with `edgeml data prepare` (fixed GOP with P-frames)")
     return rows
 
 

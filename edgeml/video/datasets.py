@@ -193,6 +193,8 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
                         fix="use another cache folder or delete this one")
     (cache / "shards").mkdir(parents=True, exist_ok=True)
     (cache / "status").mkdir(exist_ok=True)
+    for stale in [*(cache / "shards").glob(".*.tmp"), *(cache / "status").glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)  # half-written by a killed build; the finished files are complete (atomic)
     write_json(settings_path, settings)
 
     jobs, reused = [], 0

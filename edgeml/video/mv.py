@@ -82,3 +82,49 @@ def frame_planes(frame: Any) -> list[np.ndarray]:
 def packed_planes(image: np.ndarray) -> list[np.ndarray]:
     """uint8 [H, W, C] (e.g. RGB) -> C zero-copy plane views for the kernels."""
     return [image[:, :, c] for c in range(image.shape[2])]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# numpy implementations of the same kernels: the baseline of benchmarks/video_extract.py and a fallback to read.
+
+
+def np_rasterise(rows: np.ndarray, height: int, width: int, grid: int) -> np.ndarray:
+    """numpy twin of rasterise: paint each block's cells (slice assignment per row; later rows win)."""
+    ho, wo = -(-height // grid), -(-width // grid)
+    out = np.zeros((2, ho, wo), np.float32)
+    for w, h, sx, sy, dx, dy in rows.tolist():
+        x0, y0 = dx - w // 2, dy - h // 2
+        j0, j1 = max(-(-x0 // grid), 0), min(-(-(x0 + w) // grid), wo)
+        i0, i1 = max(-(-y0 // grid), 0), min(-(-(y0 + h) // grid), ho)
+        if i0 < i1 and j0 < j1:
+            out[0, i0:i1, j0:j1] = dx - sx
+            out[1, i0:i1, j0:j1] = dy - sy
+    return out
+
+
+def np_accumulate(field: np.ndarray, prev: np.ndarray | None, height: int, width: int, grid: int) -> np.ndarray:
+    """numpy twin of accumulate (vectorised gather)."""
+    if prev is None:
+        return field.copy()
+    ho, wo = field.shape[1:]
+    ys, xs = np.mgrid[0:ho, 0:wo] * grid
+    sx = np.clip(np.floor(xs - field[0]).astype(np.int64), 0, width - 1) // grid
+    sy = np.clip(np.floor(ys - field[1]).astype(np.int64), 0, height - 1) // grid
+    return field + prev[:, sy, sx]
+
+
+def np_residual(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray | None, grid: int) -> np.ndarray:
+    """numpy twin of residual (vectorised gather; chroma planes upsampled by repetition)."""
+    h, w = cur[0].shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    if field is None:
+        sy, sx = ys, xs
+    else:
+        fx, fy = field[0][ys // grid, xs // grid], field[1][ys // grid, xs // grid]
+        sx = np.clip(np.floor(xs - fx).astype(np.int64), 0, w - 1)
+        sy = np.clip(np.floor(ys - fy).astype(np.int64), 0, h - 1)
+    out = np.empty((len(cur), h, w), np.int16)
+    for c, (a, b) in enumerate(zip(cur, ref, strict=True)):
+        ky, kx = (0 if a.shape[0] == h else 1), (0 if a.shape[1] == w else 1)
+        out[c] = a[ys >> ky, xs >> kx].astype(np.int16) - b[sy >> ky, sx >> kx]
+    return out
