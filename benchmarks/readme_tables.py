@@ -33,6 +33,8 @@ def fmt(v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
     if isinstance(v, (list, tuple)):
         return "×".join(fmt(x) for x in v) if all(isinstance(x, (int, float)) for x in v) else ", ".join(map(fmt, v))
     if isinstance(v, dict):
@@ -46,7 +48,20 @@ def md_table(columns: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _flatten(record: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested measurements become their own columns."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()) and \
+                len(v) <= 8:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _records(rows: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    rows = [_flatten(r) for r in rows]
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
