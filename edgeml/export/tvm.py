@@ -73,12 +73,15 @@ def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = make_target(tvm_cfg["target"])
+    if tune_trials > 0 and not tvm_cfg.get("host_runnable", False):
+        raise ExportError(f"MetaSchedule tuning measures on this machine; target {tvm_cfg['target']} is not it",
+                          fix="tune on the device itself, or drop --tune-trials for cross targets")
     mod = relax_module(onnx_path)
     t0 = time.perf_counter()
     tuned = None
     try:
         if tune_trials > 0:
-            tuned = _tune(mod, target, out_dir / "tuning", tune_trials)
+            tuned = _tune(mod, tvm_cfg["target"], out_dir / "tuning", tune_trials)
             mod = tuned["mod"]
         with contextlib.redirect_stdout(io.StringIO()):
             ex = tvm.compile(mod, target=target)
@@ -117,8 +120,12 @@ def _cross_compiler(cxx: str) -> Any:
     return cc.cross_compiler(cxx)
 
 
-def _tune(mod: Any, target: Any, work_dir: Path, trials: int) -> dict[str, Any]:
-    """MetaSchedule tuning through relax's static_shape_tuning pipeline (needs xgboost, cloudpickle, psutil)."""
+def _tune(mod: Any, target_spec: dict[str, Any], work_dir: Path, trials: int) -> dict[str, Any]:
+    """MetaSchedule tuning through relax's static_shape_tuning pipeline (needs xgboost, cloudpickle, psutil).
+
+    Tuning measures candidates on this machine, so it only makes sense for host targets."""
+    import os
+
     import tvm
     from tvm import relax
 
@@ -127,9 +134,11 @@ def _tune(mod: Any, target: Any, work_dir: Path, trials: int) -> dict[str, Any]:
     except ImportError:
         raise MissingDependencyError("xgboost", purpose="TVM MetaSchedule tuning (--tune)") from None
     work_dir.mkdir(parents=True, exist_ok=True)
-    with target:
-        pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(work_dir),
-                                      total_trials=trials)
+    target = make_target({**target_spec, "num-cores": os.cpu_count() or 1})
+    # per-task cap keeps a small budget spread over all fused kernels instead of spent on the first few
+    pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(work_dir),
+                                  total_trials=trials, max_trials_per_task=max(8, trials // 8))
+    with contextlib.redirect_stdout(io.StringIO()):
         mod = pipeline(mod)
     return {"mod": mod, "work_dir": str(work_dir), "tvm": tvm.__version__}
 
