@@ -244,7 +244,8 @@ def _environment_rows(runs: Sequence[dict], names: Sequence[str]) -> list[dict[s
         rows.append({"run": name, "created": str(r.get("created", "")), "machine": str(env.get("machine", "")),
                      "CPUs": str(env.get("cpu_count", "")),
                      "threads": str(env.get("torch_threads", "")),
-                     "pinned": "yes" if env.get("pinned") else "no", "weights": str(r.get("weights", ""))})
+                     "pinned": "yes" if env.get("pinned") else "no",
+                     "load (1 min)": _fmt(env.get("load_avg_1m")), "weights": str(r.get("weights", ""))})
     return rows
 
 
