@@ -66,6 +66,8 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
     const Json& b = h["basis"];
     basis_spec.k = classes_;
     basis_spec.waveform = b.str_or("waveform", "square");
+    if (basis_spec.waveform != "square" && basis_spec.waveform != "sine")
+      throw std::runtime_error("basis waveform '" + basis_spec.waveform + "' is not square or sine");
     basis_spec.f_min = b.num_or("f_min", 50.0);
     basis_spec.f_max = b.num_or("f_max", 512.0);
     basis_spec.n_offset = static_cast<int>(b.int_or("n_offset", 0));
@@ -325,6 +327,12 @@ void Engine::carve(Arena& a) {
     for (int j = 0; j <= blk.tap; ++j) {
       const Op& op = blk.ops[j];
       if (op.kind == OpKind::Flatten) continue;  // shares its input's buffer
+      // LeakyReLU's backward needs only its own output and batch norm's backward only its input, so an
+      // activation after a batch norm runs in place over the batch norm's output (one buffer fewer per pair).
+      if (op.kind == OpKind::LeakyReLU && j > 0 && blk.ops[j - 1].kind == OpKind::BatchNorm) {
+        blk.saved[j] = blk.saved[j - 1];
+        continue;
+      }
       blk.saved[j] = a.alloc<float>(bsz * op.out_size(), "block activations");
       if (op.kind == OpKind::MaxPool) blk.argmax[j] = a.alloc<int32_t>(bsz * op.out_size(), "max-pool indices");
     }
