@@ -192,7 +192,8 @@ def write_pack(path: str | PathLike, model: Any, *, train_blocks: str | int | li
     config = dict(getattr(model, "config", {}))
     c, s = int(config.get("in_channels", 3)), int(config.get("image_size", 32))
     header = {
-        "format": FORMAT, "version": VERSION, "model": model_name, "config": config,
+        "format": FORMAT, "version": VERSION, "model": model_name or getattr(model, "registry_name", None),
+        "config": config,
         # LLSNet.scale_input maps [0, 1] to [-1, 1]: (v / 255 - 0.5) / 0.5 for uint8 pixels.
         "input": {"shape": [c, s, s], "scale": 1.0 / 255.0, "mean": [0.5] * c, "std": [0.5] * c},
         "num_classes": int(config.get("num_classes", model.classifier.out_features)),

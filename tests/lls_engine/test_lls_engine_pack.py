@@ -139,3 +139,19 @@ def test_unsupported_mode_is_refused(tmp_path):
     model = create_model("lls_smallconv", mode="local_learnable")
     with pytest.raises(ConfigError, match="fine-tunes modes"):
         write_pack(tmp_path / "l.pack", model)
+
+
+def test_pack_from_an_edgeml_train_checkpoint(tmp_path):
+    from edgeml.io import save_checkpoint
+    from edgeml.lls.pack import pack_from_checkpoint
+
+    torch.manual_seed(1)
+    model = create_model("lls_vww", mode="lls_m", image_size=32)
+    ckpt = tmp_path / "best.safetensors"
+    save_checkpoint(ckpt, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": "lls_vww", "config": model.config, "epoch": 1})
+    p = read_pack(pack_from_checkpoint(ckpt, tmp_path / "vww.pack", train_blocks="last:3"))
+    assert p.header["model"] == "lls_vww" and p.header["input"]["shape"] == [3, 32, 32]
+    assert p.trainable_blocks == [12, 13, 14]
+    np.testing.assert_array_equal(p.tensors["blocks.5.head"], model.state_dict()["blocks.5.head"].numpy())
+    assert open_engine(tmp_path / "vww.pack", 2).trainable_blocks == [12, 13, 14]
