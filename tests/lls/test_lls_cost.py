@@ -37,3 +37,23 @@ def test_measured_peak_memory_is_lower_for_lls_than_bp():
     bp = measure_peak_memory("lls_smallconv", "bp", batch_size=64, steps=2)
     lls = measure_peak_memory("lls_smallconv", "lls", batch_size=64, steps=2)
     assert lls["training_peak_bytes"] < bp["training_peak_bytes"]
+
+
+@pytest.mark.slow
+def test_fashion_mnist_benchmark_quick_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgeml.data import DEFAULT_ROOTS
+
+    if not DEFAULT_ROOTS["fashion-mnist"].is_dir():
+        pytest.skip("dataset-fashion-mnist not installed")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "lls_fashion_mnist.py"
+    out = tmp_path / "quick.json"
+    subprocess.run([sys.executable, str(script), "--subset", "256", "--epochs", "1", "--modes", "bp", "lls",
+                    "--threads", "1", "--out", str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["complete"] and [r["mode"] for r in result["results"]] == ["bp", "lls"]
+    assert result["goals"]["memory_ratio"] > 1.0
