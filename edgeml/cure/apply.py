@@ -38,14 +38,10 @@ def cross_attention_layers(module: nn.Module) -> dict[str, nn.Linear]:
     return found
 
 
-def tensor_report(name: str, before: torch.Tensor, after: torch.Tensor, *, layout: str = "out,in") -> dict:
-    """One edit-report row: name, shape, dtype, ‖W‖, ‖W' − W‖ / ‖W‖."""
-    b, a = before.detach().double(), after.detach().double()
-    norm = float(b.norm())
-    change = float((a - b).norm())
-    return {"name": name, "shape": list(before.shape), "dtype": str(before.dtype).replace("torch.", ""),
-            "layout": layout, "norm": norm, "norm_after": float(a.norm()), "norm_change": change,
-            "relative_change": change / norm if norm else 0.0}
+def tensor_report(name: str, w: torch.Tensor, stats: dict[str, float], *, layout: str = "out,in") -> dict:
+    """One edit-report row: name, stored shape/dtype/layout, ‖W‖, ‖W'‖, ‖W' − W‖ and ‖W' − W‖ / ‖W‖."""
+    shape = list(w.shape) if layout == "out,in" else list(w.shape)[::-1]
+    return {"name": name, "shape": shape, "dtype": str(w.dtype).replace("torch.", ""), "layout": layout, **stats}
 
 
 @torch.no_grad()
@@ -53,11 +49,11 @@ def edit_module(module: nn.Module, edit: LowRankEdit, *, report: bool = True) ->
     """Edit every cross-attention K/V weight of `module` in place (one batched float64 update); -> report rows."""
     layers = cross_attention_layers(module)
     weights = {n: lin.weight for n, lin in layers.items()}
-    new = apply_to_weights(edit, weights)
-    rows = [tensor_report(n, weights[n], new[n]) for n in layers] if report else []
+    new, stats = apply_to_weights(edit, weights, inplace=True)
     for n, lin in layers.items():
-        lin.weight.copy_(new[n])
-    return rows
+        if new[n] is not lin.weight:
+            lin.weight.copy_(new[n])
+    return [tensor_report(n, weights[n], stats[n]) for n in layers] if report else []
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
@@ -110,8 +106,8 @@ def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -
             t = torch.from_numpy(read_range(src, base + start, count, NUMPY_DTYPES[info["dtype"]]))
         weights[k] = t.reshape(info["shape"])
         spans[k] = base + start
-    new = apply_to_weights(edit, weights)
-    rows = [tensor_report(k, weights[k], new[k]) for k in keys]
+    new, stats = apply_to_weights(edit, weights)
+    rows = [tensor_report(k, weights[k], stats[k]) for k in keys]
     patches = [(spans[k], _tensor_bytes(new[k])) for k in keys]
     copy_with_patches(src, dst, patches)
     return rows

@@ -161,16 +161,15 @@ def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: 
         if w.ndim != 2:
             raise InputError(f"K/V weight {name!r} has shape {w.shape}; expected 2-D", path=src)
         w = torch.from_numpy(np.array(w, copy=True))
-        weights[name] = w.T if kv.stored_transposed else w
-    edited = apply_to_weights(edit, weights)
+        weights[name] = (w.T if kv.stored_transposed else w).contiguous()   # same memory layout as in a module
+    edited, stats = apply_to_weights(edit, weights)
     patches: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
     rows = []
     for name, kv in chosen.items():
         t = inits[name]
-        before = weights[name].T if kv.stored_transposed else weights[name]
         after = edited[name].T if kv.stored_transposed else edited[name]
-        rows.append({**tensor_report(name, before, after, layout="in,out" if kv.stored_transposed else "out,in"),
-                     "node": kv.node})
+        layout = "in,out" if kv.stored_transposed else "out,in"
+        rows.append({**tensor_report(name, weights[name], stats[name], layout=layout), "node": kv.node})
         new = np.ascontiguousarray(after.numpy())
         info = _external_info(t)
         if info is None:

@@ -30,7 +30,8 @@ def test_a_model_without_cross_attention_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                        layers_per_block=1, norm_num_groups=8)
     edit = discriminative_projector(np.ones((1, TEXT_WIDTH)))
     with pytest.raises(InputError, match="no cross-attention"):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeml.cure.spectral import (LowRankEdit, apply_to_weights, discriminative_projector, expansion,
-                                  spectral_projector)
+from edgeml.cure.spectral import LowRankEdit, apply_to_weights, discriminative_projector, expansion, spectral_projector
 from edgeml.cure.uce import uce_edit
 
 
@@ -116,15 +115,18 @@ def test_packed_kv_weight_equals_separate_edits(rng):
     np.testing.assert_allclose(out[:, 8:], edit.apply_weight(v).T, atol=1e-12)
 
 
-def test_batched_layer_edit_equals_per_layer_edit_and_keeps_dtype(rng):
+def test_layer_edit_matches_the_dense_formula_keeps_dtype_and_reports_norms(rng):
     edit = discriminative_projector(rng.normal(size=(3, 24)), rng.normal(size=(4, 24)), 2.0)
     weights = {f"l{i}": torch.randn(8 * (i + 1), 24, dtype=torch.float32) for i in range(4)}
     weights["half"] = torch.randn(16, 24).half()
-    out = apply_to_weights(edit, weights)
+    out, stats = apply_to_weights(edit, weights)
     for name, w in weights.items():
         assert out[name].dtype == w.dtype
         ref = torch.from_numpy(w.double().numpy() @ (np.eye(24) - edit.dense())).to(w.dtype)
         torch.testing.assert_close(out[name], ref, rtol=1e-3 if w.dtype == torch.float16 else 1e-6, atol=1e-6)
+        delta = (out[name].double() - w.double()).norm().item()
+        assert stats[name]["norm_change"] == pytest.approx(delta, rel=1e-3 if w.dtype == torch.float16 else 1e-5)
+        assert stats[name]["norm_after"] == pytest.approx(out[name].double().norm().item(), rel=1e-3)
 
 
 def test_sequential_erasures_compose(rng):

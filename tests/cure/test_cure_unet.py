@@ -7,8 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from cure_fixtures import (TEXT_WIDTH, UNetOut, export_unet_onnx, onnx_initializers, small_unet,
-                           tiny_text_encoder_dir, tree_digest, unet_inputs)
+from cure_fixtures import (
+    TEXT_WIDTH,
+    UNetOut,
+    export_unet_onnx,
+    onnx_initializers,
+    small_unet,
+    tiny_text_encoder_dir,
+    tree_digest,
+    unet_inputs,
+)
 
 from edgeml.cure import build_edit, cross_attention_layers, discriminative_projector, edit_module, erase
 from edgeml.cure.embed import load_text_encoder
