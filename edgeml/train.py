@@ -338,7 +338,7 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
           mode: str | None = None, seed: int = 0, resume: bool = False, workers: int = 0,
           device: str | None = None, progress: bool = True, model_name: str | None = None,
           data_opts: dict | None = None, stop_after_steps: int | None = None, threads: int | None = None,
-          **config: Any) -> dict[str, Any]:
+          max_minutes: float | None = None, **config: Any) -> dict[str, Any]:
     """Train `model` on `data`, checkpointing every epoch into `out`; returns the final metrics.
 
     `model`: an nn.Module from `create_model` or a registered name. `data`: a clip-cache folder (video), an image
@@ -346,7 +346,8 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
     (split over DDP ranks). `mode`: None/"bp" end-to-end, else an LLS mode. `config` goes to the learner
     (weight_decay, warmup, label_smoothing, amp, ...). `stop_after_steps` ends the run early (tests). `threads`:
     CPU threads per process (default: torch's, or cores / processes under DDP — on a shared CPU, 1 thread avoids
-    OpenMP threads stalling on each other).
+    OpenMP threads stalling on each other). `max_minutes`: a wall-clock budget — no new epoch starts once it is
+    spent (the finished epochs are checkpointed; `epochs_done` says how many ran).
     Returns {"model", "epochs_done", "best_epoch", "val", "test", "seconds", "checkpoint"}.
     """
     from edgeml.registry import create_model, model_spec
@@ -408,8 +409,16 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
     t0 = time.perf_counter()
     bar = _Progress(progress and rank == 0, verbose=rank == 0)
     steps_taken = 0
+    epochs_done = start_epoch
     with bar:
         for epoch in range(start_epoch, epochs):
+            if max_minutes is not None and epoch > start_epoch:
+                spent = torch.tensor([float(time.perf_counter() - t0 > 60 * max_minutes)])
+                if distributed:  # rank 0 decides, so every rank stops at the same epoch
+                    torch.distributed.broadcast(spent, src=0)
+                if spent.item():
+                    bar.log(f"time budget of {max_minutes:g} min spent after {epoch} epochs: stopping")
+                    break
             torch.manual_seed(seed * 1009 + epoch * 7919 + rank)
             indices = epoch_indices(len(train_ds), seed, epoch, rank, world)
             loader = _loader(train_ds, indices, per_rank, workers, drop_last=len(train_ds) >= batch_size)
@@ -451,10 +460,11 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
                 if improved:
                     save_checkpoint(out / BEST, {k: v for k, v in tensors.items() if k.startswith("model.")}, meta)
                 bar.log(_summary(record))
+            epochs_done = epoch + 1
             if distributed:
                 torch.distributed.barrier()
 
-    result: dict[str, Any] = {"model": name, "epochs_done": epochs, "best_epoch": best_epoch,
+    result: dict[str, Any] = {"model": name, "epochs_done": epochs_done, "best_epoch": best_epoch,
                               "val": history[-1].get("val") if history else None,
                               "seconds": time.perf_counter() - t0, "checkpoint": str(out / BEST)}
     try:

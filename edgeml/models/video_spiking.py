@@ -78,7 +78,8 @@ class VideoSpiking(nn.Module):
                  width: int = 64, grid: int = 4, tau: float = 0.5, theta: float = 1.0, reset: str = "soft",
                  surrogate: str = "fast_sigmoid", slope: float = 5.0, beta: float = 0.2, trace_decay: float = 0.8,
                  dropout: float = 0.1, p_grid: int | None = None, i_grid: int | None = None,
-                 motion_delta: bool = True, p_stride: int = 1):
+                 motion_delta: bool = True, p_stride: int = 2, iframe_dropout: float = 0.5,
+                 residual_pool: int | None = None):
         super().__init__()
         if size not in SIZES:
             raise ConfigError(f"unknown video_spiking size {size!r}", fix=f"choose one of {sorted(SIZES)}")
@@ -87,7 +88,8 @@ class VideoSpiking(nn.Module):
         self.config = dict(size=size, num_classes=num_classes, clip_len=clip_len, height=height, width=width,
                            grid=grid, tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
                            trace_decay=trace_decay, dropout=dropout, p_grid=p_grid, i_grid=i_grid,
-                           motion_delta=motion_delta, p_stride=p_stride)
+                           motion_delta=motion_delta, p_stride=p_stride, iframe_dropout=iframe_dropout,
+                           residual_pool=residual_pool)
         self.model_name = "video_spiking"
         self.num_classes = num_classes
         s = SIZES[size]
@@ -104,10 +106,13 @@ class VideoSpiking(nn.Module):
         # it moves now. With motion_delta the previous field is part of the streaming state.
         self.motion_delta = motion_delta
         self.motion = SpikingStream(4 if motion_delta else 2, stem, dim, lif, p_stride)
-        self.residual_pool = nn.AvgPool2d(grid)  # residual to the motion grid: the P path never runs at full size
+        # Residuals are pooled (default: to the motion grid) so the P path never runs at full resolution.
+        self.residual_scale = residual_pool or grid
+        self.residual_pool = nn.AvgPool2d(self.residual_scale)
         self.residual = SpikingStream(3, stem, dim, lif, p_stride)
-        self.p_proj = nn.Conv2d(2 * dim, dim, 1)
-        self.p_proj.spike_input = True
+        self.p_proj_motion = nn.Conv2d(dim, dim, 1)  # 1x1 projections of spikes: accumulations only
+        self.p_proj_residual = nn.Conv2d(dim, dim, 1, bias=False)
+        self.p_proj_motion.spike_input = self.p_proj_residual.spike_input = True
         self.p_pool = nn.AdaptiveAvgPool2d(self.p_grid)
 
         self.modality = nn.Parameter(torch.zeros(2, dim))
@@ -122,6 +127,7 @@ class VideoSpiking(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
+        self.iframe_dropout = iframe_dropout
 
     # -- input checks ----------------------------------------------------------------------------------
     def expected_shapes(self, batch: int | str = "B") -> dict[str, tuple]:
@@ -146,8 +152,9 @@ class VideoSpiking(nn.Module):
         """Zero membrane states and spike traces: 4 (motion) + 4 (residual) tensors [B, C, h', w']."""
         c = self.config
         h, w = c["height"] // c["grid"], c["width"] // c["grid"]
-        ref = self.p_proj.weight
-        shapes = self.motion.state_shapes(batch, h, w) + self.residual.state_shapes(batch, h, w)
+        ref = self.p_proj_motion.weight
+        rh, rw = c["height"] // self.residual_scale, c["width"] // self.residual_scale
+        shapes = self.motion.state_shapes(batch, h, w) + self.residual.state_shapes(batch, rh, rw)
         if self.motion_delta:
             shapes.append((batch, 2, h, w))  # the previous step's (scaled) motion field
         return tuple(ref.new_zeros(s) for s in shapes)
@@ -163,7 +170,7 @@ class VideoSpiking(nn.Module):
             mv = torch.cat([mv, mv - state[8]], 1)
         m_spk, *m_state = self.motion.step(mv, *state[:4])
         r_spk, *r_state = self.residual.step(self.residual_pool(residual_t / RESIDUAL_SCALE), *state[4:8])
-        p = self.p_pool(self.p_proj(torch.cat([m_spk, r_spk], 1)))  # [B, D, p, p]
+        p = self.p_pool(self.p_proj_motion(m_spk)) + self.p_pool(self.p_proj_residual(r_spk))  # [B, D, p, p]
         return (p.flatten(2).transpose(1, 2), *m_state, *r_state, *extra)
 
     def stream_head(self, iframe: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
@@ -171,6 +178,11 @@ class VideoSpiking(nn.Module):
         b, t = p_tokens.shape[:2]
         x = (iframe / 255.0 - 0.45) / 0.25
         i_tok = self.iframe_encoder(x).flatten(2).transpose(1, 2)  # [B, nI, D]
+        if self.training and self.iframe_dropout > 0:
+            # Modality dropout: the clips of one video share their look, so the I-frame alone lets the net
+            # memorise training videos; hiding it for part of each batch makes the motion path carry the label.
+            keep = (torch.rand(b, 1, 1, device=i_tok.device) >= self.iframe_dropout).to(i_tok.dtype)
+            i_tok = i_tok * keep
         i_tok = i_tok + self.pos_i + self.modality[0] + self.time[0]
         p_tok = p_tokens + self.pos_p + self.modality[1] + self.time[1:t + 1, None, :]
         tokens = torch.cat([i_tok, p_tok.reshape(b, t * self.n_p, self.dim)], 1)

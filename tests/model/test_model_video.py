@@ -122,3 +122,19 @@ def test_energy_estimate_uses_the_stated_table_and_is_labelled():
     assert estimate_energy(ops, "45nm-int8").joules < est.joules
     with pytest.raises(ConfigError, match="table"):
         estimate_energy(ops, "3nm")
+
+
+def test_shipped_checkpoint_loads_and_says_how_it_was_made():
+    from pathlib import Path
+
+    from edgeml.io import load_checkpoint
+
+    path = Path(__file__).resolve().parents[2] / "edgeml" / "assets" / "video_spiking" / "best.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped video_spiking checkpoint in this checkout")
+    model = create_model("video_spiking", checkpoint=path)
+    _, meta = load_checkpoint(path, expect_model="video_spiking")
+    assert meta["config"]["size"] == "small" and "benchmarks/video_train.py" in meta["reproduce"]
+    assert meta["metrics"]["val_top1"] >= 0.9
+    with torch.no_grad():
+        assert model.eval()(*model_spec("video_spiking").example_inputs(model, 1)).shape == (1, 8)

@@ -179,3 +179,10 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
                  str(tmp_path / "o"), "--no-progress"])
     assert code == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_time_budget_stops_starting_new_epochs(tiny_clips, tmp_path):
+    result = train(tiny_model(), tiny_clips, tmp_path / "out", epochs=5, max_minutes=0.0, **FAST)
+    assert result["epochs_done"] == 1
+    _, meta = load_checkpoint(tmp_path / "out" / "last.safetensors")
+    assert meta["epoch"] == 1
