@@ -95,7 +95,10 @@ def main() -> None:
     from edgeml.cure import build_edit, cross_attention_layers, edit_module
     from edgeml.io import write_json
 
-    result: dict = {"machine": {"cpus": torch.get_num_threads()}, "forget": FORGET, "retain": RETAIN}
+    import os
+
+    result: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                "load_average_at_start": os.getloadavg()}, "forget": FORGET, "retain": RETAIN}
     enc = sd15_text_encoder()
     t_text = timed(lambda: build_edit(enc, FORGET, RETAIN, alpha=2.0), args.repeats)
     edit, info = build_edit(enc, FORGET, RETAIN, alpha=2.0)
