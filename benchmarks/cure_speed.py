@@ -90,12 +90,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the edit is memory-bound)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    import os
+
     from diffusers import UNet2DConditionModel
 
     from edgeml.cure import build_edit, cross_attention_layers, edit_module
     from edgeml.io import write_json
-
-    import os
 
     result: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "load_average_at_start": os.getloadavg()}, "forget": FORGET, "retain": RETAIN}
