@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed,
                              resume=args.resume, workers=args.workers, threads=args.threads,
                              progress=not args.no_progress, weight_decay=args.weight_decay, overrides=overrides)
-    if args.json:
+    if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         brief = {k: v for k, v in result.items() if k not in ("val", "test")}
         for split in ("val", "test"):
             if result.get(split):
