@@ -118,7 +118,7 @@ const float* field_of(const py::object& obj, int height, int width, int grid, py
 }
 
 py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
-                              int grid, bool on_cuda) {
+                              int grid, bool on_cuda, const py::object& out_obj = py::none()) {
   check_grid(grid);
   std::vector<py::array> keep;
   int h = 0, w = 0, h2 = 0, w2 = 0;
@@ -135,8 +135,14 @@ py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& r
   py::array_t<float> fkeep;
   const float* f = field_of(field_obj, h, w, grid, fkeep);
   const int channels = static_cast<int>(cur.size());
-  py::array_t<int16_t> out({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
-                            static_cast<py::ssize_t>(w)});
+  py::array_t<int16_t> out;
+  if (out_obj.is_none()) {
+    out = py::array_t<int16_t>({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
+                                static_cast<py::ssize_t>(w)});
+  } else {  // write into the caller's buffer (e.g. one slice of a preallocated [N, C, H, W] array): no copy later
+    out = require<int16_t>(out_obj, "out", {channels, h, w});
+    if (!out.writeable()) throw py::value_error("out: array is read-only");
+  }
   if (on_cuda) {
 #ifdef EDGEML_WITH_CUDA
     edgeml::cuda::residual(cur.data(), ref.data(), channels, f, h, w, grid, out.mutable_data());
@@ -203,13 +209,15 @@ void bind_mv(py::module_& m) {
       "Residual of planar images: cur - ref warped by field (nearest, clamped at borders).\n\n"
       "cur, ref: sequences of 2-D uint8 planes (any strides; the first is full size H x W, others may be\n"
       "subsampled by 2, e.g. YUV 4:2:0, and are upsampled by repetition). field: float32\n"
-      "[2, ceil(H/grid), ceil(W/grid)] or None (zero). Returns int16 [C, H, W]; cur == out + warp(ref) exactly.";
-  m.def("residual", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g) {
-        return residual(c, r, f, g, false);
-      }, py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), res_doc);
-  m.def("residual_cuda", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g) {
-        return residual(c, r, f, g, true);
-      }, py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), "CUDA twin of residual.");
+      "[2, ceil(H/grid), ceil(W/grid)] or None (zero). Returns int16 [C, H, W] (written into `out` when given, a\n"
+      "C-contiguous int16 [C, H, W] array); cur == out + warp(ref) exactly.";
+  m.def("residual", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g,
+                        const py::object& out) { return residual(c, r, f, g, false, out); },
+        py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), py::arg("out") = py::none(), res_doc);
+  m.def("residual_cuda", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g,
+                             const py::object& out) { return residual(c, r, f, g, true, out); },
+        py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), py::arg("out") = py::none(),
+        "CUDA twin of residual.");
   m.def("warp", [](const py::sequence& r, const py::object& f, int g) { return warp(r, f, g, false); },
         py::arg("ref"), py::arg("field"), py::arg("grid"),
         "ref planes warped by field (nearest, clamped) -> uint8 [C, H, W] at full resolution.");

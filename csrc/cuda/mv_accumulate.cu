@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/cuda_api.h"
+#include "cuda/mv_cuda_util.cuh"
 #include "mv/accumulate.h"
 #include "mv/rasterise.h"
 #include "mv/residual.h"
@@ -15,25 +16,8 @@ namespace edgeml::cuda {
 
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err) +
-                             " (code " + std::to_string(static_cast<int>(err)) + ")");
-  }
-}
-
-struct Buffer {
-  void* ptr = nullptr;
-  explicit Buffer(size_t bytes) { check(cudaMalloc(&ptr, bytes > 0 ? bytes : 1), "cudaMalloc"); }
-  Buffer(const void* host, size_t bytes) : Buffer(bytes) {
-    if (bytes > 0) check(cudaMemcpy(ptr, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-  }
-  ~Buffer() { cudaFree(ptr); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
+using detail::Buffer;
+using detail::check;
 
 __device__ int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 

@@ -4,26 +4,15 @@
 #include <string>
 
 #include "cuda/cuda_api.h"
+#include "cuda/mv_cuda_util.cuh"
 #include "mv/rasterise.h"
 
 namespace edgeml::cuda {
 
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err) +
-                             " (code " + std::to_string(static_cast<int>(err)) + ")");
-  }
-}
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  explicit DeviceBuffer(size_t bytes) { check(cudaMalloc(&ptr, bytes > 0 ? bytes : 1), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
+using detail::check;
+using DeviceBuffer = detail::Buffer;
 
 __device__ int first_cell(int pixel, int grid) { return pixel <= 0 ? 0 : (pixel + grid - 1) / grid; }
 

@@ -10,29 +10,104 @@ namespace edgeml::mv {
 
 namespace {
 
-inline uint8_t sample(const Plane& p, int y, int x) {
-  return p.data[(y >> p.shift_y) * p.row_stride + (x >> p.shift_x) * p.col_stride];
-}
+inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Source pixel of every destination pixel: one pass over the field, shared by all channels.
-void source_map(const float* field, int height, int width, int grid, std::vector<int32_t>& sy,
-                std::vector<int32_t>& sx) {
+struct Span {
+  int x0, x1, sy, dx;
+  bool clamped;
+};
+
+// The spans of row y: inside a cell the vector is constant, so the source row is one clamped offset and the source
+// columns are the span shifted by dx; neighbouring cells with the same vector are merged into one span (blocks are
+// usually larger than a cell and many vectors are equal), so the per-sample loops run over long ranges.
+void row_spans(const float* field, int height, int width, int grid, int y, std::vector<Span>& spans) {
+  spans.clear();
   const int wo = cells(width, grid);
   const int64_t plane = static_cast<int64_t>(cells(height, grid)) * wo;
-  sy.resize(static_cast<size_t>(height) * width);
-  sx.resize(sy.size());
-  for (int y = 0; y < height; ++y) {
-    const float* fx = field ? field + static_cast<int64_t>(y / grid) * wo : nullptr;
-    for (int x = 0; x < width; ++x) {
-      const size_t k = static_cast<size_t>(y) * width + x;
-      if (fx == nullptr) {
-        sy[k] = y;
-        sx[k] = x;
-        continue;
+  const float* fx = field ? field + static_cast<int64_t>(y / grid) * wo : nullptr;
+  for (int j = 0; j < wo; ++j) {
+    const int x0 = j * grid, x1 = std::min(x0 + grid, width);
+    int dx = 0, sy = y;
+    if (fx) {
+      // floor(x - v) == x + floor(-v) for whole x, so one shift serves the whole span
+      dx = static_cast<int>(std::floor(-fx[j]));
+      sy = clampi(static_cast<int>(std::floor(y - fx[j + plane])), 0, height - 1);
+    }
+    if (!spans.empty() && spans.back().dx == dx && spans.back().sy == sy && spans.back().x1 == x0) {
+      spans.back().x1 = x1;
+    } else {
+      spans.push_back({x0, x1, sy, dx, false});
+    }
+  }
+  for (Span& s : spans) s.clamped = s.x0 + s.dx < 0 || s.x1 - 1 + s.dx > width - 1;
+}
+
+// Samples of one full-resolution row span [x0, x1) of a plane whose columns are subsampled by 2^kShift, read at
+// column x + dx (no clamping needed: the caller checked the span is inside the frame).
+template <int kShift>
+inline uint8_t at(const uint8_t* row, int x) {
+  return row[x >> kShift];
+}
+
+template <bool kWarpOnly, int kShift>
+void span_fast(const uint8_t* arow, const uint8_t* brow, int x0, int x1, int dx, int16_t* res, uint8_t* wrp) {
+  for (int x = x0; x < x1; ++x) {
+    if constexpr (kWarpOnly) {
+      wrp[x] = at<kShift>(brow, x + dx);
+    } else {
+      res[x] = static_cast<int16_t>(at<kShift>(arow, x) - at<kShift>(brow, x + dx));
+    }
+  }
+}
+
+// One plane over the spans of a row. kShift: column subsampling of both planes when kUnit (unit column stride)
+// holds; otherwise the generic strided path. Long unclamped spans run as plain shifted ranges (vectorisable).
+template <bool kWarpOnly, bool kUnit, int kShift>
+void do_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int y, int width, int16_t* res_row,
+            uint8_t* warp_row) {
+  const uint8_t* arow = kWarpOnly ? nullptr : a->data + (y >> a->shift_y) * a->row_stride;
+  for (const Span& sp : spans) {
+    const uint8_t* brow = b.data + (sp.sy >> b.shift_y) * b.row_stride;
+    if (kUnit && !sp.clamped) {
+      span_fast<kWarpOnly, kShift>(arow, brow, sp.x0, sp.x1, sp.dx, res_row, warp_row);
+      continue;
+    }
+    for (int x = sp.x0; x < sp.x1; ++x) {
+      const int sx = clampi(x + sp.dx, 0, width - 1);
+      const uint8_t r = kUnit ? brow[sx >> kShift] : brow[(sx >> b.shift_x) * b.col_stride];
+      if constexpr (kWarpOnly) {
+        warp_row[x] = r;
+      } else {
+        const uint8_t v = kUnit ? arow[x >> kShift] : arow[(x >> a->shift_x) * a->col_stride];
+        res_row[x] = static_cast<int16_t>(static_cast<int>(v) - static_cast<int>(r));
       }
-      const float vx = fx[x / grid], vy = fx[x / grid + plane];
-      sx[k] = std::clamp(static_cast<int>(std::floor(x - vx)), 0, width - 1);
-      sy[k] = std::clamp(static_cast<int>(std::floor(y - vy)), 0, height - 1);
+    }
+  }
+}
+
+template <bool kWarpOnly>
+void run(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width, int grid,
+         int16_t* res_out, uint8_t* warp_out) {
+  const int64_t hw = static_cast<int64_t>(height) * width;
+  std::vector<Span> spans;
+  for (int y = 0; y < height; ++y) {
+    row_spans(field, height, width, grid, y, spans);  // once per row, shared by every plane
+    for (int c = 0; c < channels; ++c) {
+      const Plane& b = ref[c];
+      const Plane* a = kWarpOnly ? nullptr : &cur[c];
+      const int64_t o = c * hw + static_cast<int64_t>(y) * width;
+      int16_t* res_row = kWarpOnly ? nullptr : res_out + o;
+      uint8_t* warp_row = kWarpOnly ? warp_out + o : nullptr;
+      // unit column stride and the same column subsampling (none or 2x) in both planes: the specialised loops
+      const bool unit =
+          b.col_stride == 1 && b.shift_x <= 1 && (kWarpOnly || (a->col_stride == 1 && a->shift_x == b.shift_x));
+      if (unit && b.shift_x == 0) {
+        do_row<kWarpOnly, true, 0>(b, a, spans, y, width, res_row, warp_row);
+      } else if (unit) {
+        do_row<kWarpOnly, true, 1>(b, a, spans, y, width, res_row, warp_row);
+      } else {
+        do_row<kWarpOnly, false, 0>(b, a, spans, y, width, res_row, warp_row);
+      }
     }
   }
 }
@@ -41,30 +116,11 @@ void source_map(const float* field, int height, int width, int grid, std::vector
 
 void residual(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width, int grid,
               int16_t* out) {
-  std::vector<int32_t> sy, sx;
-  source_map(field, height, width, grid, sy, sx);
-  const int64_t hw = static_cast<int64_t>(height) * width;
-  for (int c = 0; c < channels; ++c) {
-    const Plane& a = cur[c];
-    const Plane& b = ref[c];
-    int16_t* o = out + c * hw;
-    for (int y = 0; y < height; ++y) {
-      const size_t row = static_cast<size_t>(y) * width;
-      for (int x = 0; x < width; ++x) {
-        o[row + x] = static_cast<int16_t>(static_cast<int>(sample(a, y, x)) -
-                                          static_cast<int>(sample(b, sy[row + x], sx[row + x])));
-      }
-    }
-  }
+  run<false>(cur, ref, channels, field, height, width, grid, out, nullptr);
 }
 
 void warp(const Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out) {
-  std::vector<int32_t> sy, sx;
-  source_map(field, height, width, grid, sy, sx);
-  const int64_t hw = static_cast<int64_t>(height) * width;
-  for (int c = 0; c < channels; ++c) {
-    for (int64_t k = 0; k < hw; ++k) out[c * hw + k] = sample(ref[c], sy[k], sx[k]);
-  }
+  run<true>(nullptr, ref, channels, field, height, width, grid, nullptr, out);
 }
 
 }  // namespace edgeml::mv

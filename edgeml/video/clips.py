@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,58 +56,145 @@ def _timer(timings: dict | None, key: str, t0: float) -> float:
     return t1
 
 
+class _KernelChain:
+    """The per-P-frame kernel work with its state (reference planes, accumulated field). Calls must come in decode
+    order; run in one worker thread they overlap with decoding (both release the GIL)."""
+
+    def __init__(self, grid: int, accumulate: bool, device: str):
+        self.grid, self.accumulate, self.device = grid, accumulate, device
+        self.ref = self.prev = self.acc = None
+        self.seconds = 0.0
+
+    def reset(self, planes: list[np.ndarray]) -> None:
+        self.ref = self.prev = planes
+        self.acc = None
+
+    def step(self, rows: np.ndarray, cur: list[np.ndarray], out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        h, w = cur[0].shape
+        f = mv.rasterise(rows, h, w, self.grid, device=self.device)
+        if self.accumulate:
+            self.acc = f = mv.accumulate(f, self.acc, h, w, self.grid, device=self.device)
+        res = mv.residual(cur, self.ref if self.accumulate else self.prev, f, self.grid, device=self.device, out=out)
+        self.prev = cur
+        self.seconds += time.perf_counter() - t0
+        return f, res
+
+
+class _BlockAllocator:
+    """Residual buffers handed out as slices of [n, 3, H, W] blocks: one large allocation per n frames instead of a
+    fresh 3*H*W array per frame (numpy backs large blocks with huge pages: far fewer page faults)."""
+
+    def __init__(self, n: int):
+        self.n = max(1, n)
+        self.block: np.ndarray | None = None
+        self.used = 0
+
+    def __call__(self, k: int, h: int, w: int) -> np.ndarray:
+        if self.block is None or self.used == len(self.block) or self.block.shape[2:] != (h, w):
+            self.block, self.used = np.empty((self.n, 3, h, w), np.int16), 0
+        self.used += 1
+        return self.block[self.used - 1]
+
+
+class _Inline:
+    """Executor stand-in that runs each call at once (pipeline=False)."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
 def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True, rgb: bool = False,
-              max_steps: int | None = None, device: str = "cpu", threads: int = 1,
+              max_steps: int | None = None, device: str = "cpu", threads: int = 1, pipeline: bool = False,
+              residual_out: Callable[[int, int, int], np.ndarray | None] | None = None,
               timings: dict | None = None) -> Iterator[Gop]:
     """Decode `path` once and yield each GOP with its P-steps (see the module docstring for the policy).
 
     accumulate: fields chained to the I-frame and residuals against the I-frame; else per-step fields and residuals
     against the previous I/P frame. rgb: also keep each P-frame's RGB image (for `frames`). max_steps: P-steps kept
-    per GOP (later P-frames are decoded but not processed). timings: adds seconds under "decode" and "kernels".
+    per GOP (later P-frames are decoded but not processed). pipeline: run the kernels in a worker thread, overlapping
+    decoding (off by default: slower than inline on the shared 2-core machine it was measured on).
+    timings: adds seconds under "decode" (decoding and reading frames out, on this thread) and "kernels"
+    (rasterise + accumulate + residual; with pipeline=True these overlap the decode time). residual_out(k, H, W):
+    where the k-th P-step's residual goes (an int16 [3, H, W] view), or None for a fresh array.
     Raises VideoError when the video has no I-frame or no motion vectors at all (intra-only).
     """
     if grid not in mv.GRIDS:
         raise VideoError(f"grid must be one of {mv.GRIDS}, got {grid}")
+    from concurrent.futures import ThreadPoolExecutor
+
     path = Path(path)
+    if residual_out is None:
+        residual_out = _BlockAllocator(max_steps or 12)
+    chain = _KernelChain(grid, accumulate, device)
+    pool: Any = ThreadPoolExecutor(1, thread_name_prefix="edgeml-mv") if pipeline else _Inline()
     gop: Gop | None = None
+    pending: list[tuple[Gop, list]] = []  # GOPs whose kernel results are still being computed
     n_gops = n_p = n_rows = 0
-    ref = prev = acc = None
-    t = time.perf_counter()
-    for fr in codec.decode(path, mvs=True, frames=True, threads=threads):
-        kind = fr.pict_type
-        if kind == "I":
-            if gop is not None:
-                yield gop
-                t = time.perf_counter()
-            img = fr.frame.to_ndarray(format="rgb24")
-            gop = Gop(index=n_gops, frame_index=fr.index, iframe=img)
-            n_gops += 1
-            ref = prev = mv.frame_planes(fr.frame)
-            acc = None
-            t = _timer(timings, "decode", t)
-            continue
-        if kind != "P" or gop is None or (max_steps is not None and len(gop.steps) >= max_steps):
-            continue  # B/S/other frames and P-frames before the first I-frame are skipped (module policy)
-        cur = mv.frame_planes(fr.frame)
-        h, w = cur[0].shape
-        rows = mv.mv_rows(fr.mvs)
-        n_rows += len(rows)
-        image = fr.frame.to_ndarray(format="rgb24") if rgb else None
-        t = _timer(timings, "decode", t)
-        f = mv.rasterise(rows, h, w, grid, device=device)
-        if accumulate:
-            acc = f = mv.accumulate(f, acc, h, w, grid, device=device)
-        res = mv.residual(cur, ref if accumulate else prev, f, grid, device=device)
-        t = _timer(timings, "kernels", t)
-        gop.steps.append(PStep(fr.index, gop.index, f, res, image))
-        n_p += 1
-        prev = cur
-    if gop is None:
-        raise VideoError("no I-frame in the video", path=path, fix="re-encode it with `edgeml data prepare`")
-    if n_p == 0 or n_rows == 0:
-        raise VideoError("no motion vectors: the video is intra-only (no P-frames)", path=path,
-                         fix="re-encode it with `edgeml data prepare` (fixed GOP with P-frames)")
-    yield gop
+    wait = 0.0
+    t_start = time.perf_counter()
+
+    def finish(g: Gop, futures: list) -> Gop:
+        nonlocal wait
+        t0 = time.perf_counter()
+        for step, fut in zip(g.steps, futures, strict=True):
+            step.mv, step.residual = fut.result()
+        wait += time.perf_counter() - t0
+        return g
+
+    def hand_out(g: Gop, futures: list) -> Iterator[Gop]:
+        """Yield a finished GOP; the caller's time while this generator is suspended is not ours."""
+        nonlocal wait
+        done = finish(g, futures)
+        t0 = time.perf_counter()
+        yield done
+        wait += time.perf_counter() - t0
+
+    try:
+        futures: list = []
+        for fr in codec.decode(path, mvs=True, frames=True, threads=threads):
+            kind = fr.pict_type
+            if kind == "I":
+                if gop is not None:
+                    pending.append((gop, futures))
+                while pending and (len(pending) > 2 or all(f.done() for f in pending[0][1])):
+                    yield from hand_out(*pending.pop(0))
+                gop = Gop(index=n_gops, frame_index=fr.index, iframe=fr.frame.to_ndarray(format="rgb24"))
+                futures = []
+                n_gops += 1
+                pool.submit(chain.reset, mv.frame_planes(fr.frame))
+                continue
+            if kind != "P" or gop is None or (max_steps is not None and len(gop.steps) >= max_steps):
+                continue  # B/S/other frames and P-frames before the first I-frame are skipped (module policy)
+            rows = mv.mv_rows(fr.mvs)
+            n_rows += len(rows)
+            image = fr.frame.to_ndarray(format="rgb24") if rgb else None
+            planes = mv.frame_planes(fr.frame)
+            out = residual_out(n_p, *planes[0].shape) if residual_out is not None else None
+            futures.append(pool.submit(chain.step, rows, planes, out))
+            gop.steps.append(PStep(fr.index, gop.index, None, None, image))  # type: ignore[arg-type]
+            n_p += 1
+        if gop is None:
+            raise VideoError("no I-frame in the video", path=path, fix="re-encode it with `edgeml data prepare`")
+        if n_p == 0 or n_rows == 0:
+            raise VideoError("no motion vectors: the video is intra-only (no P-frames)", path=path,
+                             fix="re-encode it with `edgeml data prepare` (fixed GOP with P-frames)")
+        pending.append((gop, futures))
+        while pending:
+            yield from hand_out(*pending.pop(0))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if timings is not None:
+            timings["kernels"] = timings.get("kernels", 0.0) + chain.seconds
+            busy = time.perf_counter() - t_start - wait
+            timings["decode"] = timings.get("decode", 0.0) + (busy - (0.0 if pipeline else chain.seconds))
 
 
 def canonical_copy(path: Path, size: tuple[int, int] | None, tmpdir: str) -> Path:
@@ -128,16 +215,30 @@ def extract(video: str | os.PathLike, *, grid: int = 4, accumulate: bool = False
     frame_index int64 [N], gop_index int64 [N]. A size other than the video's re-encodes it canonically first.
     """
     video = Path(video)
+    buffer: list[np.ndarray] = []
+
+    def residual_out(k: int, h: int, w: int) -> np.ndarray | None:
+        # residuals go straight into one [N, 3, H, W] array (N = the declared frame count), not stacked afterwards
+        if not buffer and info.frames > 0:
+            buffer.append(np.empty((info.frames, 3, h, w), np.int16))
+        return buffer[0][k] if buffer and k < len(buffer[0]) and buffer[0].shape[2:] == (h, w) else None
+
     with tempfile.TemporaryDirectory(prefix="edgeml-extract-") as tmp:
         src = canonical_copy(video, size, tmp)
         info = codec.probe(src)
-        gops = list(iter_gops(src, grid=grid, accumulate=accumulate, device=device, threads=threads, timings=timings))
+        gops = list(iter_gops(src, grid=grid, accumulate=accumulate, device=device, threads=threads,
+                              residual_out=residual_out, timings=timings))
     steps = [s for g in gops for s in g.steps]
     h, w = info.height, info.width
+    n = len(steps)
+    if buffer and all(s.residual.base is buffer[0] for s in steps):
+        residual = buffer[0][:n]
+    else:
+        residual = np.stack([s.residual for s in steps]) if steps else np.zeros((0, 3, h, w), np.int16)
     tensors = {
         "iframe": np.stack([g.iframe.transpose(2, 0, 1) for g in gops]),
         "mv": np.stack([s.mv for s in steps]) if steps else np.zeros((0, 2, -(-h // grid), -(-w // grid)), np.float32),
-        "residual": np.stack([s.residual for s in steps]) if steps else np.zeros((0, 3, h, w), np.int16),
+        "residual": residual,
         "frame_index": np.array([s.frame_index for s in steps], np.int64),
         "gop_index": np.array([s.gop_index for s in steps], np.int64),
     }

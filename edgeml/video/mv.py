@@ -58,9 +58,10 @@ def accumulate(field: np.ndarray, prev: np.ndarray | None, height: int, width: i
 
 
 def residual(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray | None, grid: int, *,
-             device: str = "cpu") -> np.ndarray:
-    """Planes (Y, U, V or R, G, B; 2-D uint8, any strides) -> int16 [C, H, W] = cur - warp(ref, field)."""
-    return _pick("residual", device)(cur, ref, field, grid)
+             device: str = "cpu", out: np.ndarray | None = None) -> np.ndarray:
+    """Planes (Y, U, V or R, G, B; 2-D uint8, any strides) -> int16 [C, H, W] = cur - warp(ref, field), written into
+    `out` (C-contiguous int16 [C, H, W]) when given."""
+    return _pick("residual", device)(cur, ref, field, grid, out)
 
 
 def warp(ref: list[np.ndarray], field: np.ndarray | None, grid: int, *, device: str = "cpu") -> np.ndarray:
