@@ -16,6 +16,9 @@ import numpy as np
 from edgeml.errors import InputError, MissingDependencyError
 
 BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "tvm", "trt")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 _ONNX_FILES = {"ort": "model.onnx", "ort-fp16": "model.fp16.onnx", "ort-int8": "model.int8.onnx"}
 
 
@@ -58,9 +61,10 @@ class OrtRuntime:
         self.device = "cuda" if use[0] == "CUDAExecutionProvider" else "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {k: np.ascontiguousarray(feeds[k], dtype=np.float32)
+        return self.session.run(None, {k: np.ascontiguousarray(feeds[k], dtype=self._dtypes[k])
                                        for k in self.input_names})
 
 
@@ -80,7 +84,7 @@ class TvmRuntime:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[k], dtype=np.float32), self.dev)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[k]), self.dev)
                 for k in self.input_names]
         out = self.fn(*args)
         outs = list(out) if isinstance(out, (tuple, list)) or type(out).__name__ == "Array" else [out]

@@ -53,18 +53,22 @@ def accuracy(run: Callable[[Feeds], list[np.ndarray]], samples: Sequence[tuple[F
 
 
 def random_samples(example: Feeds, n: int, seed: int = 0) -> list[Feeds]:
-    """`n` fresh random feeds shaped like `example`, scaled to its value range (so pixel inputs stay pixel-like)."""
+    """`n` fresh random feeds shaped like `example`, in its dtypes and value range (pixel inputs stay pixel-like,
+    integer inputs such as diffusion timesteps stay integers within the example's range)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         f = {}
         for k, v in example.items():
+            v = np.asarray(v)
             lo, hi = float(np.min(v)), float(np.max(v))
-            if lo >= 0:
-                f[k] = (rng.random(v.shape) * (hi if hi > 0 else 1.0)).astype(np.float32)
+            if np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_:
+                f[k] = rng.integers(int(lo), int(hi) + 1, size=v.shape).astype(v.dtype)
+            elif lo >= 0:
+                f[k] = (rng.random(v.shape) * (hi if hi > 0 else 1.0)).astype(v.dtype)
             else:
                 scale = float(np.std(v)) or 1.0
-                f[k] = (rng.standard_normal(v.shape) * scale).astype(np.float32)
+                f[k] = (rng.standard_normal(v.shape) * scale).astype(v.dtype)
         out.append(f)
     return out
 
@@ -98,7 +102,7 @@ def real_samples(dataset: Any, input_names: Sequence[str], n: int | None, batch:
         item = dataset[int(i)]
         feeds = {}
         for name in input_names:
-            v = np.asarray(item[name], dtype=np.float32)[None]
+            v = np.asarray(item[name])[None]
             feeds[name] = np.repeat(v, batch, axis=0) if batch > 1 else v
         out.append((feeds, int(item["label"])))
     return out

@@ -41,6 +41,7 @@ def test_video_spiking_exports_unrolled_and_streaming(tmp_path: Path):
     assert m["inputs"][1]["shape"] == [1, 4, 2, 8, 8] and m["preprocessing"]["clip_len"] == 4
 
 
+@pytest.mark.slow  # real-image parity + int8 is also covered (on a trained net) by test_export_artefact.py
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed")
 def test_lls_smallconv_parity_on_real_images(tmp_path: Path):
     out = export_model("lls_smallconv", "x86-cpu", tmp_path / "lls", random_init=True, data="fashion-mnist",
