@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "bench_repeats": 20,
     "batch_sizes": (1, 4),
     "backends": ("torch", "ort", "ort-int8", "tvm"),
+    # One CPU thread everywhere: the same for every backend (a fair comparison) and no spinning thread pools
+    # fighting over 2 shared cores (torch eager at 2 threads ran ~8x slower than at 1 on a loaded machine).
+    "threads": 1,
 }
 
 
@@ -145,6 +148,7 @@ class Demo:
             steps.append(Step(f"bench-{b}", self.result(b), lambda b=b: self._bench(b),
                               lambda b=b: _quietly(lambda: self._result_ok(b)),
                               {**train, "backend": b, "videos": c["bench_videos"], "repeats": c["bench_repeats"],
+                               "threads": c["threads"],
                                "batch_sizes": list(c["batch_sizes"])}, feeds_later=False))
         return steps
 
@@ -223,7 +227,7 @@ class Demo:
         target = self.bench_target(backend)
         bench(model=MODEL, artefact=self.artefact(target), backend=backend, target=target,
               input="data", data=self._bench_folder(), videos=c["bench_videos"], batch_sizes=c["batch_sizes"],
-              repeats=c["bench_repeats"], out=self.result(backend), progress=self.progress)
+              repeats=c["bench_repeats"], threads=c["threads"], out=self.result(backend), progress=self.progress)
 
     def _bench_folder(self) -> Path:
         test = self.synth / "test"
@@ -252,7 +256,9 @@ class Demo:
     def run(self, say: Callable[[str], None] = print) -> dict[str, Path]:
         """Run (or reuse) every step, then write the report; returns {"html", "markdown"}."""
         from edgeml.bench.report import write_report
+        from edgeml.bench.run import set_threads
 
+        set_threads(self.cfg["threads"])
         skipped_backends = self.run_steps(self.steps(), say)
         results = [self.result(b) for b in self.cfg["backends"] if self.result(b).is_file()]
         if not results:

@@ -111,13 +111,27 @@ def torch_runtime(model: Any, input_names: Sequence[str]) -> Any:
     return rt
 
 
-def _open_runtime(artefact: Path, backend: str) -> Any:
+def _open_runtime(artefact: Path, backend: str, threads: int | None = None) -> Any:
     try:
         from edgeml.export.runtime import open_runtime
     except ImportError as e:
         raise InputError(f"the export layer is not available in this installation ({e})",
                          fix="use --backend torch with --model, or install a complete edgeml") from None
-    return open_runtime(artefact, backend)
+    return open_runtime(artefact, backend, threads=threads)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads in torch, onnxruntime (per session) and TVM (its pool reads the env at start)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 def _export_to(model: str, target: str, out: Path, checkpoint: str | Path | None, random_init: bool) -> Path:
@@ -231,12 +245,13 @@ def _measured_energy(readings: list, videos: int) -> dict:
 def bench(*, model: str | None = None, artefact: str | Path | None = None, backend: str = "ort",
           target: str | None = None, input: str = "random", data: str | Path | None = None, videos: int = 8,
           checkpoint: str | Path | None = None, random_init: bool = False, batch_sizes: Sequence[int] = (1, 2, 4, 8),
-          warmup: int = 3, repeats: int = 20, max_seconds: float = 10.0, out: str | Path | None = None,
-          meters: MeterSet | None = None, progress: bool = True) -> dict:
+          warmup: int = 3, repeats: int = 20, max_seconds: float = 10.0, threads: int | None = None,
+          out: str | Path | None = None, meters: MeterSet | None = None, progress: bool = True) -> dict:
     """Benchmark `model` (or the export folder `artefact`) on `backend`; returns the results dict (schema 1).
 
     `input="data"` decodes `videos` files from `data` end to end and times the model on their clips;
-    `input="random"` times the model only, on random tensors. `out` writes the JSON there.
+    `input="random"` times the model only, on random tensors. `threads` fixes the CPU threads of every backend
+    (recorded; on a shared machine 1 thread avoids the collapse of spinning thread pools). `out` writes the JSON.
     """
     check_backend(backend)
     if input not in ("data", "random"):
@@ -246,11 +261,12 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
     if videos < 1:
         raise InputError(f"--videos must be >= 1, got {videos}")
     meters = meters if meters is not None else open_meters()
+    set_threads(threads)
 
     with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
         given_artefact = artefact
         manifest, runtime, torch_model, artefact = _prepare(model, artefact, backend, target, checkpoint,
-                                                            random_init, Path(tmp))
+                                                            random_init, Path(tmp), threads)
         model_name = model or _model_name(manifest)
         config = _model_config(manifest) if manifest else {}
         input_names = list(runtime.input_names)
@@ -262,7 +278,7 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
             "artefact": str(given_artefact) if given_artefact else ("exported for this run" if artefact else None),
             "input": input,
             "weights": _weights_note(manifest, checkpoint, random_init),
-            "environment": {**runtime_environment(), "platform": platform.platform(),
+            "environment": {**runtime_environment(), "threads_requested": threads, "platform": platform.platform(),
                             "machine": platform.machine(), "processor": platform.processor()},
             "end_to_end": None, "accuracy": None,
         }
@@ -303,7 +319,8 @@ def _weights_note(manifest: dict, checkpoint: str | Path | None, random_init: bo
 
 
 def _prepare(model: str | None, artefact: str | Path | None, backend: str, target: str | None,
-             checkpoint: str | Path | None, random_init: bool, tmp: Path) -> tuple[dict, Any, Any, Path | None]:
+             checkpoint: str | Path | None, random_init: bool, tmp: Path,
+             threads: int | None = None) -> tuple[dict, Any, Any, Path | None]:
     """(manifest, runtime, torch model or None, artefact folder or None) for the requested model and backend."""
     if artefact is None and model is None:
         raise InputError("nothing to benchmark", fix="pass --model NAME or --artefact DIR")
@@ -322,7 +339,7 @@ def _prepare(model: str | None, artefact: str | Path | None, backend: str, targe
     manifest = read_manifest(artefact)
     if model is not None and _model_name(manifest) not in (None, model):
         raise InputError(f"artefact holds model {_model_name(manifest)!r}, not {model!r}", path=artefact)
-    return manifest, _open_runtime(Path(artefact), backend), None, Path(artefact)
+    return manifest, _open_runtime(Path(artefact), backend, threads), None, Path(artefact)
 
 
 def _config_of(model: str, checkpoint: str | Path | None) -> dict:

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated model-only batch sizes")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, help="CPU threads for every backend (default: each library's own)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     p.set_defaults(func=run)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     results = bench(model=args.model, artefact=args.artefact, backend=args.backend, target=args.target,
                     input=args.input, data=args.data, videos=args.videos, checkpoint=args.checkpoint,
                     random_init=args.random_init, batch_sizes=batches, warmup=args.warmup, repeats=args.repeats,
-                    out=args.out, progress=not args.json)
+                    threads=args.threads, out=args.out, progress=not args.json)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="working folder for data, checkpoints, exports, results")
     p.add_argument("--report", default="report", help="folder for index.html and report.md (default ./report)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's setting)")
+    p.add_argument("--threads", type=int, help="CPU threads for training and every backend (default 1)")
     p.add_argument("--force", action="store_true", help="re-run every step even when a cached output exists")
     p.set_defaults(func=run)
 
@@ -24,6 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeml.demo import run_demo
 
-    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
     run_demo(args.out, args.report, force=args.force, **overrides)
     return 0
