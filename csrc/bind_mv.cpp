@@ -179,6 +179,37 @@ py::array_t<uint8_t> warp(const py::sequence& ref_seq, const py::object& field_o
   return out;
 }
 
+// One P-frame in one call (the extraction fast path: per-call overhead matters at small frame sizes):
+// rasterise its rows, optionally chain to the I-frame, then the residual against `ref`.
+py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const py::sequence& ref_seq,
+                 const py::object& prev_obj, int grid, bool accumulate, const py::object& out_obj, bool on_cuda) {
+  check_grid(grid);
+  auto rows = require<int32_t>(rows_obj, "rows", {-1, edgeml::mv::kRowCols});
+  std::vector<py::array> keep;
+  int h = 0, w = 0;
+  planes_of(cur_seq, "cur", h, w, keep);  // validates; residual() re-reads the planes
+  const py::ssize_t ho = edgeml::mv::cells(h, grid), wo = edgeml::mv::cells(w, grid);
+  py::array_t<float> field({static_cast<py::ssize_t>(2), ho, wo});
+  py::array_t<float> prev;
+  const bool chained = accumulate && !prev_obj.is_none();
+  if (chained) prev = require<float>(prev_obj, "prev", {2, ho, wo});
+  const int64_t n = rows.shape(0);
+  if (on_cuda) {
+#ifdef EDGEML_WITH_CUDA
+    edgeml::cuda::rasterise(rows.data(), n, h, w, grid, field.mutable_data());
+    if (chained) edgeml::cuda::accumulate(field.data(), prev.data(), h, w, grid, field.mutable_data());
+#else
+    no_cuda();
+#endif
+  } else {
+    py::gil_scoped_release release;
+    edgeml::mv::rasterise(rows.data(), n, h, w, grid, field.mutable_data());
+    if (chained) edgeml::mv::accumulate(field.data(), prev.data(), h, w, grid, field.mutable_data());
+  }
+  auto res = residual(cur_seq, ref_seq, field, grid, on_cuda, out_obj);
+  return py::make_tuple(field, res);
+}
+
 }  // namespace
 
 void bind_mv(py::module_& m) {
@@ -218,6 +249,20 @@ void bind_mv(py::module_& m) {
                              const py::object& out) { return residual(c, r, f, g, true, out); },
         py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), py::arg("out") = py::none(),
         "CUDA twin of residual.");
+  const char* step_doc =
+      "One P-frame: rasterise rows (int32 [N, 6]) on the grid, chain to the I-frame when accumulate (prev: the\n"
+      "previous accumulated field, None on the GOP's first P-frame), residual of cur against ref (planes as in\n"
+      "residual). Returns (field float32 [2, H/g, W/g], residual int16 [C, H, W]) == the three kernels in turn.";
+  m.def("p_step", [](const py::object& rows, const py::sequence& cur, const py::sequence& ref, const py::object& prev,
+                     int grid, bool accumulate, const py::object& out) {
+        return p_step(rows, cur, ref, prev, grid, accumulate, out, false);
+      }, py::arg("rows"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
+      py::arg("out") = py::none(), step_doc);
+  m.def("p_step_cuda", [](const py::object& rows, const py::sequence& cur, const py::sequence& ref,
+                          const py::object& prev, int grid, bool accumulate, const py::object& out) {
+        return p_step(rows, cur, ref, prev, grid, accumulate, out, true);
+      }, py::arg("rows"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
+      py::arg("out") = py::none(), "CUDA twin of p_step.");
   m.def("warp", [](const py::sequence& r, const py::object& f, int g) { return warp(r, f, g, false); },
         py::arg("ref"), py::arg("field"), py::arg("grid"),
         "ref planes warped by field (nearest, clamped) -> uint8 [C, H, W] at full resolution.");

@@ -71,11 +71,10 @@ class _KernelChain:
 
     def step(self, rows: np.ndarray, cur: list[np.ndarray], out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
-        h, w = cur[0].shape
-        f = mv.rasterise(rows, h, w, self.grid, device=self.device)
+        ref = self.ref if self.accumulate else self.prev
+        f, res = mv.p_step(rows, cur, ref, self.acc, self.grid, accumulate=self.accumulate, device=self.device, out=out)
         if self.accumulate:
-            self.acc = f = mv.accumulate(f, self.acc, h, w, self.grid, device=self.device)
-        res = mv.residual(cur, self.ref if self.accumulate else self.prev, f, self.grid, device=self.device, out=out)
+            self.acc = f
         self.prev = cur
         self.seconds += time.perf_counter() - t0
         return f, res

@@ -64,6 +64,13 @@ def residual(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray | N
     return _pick("residual", device)(cur, ref, field, grid, out)
 
 
+def p_step(rows: np.ndarray, cur: list[np.ndarray], ref: list[np.ndarray], prev: np.ndarray | None, grid: int, *,
+           accumulate: bool, device: str = "cpu", out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One P-frame in one compiled call: rasterise -> (accumulate onto `prev`) -> residual against `ref`.
+    -> (field [2, H/g, W/g], residual int16 [C, H, W]); the same numbers as the three kernels in turn."""
+    return _pick("p_step", device)(rows, cur, ref, prev, grid, accumulate, out)
+
+
 def warp(ref: list[np.ndarray], field: np.ndarray | None, grid: int, *, device: str = "cpu") -> np.ndarray:
     """Planes warped by `field` (nearest, clamped; chroma upsampled by repetition) -> uint8 [C, H, W]."""
     return _pick("warp", device)(ref, field, grid)

@@ -94,7 +94,8 @@ def test_cuda_twins_without_device_raise_instead_of_crashing():
     for call in (lambda: _C.rasterise_mvs_cuda(np.zeros((1, 6), np.int32), 16, 16, 4),
                  lambda: _C.accumulate_mvs_cuda(field, field, 16, 16, 4),
                  lambda: _C.residual_cuda(plane, plane, field, 4),
-                 lambda: _C.warp_cuda(plane, field, 4)):
+                 lambda: _C.warp_cuda(plane, field, 4),
+                 lambda: _C.p_step_cuda(np.zeros((0, 6), np.int32), plane, plane, None, 4, False)):
         with pytest.raises(RuntimeError, match="CUDA"):
             call()
 
@@ -246,6 +247,22 @@ def test_numpy_baselines_equal_the_kernels(rng):
     np.testing.assert_array_equal(mv.np_residual(cur, ref, f, g), _C.residual(cur, ref, f, g))
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_p_step_equals_the_three_kernels_in_turn(rng, accumulate):
+    h, w, g = 45, 61, 4
+    rows = random_rows(rng, 80, h, w)
+    prev = random_field(rng, h, w, g)
+    cur, ref = yuv420(rng, h, w, pad=3), yuv420(rng, h, w)
+    field = _C.rasterise_mvs(rows, h, w, g)
+    if accumulate:
+        field = _C.accumulate_mvs(field, prev, h, w, g)
+    out = np.empty((3, h, w), np.int16)
+    got_f, got_r = _C.p_step(rows, cur, ref, prev, g, accumulate, out)
+    np.testing.assert_array_equal(got_f, field)
+    np.testing.assert_array_equal(got_r, _C.residual(cur, ref, field, g))
+    assert got_r is out or np.shares_memory(got_r, out)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("grid", [1, 4, 8])
 def test_accumulate_residual_warp_cuda_twins_match_cpu(rng, grid):
@@ -258,3 +275,7 @@ def test_accumulate_residual_warp_cuda_twins_match_cpu(rng, grid):
     np.testing.assert_array_equal(_C.residual_cuda(cur, ref, field, grid), _C.residual(cur, ref, field, grid))
     np.testing.assert_array_equal(_C.residual_cuda(cur, ref, None, grid), _C.residual(cur, ref, None, grid))
     np.testing.assert_array_equal(_C.warp_cuda(ref, field, grid), _C.warp(ref, field, grid))
+    rows = random_rows(rng, 150, h, w)
+    for a, b in zip(_C.p_step_cuda(rows, cur, ref, prev, grid, True), _C.p_step(rows, cur, ref, prev, grid, True),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
