@@ -131,11 +131,13 @@ def _plots(runs: Sequence[dict], names: Sequence[str]) -> dict[str, str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     lat = [[x * 1e3 for x in _first_ok(r)["samples_s"]] if _first_ok(r) else [math.nan] for r in runs]
     axes[0].boxplot(lat, orientation="horizontal", tick_labels=names, showfliers=True)
+    axes[0].set_xscale("log")  # backends differ by orders of magnitude
     axes[0].set_xlabel("model-only latency per call at the smallest batch [ms]")
     e2e = [(n, [x * 1e3 for x in r["end_to_end"]["latency"]["samples_s"]]) for n, r in zip(names, runs, strict=True)
            if r.get("end_to_end")]
     if e2e:
         axes[1].boxplot([v for _, v in e2e], orientation="horizontal", tick_labels=[n for n, _ in e2e])
+        axes[1].set_xscale("log")
         axes[1].set_xlabel("end-to-end latency per video [ms]")
     else:
         _empty(axes[1], "no end-to-end runs (random inputs)")
@@ -146,21 +148,23 @@ def _plots(runs: Sequence[dict], names: Sequence[str]) -> dict[str, str]:
         ok = [b for b in r["model_only"]["batches"] if "items_per_s" in b]
         ax.plot([b["batch"] for b in ok], [b["items_per_s"] for b in ok], "o-", color=c, label=name)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("clips/s (model only)")
     ax.legend(fontsize=7)
     figs["throughput"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    vals = [r["energy"]["joules_per_video"] or 0.0 for r in runs]
+    vals = [1e3 * (r["energy"]["joules_per_video"] or 0.0) for r in runs]
     bars = ax.barh(names, vals, color=colors)
+    ax.set_xlim(0, 2.0 * max(vals + [1e-9]))  # room for the labels
     for bar, r in zip(bars, runs, strict=True):
         if r["energy"]["method"] == "estimated":
             bar.set_hatch("//")
             bar.set_alpha(0.6)
         ax.annotate(r["energy"]["label"], (bar.get_width(), bar.get_y() + bar.get_height() / 2), fontsize=7,
                     xytext=(3, 0), textcoords="offset points", va="center")
-    ax.set_xlabel("energy per video [J]  (hatched: estimated)")
+    ax.set_xlabel("energy per video [mJ]  (hatched: estimated)")
     figs["energy"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -169,10 +173,10 @@ def _plots(runs: Sequence[dict], names: Sequence[str]) -> dict[str, str]:
     if pts:
         use_energy = all(p[2] for p in pts)
         for (n, acc, j, lat_s), c in zip(pts, colors, strict=False):
-            x = j if use_energy else lat_s * 1e3
+            x = 1e3 * j if use_energy else lat_s * 1e3
             ax.scatter([x], [100 * acc], color=c)
             ax.annotate(n, (x, 100 * acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("energy per video [J]" if use_energy else "clip latency [ms]")
+        ax.set_xlabel("energy per video [mJ]" if use_energy else "clip latency [ms]")
         ax.set_ylabel("top-1 accuracy [%]")
     else:
         _empty(ax, "no accuracy: no run used labelled videos (--input data)")
