@@ -120,7 +120,7 @@ def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict
             "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
                            "+ local heads (edgeml.bench.lls_cost.training_macs)",
             "timing_note": "wall and CPU seconds per training epoch on a shared machine; modes ran "
-                           f"{'in parallel worker processes' if args.jobs > 1 else 'one after another'}, "
+                           f"{'in parallel worker processes' if args.jobs > 1 or args.merge else 'one after another'}, "
                            f"{args.threads} thread(s) each",
             "paper_table1_note": "paper figures are approximate ranges (exact Table 1 values not retrieved)",
             "torch": torch.__version__, "machine": platform.machine(), "python": sys.version.split()[0]}
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     parser.add_argument("--parts", type=Path, default=None,
                         help="folder for per-mode progress files of --jobs runs (default: a temporary folder)")
+    parser.add_argument("--merge", action="store_true",
+                        help="only merge the finished per-mode files in --parts into the table and JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one mode -> parts/<mode>.json
     args = parser.parse_args(argv)
     if args.threads:
@@ -175,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         part = args.parts / f"{args.modes[0]}.json"
         write_json(part, {**run_mode(args.modes[0], args, train_set, test_set, console, part), "done": True})
         return 0
-    if args.jobs > 1 and args.parts is not None:
+    if args.merge:
+        if args.parts is None:
+            parser.error("--merge needs --parts")
+        rows = [json.loads((args.parts / f"{mode}.json").read_text()) for mode in args.modes]
+        unfinished = [r["mode"] for r in rows if not r.get("done")]
+        if unfinished:
+            parser.error(f"modes still training: {', '.join(unfinished)}")
+        meta["epochs"] = len(rows[0]["history"])
+    elif args.jobs > 1 and args.parts is not None:
         args.parts.mkdir(parents=True, exist_ok=True)
         rows = _run_workers(args, args.parts, console)
     elif args.jobs > 1:
