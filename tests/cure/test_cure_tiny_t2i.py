@@ -1,0 +1,39 @@
+"""tiny_t2i: the registered model, the procedural caption set and the committed checkpoints."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeml.cure import cross_attention_layers
+from edgeml.models.tiny_t2i import ASSET_DIR, ATTRIBUTES, make_caption_set
+from edgeml.registry import create_model, list_models, model_spec
+
+
+def test_tiny_t2i_is_registered_as_a_t2i_model_with_cross_attention_on_minilm_width():
+    assert "tiny_t2i" in list_models(task="t2i")
+    spec = model_spec("tiny_t2i")
+    model = create_model("tiny_t2i").eval()
+    inputs = spec.example_inputs(model, 2)
+    with torch.no_grad():
+        assert model(*inputs).shape == (2, 3, 32, 32)
+    layers = cross_attention_layers(model)
+    assert layers and all(lin.in_features == 384 for lin in layers.values())
+
+
+def test_caption_set_is_balanced_and_captions_name_the_attributes():
+    data = make_caption_set(400, seed=5)
+    assert data.images.shape == (400, 3, 32, 32) and data.images.dtype.name == "uint8"
+    for k, values in enumerate(ATTRIBUTES.values()):
+        counts = torch.bincount(torch.from_numpy(data.labels[:, k]), minlength=len(values))
+        assert counts.min() > 400 / len(values) / 2
+    shapes = ATTRIBUTES["shape"]
+    assert all(shapes[lab[0]] in cap for lab, cap in zip(data.labels, data.captions, strict=True))
+
+
+def test_committed_judge_reads_fresh_images():
+    judge = create_model("tiny_t2i_judge", checkpoint=ASSET_DIR / "judge.safetensors")
+    data = make_caption_set(300, seed=123)
+    pred = judge.predict(torch.from_numpy(data.images))
+    for k, name in enumerate(ATTRIBUTES):
+        acc = (pred[name].numpy() == data.labels[:, k]).mean()
+        assert acc >= 0.95, f"judge {name} accuracy {acc:.2f}"
