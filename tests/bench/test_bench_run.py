@@ -142,3 +142,65 @@ def test_torch_backend_runs_a_registry_model_and_needs_weights():
     assert [b["batch"] for b in r["model_only"]["batches"]] == [1, 2] and r["summary"]["clip_latency_median_s"] > 0
     with pytest.raises(InputError, match="no weights"):
         bench(model=NAME, backend="torch", **kw)
+
+
+class _FakeRaplPower:
+    """A thread that advances a fake RAPL counter as a 50 W package would (with the file's own wrap range)."""
+
+    def __init__(self, zone, watts=50.0, wrap=10**12):
+        import threading
+
+        self.zone, self.watts, self.wrap = zone, watts, wrap
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from bench_fakes import write_atomic
+
+        t0, uj0 = time.perf_counter(), 0
+        while not self.stop.wait(0.002):
+            uj = int(uj0 + self.watts * (time.perf_counter() - t0) * 1e6) % self.wrap
+            write_atomic(self.zone / "energy_uj", f"{uj}\n")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("kind", ["rapl", "ina3221"])
+def test_energy_line_says_measured_with_a_fake_sysfs_sensor(kind, ort_artefact, tmp_path, monkeypatch, capsys):
+    from bench_fakes import make_ina3221, make_rapl
+
+    from edgeml.bench.meters import open_meters
+    from edgeml.bench.report import print_summary
+
+    install_fake_video_module(monkeypatch)
+    videos = make_videos(tmp_path / "videos")
+    if kind == "rapl":
+        (zone,) = make_rapl(tmp_path / "sys", {"package-0": (0, 10**12)})
+        power = _FakeRaplPower(zone)
+    else:
+        make_ina3221(tmp_path / "sys", {"VDD_IN": (5000, 1000)})  # 5 W
+        power = _FakeRaplPower(tmp_path, watts=0)  # nothing to advance: INA rails are instantaneous power
+    meters = open_meters(tmp_path / "sys", nvml=False, interval=0.005)
+    real = bench_run._run_video
+
+    def slow_video(*a, **k):  # 4 x 60 ms: long against the fake counter's update lag
+        time.sleep(0.06)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_run, "_run_video", slow_video)
+    with power:
+        r = bench(artefact=ort_artefact, backend="ort", input="data", data=videos, videos=4, batch_sizes=(1,),
+                  repeats=3, warmup=1, meters=meters, progress=False)
+    label = {"rapl": "measured (RAPL)", "ina3221": "measured (INA3221)"}[kind]
+    assert r["energy"]["label"] == label and r["summary"]["energy_label"] == label
+    (reading,) = r["energy"]["readings"]
+    watts = 50.0 if kind == "rapl" else 5.0
+    assert r["energy"]["joules_per_video"] == pytest.approx(watts * reading["seconds"] / 4, rel=0.15)
+    print_summary(r)
+    assert label in capsys.readouterr().out
