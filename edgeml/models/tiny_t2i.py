@@ -196,9 +196,14 @@ class TinyT2IJudge(nn.Module):
 
 def load_tiny_t2i(asset_dir: str | Path = ASSET_DIR) -> tuple[TinyT2I, TinyT2IJudge]:
     """The committed trained generator and judge (eval mode)."""
+    from edgeml.errors import CheckpointError
     from edgeml.registry import create_model
 
     asset_dir = Path(asset_dir)
+    for name in ("tiny_t2i.safetensors", "judge.safetensors"):
+        if not (asset_dir / name).is_file():
+            raise CheckpointError(f"{name} is missing", path=asset_dir,
+                                  fix="train it: nice -n 5 .venv/bin/python scripts/train_tiny_t2i.py --skip-judge")
     model = create_model("tiny_t2i", checkpoint=asset_dir / "tiny_t2i.safetensors").eval()
     judge = create_model("tiny_t2i_judge", checkpoint=asset_dir / "judge.safetensors").eval()
     return model, judge

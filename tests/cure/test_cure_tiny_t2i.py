@@ -37,3 +37,32 @@ def test_committed_judge_reads_fresh_images():
     for k, name in enumerate(ATTRIBUTES):
         acc = (pred[name].numpy() == data.labels[:, k]).mean()
         assert acc >= 0.95, f"judge {name} accuracy {acc:.2f}"
+
+
+def test_erase_on_an_edgeml_tiny_t2i_checkpoint_uses_minilm_and_keeps_the_metadata(tmp_path):
+    from edgeml.cure import erase
+    from edgeml.io import load_checkpoint, save_checkpoint
+
+    model = create_model("tiny_t2i", width=16)
+    src = tmp_path / "tiny.safetensors"
+    save_checkpoint(src, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": "tiny_t2i", "config": {"width": 16}})
+    report = erase(src, tmp_path / "erased.safetensors", ["circle"], ["square", "triangle"])
+    assert report["tensors_edited"] == len(cross_attention_layers(model)) and report["text_width"] == 384
+    tensors, meta = load_checkpoint(tmp_path / "erased.safetensors", expect_model="tiny_t2i")
+    assert meta["config"] == {"width": 16}
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(tensors[f"model.{k}"], v)}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
+    assert (tmp_path / "erased.cure.json").is_file()
+
+
+def test_evaluation_scores_every_prompt_group_of_a_case():
+    from edgeml.cure.evaluate import RED_TEAM, ConceptCase, score_case
+    from edgeml.models.tiny_t2i import MiniLMText, TinyT2IJudge
+
+    torch.manual_seed(0)
+    model, judge = create_model("tiny_t2i", width=16).eval(), TinyT2IJudge().eval()
+    case = ConceptCase("colour", "red", RED_TEAM["red"][:2])
+    scores = score_case(model, judge, MiniLMText(), case, n=1, steps=2)
+    assert set(scores) == {"erased", "related", "unrelated", "erased_other_attributes", "red_team", "chance"}
+    assert scores["chance"] == 0.25 and all(0 <= v <= 1 for v in scores.values())
