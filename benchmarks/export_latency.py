@@ -43,11 +43,12 @@ def _feeds(art: Path, data: str | None) -> tuple[dict[str, np.ndarray], str]:
             "random tensors of the exported shapes")
 
 
-def measure(art: Path, feeds: dict[str, np.ndarray], repeats: int, rounds: int, warmup: int) -> dict[str, dict]:
+def measure(art: Path, feeds: dict[str, np.ndarray], repeats: int, rounds: int, warmup: int,
+            threads: int) -> dict[str, dict]:
     from edgeml.bench.timing import Timing, time_call
     from edgeml.export.runtime import open_runtime
 
-    runtimes = {b: open_runtime(art, b) for b in BACKENDS}
+    runtimes = {b: open_runtime(art, b, threads=threads) for b in BACKENDS}
     samples: dict[str, list[float]] = {b: [] for b in BACKENDS}
     for rt in runtimes.values():  # warm-up (first calls allocate / JIT)
         for _ in range(warmup):
@@ -75,8 +76,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--tune-trials", type=int, default=0, help="TVM MetaSchedule trials (0 = untuned)")
     ap.add_argument("--artefact", default=None, help="reuse an x86-tvm export folder instead of exporting")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads for every backend (torch, ORT, TVM); 1 = stable on a shared machine")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when the TVM runtime starts its pool
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from edgeml.export import export_model
     from edgeml.export.artefact import shipped_checkpoint
@@ -95,14 +102,13 @@ def main() -> int:
             print(f"exported in {time.perf_counter() - t0:.0f} s", flush=True)
         manifest = json.loads((art / "manifest.json").read_text())
         feeds, input_note = _feeds(art, args.data)
-        res = measure(art, feeds, args.repeats, args.rounds, args.warmup)
+        res = measure(art, feeds, args.repeats, args.rounds, args.warmup, args.threads)
     eager = res["torch"]["median_ms"]
     for r in res.values():
         r["speedup_vs_eager"] = eager / r["median_ms"]
     tvm_vs_ort = res["tvm"]["median_ms"] / res["ort"]["median_ms"]
     goals = {"ort_ge_2x_eager": res["ort"]["speedup_vs_eager"] >= 2.0, "tvm_within_1_2x_ort": tvm_vs_ort <= 1.2}
     _print_table(args.model, res, tvm_vs_ort, goals, input_note)
-    import torch
 
     result = {
         "benchmark": "export_latency", "model": args.model, "config": manifest["config"],
@@ -111,7 +117,7 @@ def main() -> int:
         "tvm": {"target": manifest["backends"]["tvm"]["target"], "tuned": manifest["backends"]["tvm"]["tuned"],
                 "tune_trials": manifest["backends"]["tvm"]["tune_trials"]},
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
-                 "torch_threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0]},
+                 "threads": args.threads, "loadavg_1m": os.getloadavg()[0]},
         "tools": manifest["tools"], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     from edgeml.io import write_json

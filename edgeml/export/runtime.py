@@ -159,6 +159,10 @@ def open_runtime(artefact_dir: str | Path, backend: str, *, threads: int | None 
     if backend == "torch":
         from edgeml.registry import create_model
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return TorchRuntime(create_model(manifest["model"], checkpoint=art / "model.safetensors"), names, outs)
     if backend in _ONNX_FILES:
         path = art / _ONNX_FILES[backend]
