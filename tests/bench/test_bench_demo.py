@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_browser import chromium
 
 from edgeml import demo as demo_mod
 from edgeml.demo import Demo, Step, StepUnavailable
@@ -104,8 +105,27 @@ def test_full_demo_finishes_within_15_minutes_and_reuses_its_cache(tmp_path):
     assert took <= 15 * 60, f"demo took {took:.0f} s"
     html, md = Path(tmp_path / "report/index.html"), Path(tmp_path / "report/report.md")
     assert html.is_file() and md.is_file() and "J/video" in md.read_text()
+    text = md.read_text()
+    for backend in ("torch", "ort", "ort-int8", "tvm"):
+        assert f"video_spiking · {backend} ·" in text
+    _check_in_browser(html)
     t0 = time.perf_counter()
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=10 * 60)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "running" not in second.stdout.replace("[demo] report", "")
     assert time.perf_counter() - t0 < took / 2
+
+
+def _check_in_browser(html: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = chromium()
+    try:
+        browser.get(html.as_uri())
+        for key in ("latency", "throughput", "energy", "accuracy", "split"):
+            svg = browser.find_element(By.CSS_SELECTOR, f"figure#plot-{key} svg")
+            assert svg.size["width"] > 200 and len(svg.find_elements(By.CSS_SELECTOR, "path")) > 5
+        rows = browser.find_elements(By.CSS_SELECTOR, "table#summary tbody tr")
+        assert len(rows) == 4 and all("estimated (no power sensor)" in r.text or "measured" in r.text for r in rows)
+    finally:
+        browser.quit()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import pytest
+from bench_browser import chromium as _chromium
 from bench_tiny import install_fake_video_module, make_artefact, make_videos
 
 from edgeml import cli
@@ -62,21 +62,6 @@ def test_report_refuses_results_of_another_schema_version(results, tmp_path, cap
     assert cli.main(["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "rep2")]) == 2
     assert "schema version 99" in capsys.readouterr().err
     assert not (tmp_path / "rep2").exists()
-
-
-def _chromium():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("Debian chromium / chromium-driver are not installed (make system-deps installs them)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=opts)
 
 
 def test_report_renders_plots_and_tables_in_headless_chromium(results, tmp_path):
