@@ -5,6 +5,12 @@ list(FILTER EDGEML_LLS_SOURCES EXCLUDE REGEX ".*_main\\.cpp$")
 add_library(edgeml_lls STATIC ${EDGEML_LLS_SOURCES})
 target_include_directories(edgeml_lls PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/csrc)
 target_compile_options(edgeml_lls PRIVATE -Wall -Wextra -Wpedantic)
+# Optional: split the GEMM rows / depthwise channels across OpenMP threads (results do not depend on the count).
+option(EDGEML_LLS_OPENMP "Multi-thread the LLS engine kernels of the standalone programs with OpenMP" OFF)
+if(EDGEML_LLS_OPENMP)
+  find_package(OpenMP REQUIRED COMPONENTS CXX)
+  target_link_libraries(edgeml_lls PUBLIC OpenMP::OpenMP_CXX)
+endif()
 
 add_executable(edgeml-finetune ${CMAKE_CURRENT_SOURCE_DIR}/csrc/lls/finetune_main.cpp)
 target_link_libraries(edgeml-finetune PRIVATE edgeml_lls)

@@ -264,6 +264,7 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
       max_deq_ = std::max(max_deq_, static_cast<size_t>(params_[i].numel));
     }
 
+  result_.losses.reserve(blocks_.size());
   Arena sizing = Arena::sizing();
   carve(sizing);
   required_ = sizing.used();
@@ -480,7 +481,7 @@ void Engine::train_block(Block& blk, const float* in, const int32_t* labels, int
   update(blk.mm);
 }
 
-StepResult Engine::train_step(const float* x, const int32_t* labels, int n) {
+const StepResult& Engine::train_step(const float* x, const int32_t* labels, int n) {
   if (n <= 0 || n > batch_)
     throw std::runtime_error("batch of " + std::to_string(n) + " samples; this engine was sized for 1.." +
                              std::to_string(batch_));
@@ -491,7 +492,8 @@ StepResult Engine::train_step(const float* x, const int32_t* labels, int n) {
   int last = -1;
   for (size_t i = 0; i < blocks_.size(); ++i)
     if (blocks_[i].trainable) last = static_cast<int>(i);
-  StepResult res;
+  StepResult& res = result_;
+  res.losses.clear();  // capacity reserved at load: no allocation here
   const float* cur = x;
   for (int bi = 0; bi <= last; ++bi) {
     Block& blk = blocks_[bi];

@@ -74,8 +74,9 @@ class Engine {
  public:
   Engine(const Pack& pack, const EngineOptions& options);
 
-  // x: [n, C, H, W] float32 (already normalised), labels: [n] in [0, classes).
-  StepResult train_step(const float* x, const int32_t* labels, int n);
+  // x: [n, C, H, W] float32 (already normalised), labels: [n] in [0, classes). The result is owned by the
+  // engine (its storage is reserved at load) and valid until the next step.
+  const StepResult& train_step(const float* x, const int32_t* labels, int n);
   // logits: [n, classes]
   void forward(const float* x, int n, float* logits);
 
@@ -118,6 +119,7 @@ class Engine {
   std::vector<Param> params_;
   std::vector<Block> blocks_;
   size_t required_ = 0;
+  StepResult result_;
   Arena arena_;
   // Step buffers.
   float* act_[2] = {nullptr, nullptr};

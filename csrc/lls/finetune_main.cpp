@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
         const int n = std::min(a.batch, train.n - start);
         gather(engine, train, order.data() + start, n, staging, x.data(), labels.data());
         const auto t0 = std::chrono::steady_clock::now();
-        const StepResult r = engine.train_step(x.data(), labels.data(), n);
+        const StepResult& r = engine.train_step(x.data(), labels.data(), n);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         step_seconds += dt;
         step_times[static_cast<size_t>(steps)] = dt;

@@ -25,16 +25,21 @@ inline void axpy(int n, const float a, const float* b, float* c) {
 }
 
 // C[m][n] += A[m][k] B[k][n] (row-major, leading dims = widths).
+// With OpenMP (EDGEML_LLS_OPENMP) the output rows are split across threads: each row is still summed in
+// the same order, so results do not depend on the thread count.
 void gemm_acc(int m, int n, int k, const float* a, const float* b, float* c) {
-  int i = 0;
-  for (; i + 4 <= m; i += 4) {
+  const int blocked = m / 4 * 4;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (static_cast<long>(m) * n * k > 200000)
+#endif
+  for (int i = 0; i < blocked; i += 4) {
     const float* a0 = a + static_cast<size_t>(i) * k;
     float* c0 = c + static_cast<size_t>(i) * n;
     for (int p = 0; p < k; ++p)
       axpy4(n, a0[p], a0[k + p], a0[2 * k + p], a0[3 * k + p], b + static_cast<size_t>(p) * n, c0, c0 + n,
             c0 + 2 * n, c0 + 3 * n);
   }
-  for (; i < m; ++i)
+  for (int i = blocked; i < m; ++i)
     for (int p = 0; p < k; ++p) axpy(n, a[static_cast<size_t>(i) * k + p], b + static_cast<size_t>(p) * n,
                                      c + static_cast<size_t>(i) * n);
 }
@@ -109,6 +114,9 @@ void conv2d_forward(const Conv2dShape& s, int batch, const float* x, const float
     for (int o = 0; o < s.cout; ++o) std::fill(yb + static_cast<size_t>(o) * n, yb + static_cast<size_t>(o + 1) * n,
                                                bias ? bias[o] : 0.0f);
     if (s.depthwise()) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (static_cast<long>(s.cin) * n > 20000)
+#endif
       for (int c = 0; c < s.cin; ++c) {
         const float* xc = xb + static_cast<size_t>(c) * s.h * s.w;
         const float* wc = w + static_cast<size_t>(c) * s.kh * s.kw;
