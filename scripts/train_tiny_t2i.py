@@ -124,9 +124,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32, help="UNet base width")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the diffusion training after this long")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--skip-judge", action="store_true", help="keep an existing judge.safetensors")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.skip_judge and (args.out / "judge.safetensors").is_file():
