@@ -23,6 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SMALL_DICT = 6  # flat dicts up to this many fields are shown as rows of their parent table
 
 
 def fmt(v: Any) -> str:
@@ -35,6 +36,8 @@ def fmt(v: Any) -> str:
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     if isinstance(v, int) and abs(v) >= 10000:
         return f"{v:,}"
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (list, tuple)) for x in v):
+        return f"({len(v)}×{len(v[0])} matrix, see JSON)"
     if isinstance(v, (list, tuple)):
         return "×".join(fmt(x) for x in v) if all(isinstance(x, (int, float)) for x in v) else ", ".join(map(fmt, v))
     if isinstance(v, dict):
@@ -96,13 +99,21 @@ def tables_of(name: str, data: Any) -> list[tuple[str, list[str], list[list[Any]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return [(name, *_records(data), None)]
     if isinstance(data, dict):
-        scalars = [[k, v] for k, v in data.items() if not isinstance(v, (dict, list))]
-        out = [(data.get("title", name), ["quantity", "value"], scalars, None)] if scalars else []
+        # scalars and small flat dicts (goals, machine) as quantity/value rows; big flat dicts (a model config)
+        # are settings, not results, and stay in the JSON; lists of records become their own tables
+        scalars = []
+        for k, v in data.items():
+            if k in ("title", "notes"):
+                continue
+            if not isinstance(v, (dict, list)):
+                scalars.append([k, v])
+            elif isinstance(v, dict) and 0 < len(v) <= SMALL_DICT and all(
+                    not isinstance(x, (dict, list)) for x in v.values()):
+                scalars += [[f"{k}.{a}", b] for a, b in v.items()]
+        out = [(data.get("title", name), ["quantity", "value"], scalars, data.get("notes"))] if scalars else []
         for k, v in data.items():
             if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
                 out.append((f"{name}: {k}", *_records(v), None))
-            elif isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()):
-                out.append((f"{name}: {k}", ["quantity", "value"], [[a, b] for a, b in v.items()], None))
         return out
     return []
 
@@ -116,9 +127,13 @@ def render(results_dir: Path) -> str:
     for f in files:
         data = json.loads(f.read_text())
         script = (data.get("script") if isinstance(data, dict) else None) or f"benchmarks/{f.stem}.py"
+        section = [f"#### {f.stem}"]
         for title, cols, rows, notes in tables_of(f.stem, data):
-            parts.append(f"#### {title}\n\n{md_table(cols, rows)}\n\n_Source: `{script}` → "
-                         f"`benchmarks/results/{f.name}`._" + (f" {notes}" if notes else ""))
+            if title != f.stem:
+                section.append(f"**{title}**")
+            section.append(md_table(cols, rows) + (f"\n\n{fmt(notes)}" if notes else ""))
+        section.append(f"_Source: `{script}` → `benchmarks/results/{f.name}`._")
+        parts.append("\n\n".join(section))
     return "\n\n".join(parts)
 
 
