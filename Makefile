@@ -10,7 +10,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 # Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
 SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
 
-.PHONY: test demo build system-deps lint clean
+.PHONY: test demo build system-deps lint clean cross-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
+
+# Cross-build the LLS engine for aarch64 and run its C++ tests under qemu (needs g++-aarch64-linux-gnu, qemu-user).
+cross-test:
+	csrc/lls/cross_test.sh
