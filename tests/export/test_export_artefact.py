@@ -143,14 +143,14 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
         export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "c", checkpoint=ck)
 
 
-def _train_tiny_cnn(path: Path, steps: int = 150) -> None:
+def _train_tiny_cnn(path: Path, steps: int = 250) -> None:
     """A few hundred Adam steps of the tiny CNN on Fashion-MNIST: enough for ~70% accuracy, a real int8 test."""
     from edgeml.data import open_image_dataset
 
     torch.manual_seed(0)
     ds = open_image_dataset("fashion-mnist", "train")
     model = export_tiny.TinyCNN(image_size=28)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
     it = iter(loader)
     for _ in range(steps):
@@ -168,11 +168,12 @@ def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path):
     ck = tmp_path / "cnn.safetensors"
     _train_tiny_cnn(ck)
     out = export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "fm", checkpoint=ck, data="fashion-mnist",
-                       calib_samples=32, parity_samples=64, eval_samples=300)
+                       calib_samples=64, parity_samples=64, eval_samples=400)
     rep = json.loads((out / "parity.json").read_text())
     acc = rep["accuracy_test_split"]
-    assert acc["ort"]["samples"] == 300 and acc["ort"]["top1"] > 50  # trained, not chance
-    assert rep["summary"]["int8"]["pass"] and abs(acc["ort"]["top1"] - acc["ort-int8"]["top1"]) <= 1.5
+    assert acc["ort"]["samples"] == 400 and acc["ort"]["top1"] > 40  # trained (chance is 10%)
+    drop = acc["ort"]["top1"] - acc["ort-int8"]["top1"]
+    assert rep["summary"]["int8"]["pass"] and abs(drop) <= 1.5, (acc["ort"], acc["ort-int8"])
     assert rep["summary"]["ort_fp32"]["real_samples"] == 64 and rep["summary"]["ort_fp32"]["pass"]
     assert rep["calibration"] == "real samples (train split)"
     m = json.loads((out / "manifest.json").read_text())
