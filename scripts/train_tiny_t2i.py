@@ -34,7 +34,17 @@ from edgeml.models.tiny_t2i import (
 )
 
 
-def train_judge(n: int, epochs: int, seed: int) -> tuple[TinyT2IJudge, dict]:
+def augment(images: torch.Tensor, noise: float) -> torch.Tensor:
+    """Pixel noise (std up to `noise`) and a small per-channel tint: the judge must read under-trained samples."""
+    if noise <= 0:
+        return images
+    b = images.shape[0]
+    std = torch.rand(b, 1, 1, 1) * noise
+    tint = (torch.rand(b, 3, 1, 1) - 0.5) * noise
+    return (images + std * torch.randn_like(images) + tint).clamp(0, 255)
+
+
+def train_judge(n: int, epochs: int, seed: int, noise: float = 0.0) -> tuple[TinyT2IJudge, dict]:
     torch.manual_seed(seed)
     data = make_caption_set(n, seed=seed + 1)
     test = make_caption_set(2000, seed=seed + 2)
@@ -49,7 +59,7 @@ def train_judge(n: int, epochs: int, seed: int) -> tuple[TinyT2IJudge, dict]:
             perm = torch.randperm(n)
             for i in range(n // 128):
                 idx = perm[i * 128:(i + 1) * 128]
-                logits = judge.train()(images[idx]).split(judge.sizes, dim=1)
+                logits = judge.train()(augment(images[idx], noise)).split(judge.sizes, dim=1)
                 loss = sum(F.cross_entropy(lg, labels[idx, k]) for k, lg in enumerate(logits))
                 opt.zero_grad()
                 loss.backward()
@@ -58,6 +68,9 @@ def train_judge(n: int, epochs: int, seed: int) -> tuple[TinyT2IJudge, dict]:
                 bar.advance(task)
     pred = judge.predict(torch.from_numpy(test.images))
     acc = {name: float((pred[name].numpy() == test.labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
+    noisy = judge.predict(augment(torch.from_numpy(test.images).float(), noise).round().to(torch.uint8))
+    acc.update({f"{name}_augmented": float((noisy[name].numpy() == test.labels[:, k]).mean())
+                for k, name in enumerate(ATTRIBUTES)})
     return judge, acc
 
 
@@ -125,6 +138,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the diffusion training after this long")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    ap.add_argument("--judge-noise", type=float, default=40.0, help="judge training noise/tint augmentation")
+    ap.add_argument("--judge-only", action="store_true", help="train only the judge")
     ap.add_argument("--skip-judge", action="store_true", help="keep an existing judge.safetensors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,11 +150,14 @@ def main() -> None:
 
         judge = create_model("tiny_t2i_judge", checkpoint=args.out / "judge.safetensors").eval()
     else:
-        judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed)
+        judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed, noise=args.judge_noise)
         print("judge held-out accuracy:", judge_acc)
         save_checkpoint(args.out / "judge.safetensors", fp16_state(judge),
                         {"model": "tiny_t2i_judge", "config": {"width": 32}, "metrics": judge_acc,
-                         "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images})
+                         "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images,
+                         "noise": args.judge_noise})
+        if args.judge_only:
+            return
 
     model, stats = train_generator(args.steps, args.batch, args.seed, args.images, width=args.width,
                                    ema_max=args.ema, max_minutes=args.max_minutes)
