@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -227,7 +228,7 @@ def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
                 results.append(_extract_job(j))
                 advance()
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for r in pool.map(_extract_job, jobs):
                     results.append(r)
                     advance()

@@ -10,6 +10,7 @@ Layout written: OUT/{train,val,test}/<class>/<class>_<nnn>.avi, OUT/classes.txt,
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
@@ -78,7 +79,7 @@ def render_video(label: str, rng: np.random.Generator, size: tuple[int, int], fr
     stripes = np.sin(np.arange(64, dtype=np.float32) * rng.uniform(0.5, 1.5))[None, :, None]
     tex = np.clip(0.6 * tex + 0.4 * (stripes * 0.5 + 0.5) * rng.random(3, dtype=np.float32), 0, 1)
     shape = SHAPES[rng.integers(len(SHAPES))]
-    radius = rng.uniform(0.2, 0.28) * s
+    radius = rng.uniform(0.27, 0.35) * s
     drift = rng.normal(0, 0.15, 2) * s / 64  # background drift, px/frame, well below the shape's motion
     bg_pos = rng.uniform(s, 2 * s, 2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -198,6 +199,6 @@ def _run_jobs(jobs: list[Any], workers: int, progress: bool) -> None:
                 _make_one(j)
                 advance()
             return
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_make_one, jobs, chunksize=4):
                 advance()
