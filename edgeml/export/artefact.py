@@ -173,6 +173,9 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
         onnx_notes = ox.export_onnx(net, example, tmp / "model.onnx", input_names=names, output_names=outs,
                                     opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
                                     max_opset=profile.tensorrt.get("max_opset") if profile.wants_tensorrt else None)
+        if onnx_notes["opset"] != opset:
+            log(f"[export] the TorchScript exporter could not express an op: used the dynamo exporter at opset "
+                f"{onnx_notes['opset']}")
         opset = onnx_notes["opset"]  # the dynamo fallback may raise it to 18
         backends: dict[str, Any] = {"onnxruntime": {"files": {"fp32": "model.onnx"}, **onnx_notes}}
         if profile.wants_tensorrt:  # fail fast, before the slow steps, when TensorRT cannot take an op
