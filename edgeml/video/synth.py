@@ -79,7 +79,7 @@ def render_video(label: str, rng: np.random.Generator, size: tuple[int, int], fr
     stripes = np.sin(np.arange(64, dtype=np.float32) * rng.uniform(0.5, 1.5))[None, :, None]
     tex = np.clip(0.6 * tex + 0.4 * (stripes * 0.5 + 0.5) * rng.random(3, dtype=np.float32), 0, 1)
     shape = SHAPES[rng.integers(len(SHAPES))]
-    radius = rng.uniform(0.27, 0.35) * s
+    radius = rng.uniform(0.2, 0.28) * s
     drift = rng.normal(0, 0.15, 2) * s / 64  # background drift, px/frame, well below the shape's motion
     bg_pos = rng.uniform(s, 2 * s, 2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
