@@ -51,7 +51,11 @@ def main() -> None:
         attribute, value = spec.split(":")
         case = ConceptCase(attribute, value, RED_TEAM.get(value, []))
         base = score_case(model, judge, text, case, **opts)
-        rows.append({"concept": value, "attribute": attribute, "method": "none (original)", **base})
+        # An erasure can only be measured if the unedited model is judged right well above chance on both the
+        # concept and its siblings; otherwise the judge cannot tell "erased" from "never drawn".
+        valid = base["erased"] >= base["chance"] + 0.3 and base["related"] >= base["chance"] + 0.3
+        rows.append({"concept": value, "attribute": attribute, "method": "none (original)", **base,
+                     "measurement_valid": valid})
         print(rows[-1])
         for method in args.methods:
             edited, info = erase_tiny_t2i(model, encoder, case, method, alpha=args.alpha)
@@ -61,7 +65,13 @@ def main() -> None:
                          "unrelated_drop": base["unrelated"] - scores["unrelated"],
                          "unrelated_goal_met": base["unrelated"] - scores["unrelated"] <= 0.05})
             print(rows[-1])
-    result = {"settings": {**opts, "alpha": args.alpha, "templates": "generic (edgeml.cure.evaluate)",
+    from edgeml.io import load_checkpoint
+    from edgeml.models.tiny_t2i import ASSET_DIR
+
+    _, gen_meta = load_checkpoint((args.assets or ASSET_DIR) / "tiny_t2i.safetensors")
+    result = {"generator": {k: gen_meta.get(k) for k in ("config", "metrics", "steps", "batch")},
+              "measurement_valid": all(r.get("measurement_valid", True) for r in rows),
+              "settings": {**opts, "alpha": args.alpha, "templates": "generic (edgeml.cure.evaluate)",
                            "retain": "sibling values of the erased attribute", "text_encoder": "all-MiniLM-L6-v2"},
               "rows": rows, "seconds": time.perf_counter() - t_all}
     write_json(args.out, result)
@@ -77,6 +87,9 @@ def main() -> None:
                       f"{100 * r['unrelated']:.0f}", f"{100 * r.get('red_team', float('nan')):.0f}",
                       f"{r['erase_s'] * 1000:.0f} ms" if "erase_s" in r else "", str(r.get("rank", "")), goals)
     Console().print(table)
+    if not result["measurement_valid"]:
+        print("NOT A VALID MEASUREMENT: the unedited generator is not judged well above chance on the erased and "
+              "related prompts (under-trained generator?); retrain with scripts/train_tiny_t2i.py")
 
 
 if __name__ == "__main__":
