@@ -21,6 +21,9 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
 	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	# Only for the CLIP BPE vocabulary file it ships (edgeml.cure.embed reads it without importing open_clip,
+	# whose torchvision dependency would pull a CUDA torch): hence --no-deps.
+	$(PIP) install -q --no-deps open-clip-torch
 	touch $(STAMP)
 
 build: $(STAMP)
