@@ -215,10 +215,10 @@ def open_split(task: str, data: Any, split: str, **opts: Any) -> torch.utils.dat
         path = Path(data)
         if not path.is_dir():
             raise DataError("clip cache folder not found", path=path,
-                            fix="build one with `edgeml data clips VIDEOS_DIR CACHE_DIR`")
+                            fix="build one with `edgeml data build VIDEOS_DIR CACHE_DIR`")
         if not any(path.iterdir()):
             raise DataError("clip cache folder is empty", path=path,
-                            fix="build one with `edgeml data clips VIDEOS_DIR CACHE_DIR`")
+                            fix="build one with `edgeml data build VIDEOS_DIR CACHE_DIR`")
         ds = ClipDataset(path, split)
     elif task == "image":
         from edgeml.data import open_image_dataset

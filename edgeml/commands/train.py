@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a registered model (video_spiking, rgb_baseline, lls_*) with checkpoints and resume",
         description="Train a registered model on a data set: a clip cache for video models (built by `edgeml data "
-        "clips`), a data set name or folder for image models. AdamW + cosine schedule (or an LLS mode via --mode), "
+        "build`), a data set name or folder for image models. AdamW + cosine schedule (or an LLS mode via --mode), "
         "evaluation every epoch (top-1, top-5, confusion, spike rates), checkpoints OUT/last.safetensors and "
         "OUT/best.safetensors every epoch, OUT/metrics.jsonl. --resume continues from OUT/last.safetensors. "
         "Under `torchrun --nproc-per-node N -m edgeml train ...` it runs data-parallel (gloo on CPU, nccl on GPU); "
