@@ -23,26 +23,24 @@ from torch import nn
 from edgeml.errors import ConfigError
 
 
-class _FastSigmoidSpike(torch.autograd.Function):
+class _HeavisideSpike(torch.autograd.Function):
+    """Exact 0/1 spikes forward; subclasses give the surrogate gradient in `backward`."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.slope = slope
         return (x >= 0).to(x.dtype)
 
+
+class _FastSigmoidSpike(_HeavisideSpike):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         return grad / (1.0 + ctx.slope * x.abs()) ** 2, None
 
 
-class _ArctanSpike(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x >= 0).to(x.dtype)
-
+class _ArctanSpike(_HeavisideSpike):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
