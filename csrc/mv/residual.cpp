@@ -13,30 +13,30 @@ namespace {
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 struct Span {
-  int x0, x1, sy, dx;
+  int x0, x1, dy, dx;
   bool clamped;
 };
 
-// The spans of row y: inside a cell the vector is constant, so the source row is one clamped offset and the source
-// columns are the span shifted by dx; neighbouring cells with the same vector are merged into one span (blocks are
-// usually larger than a cell and many vectors are equal), so the per-sample loops run over long ranges.
-void row_spans(const float* field, int height, int width, int grid, int y, std::vector<Span>& spans) {
+// The spans of the rows of cell row i: inside a cell the vector is constant, so a pixel row reads source row
+// clamp(y + dy) and source columns shifted by dx (floor(y - v) == y + floor(-v) for whole y); neighbouring cells
+// with the same vector are merged into one span (blocks are usually larger than a cell and many vectors are
+// equal), so the per-sample loops run over long ranges. Computed once per cell row and shared by its rows.
+void cell_row_spans(const float* field, int height, int width, int grid, int i, std::vector<Span>& spans) {
   spans.clear();
   const int wo = cells(width, grid);
   const int64_t plane = static_cast<int64_t>(cells(height, grid)) * wo;
-  const float* fx = field ? field + static_cast<int64_t>(y / grid) * wo : nullptr;
+  const float* fx = field ? field + static_cast<int64_t>(i) * wo : nullptr;
   for (int j = 0; j < wo; ++j) {
     const int x0 = j * grid, x1 = std::min(x0 + grid, width);
-    int dx = 0, sy = y;
+    int dx = 0, dy = 0;
     if (fx) {
-      // floor(x - v) == x + floor(-v) for whole x, so one shift serves the whole span
       dx = static_cast<int>(std::floor(-fx[j]));
-      sy = clampi(static_cast<int>(std::floor(y - fx[j + plane])), 0, height - 1);
+      dy = static_cast<int>(std::floor(-fx[j + plane]));
     }
-    if (!spans.empty() && spans.back().dx == dx && spans.back().sy == sy && spans.back().x1 == x0) {
+    if (!spans.empty() && spans.back().dx == dx && spans.back().dy == dy && spans.back().x1 == x0) {
       spans.back().x1 = x1;
     } else {
-      spans.push_back({x0, x1, sy, dx, false});
+      spans.push_back({x0, x1, dy, dx, false});
     }
   }
   for (Span& s : spans) s.clamped = s.x0 + s.dx < 0 || s.x1 - 1 + s.dx > width - 1;
@@ -51,6 +51,32 @@ inline uint8_t at(const uint8_t* row, int x) {
 
 template <bool kWarpOnly, int kShift>
 void span_fast(const uint8_t* arow, const uint8_t* brow, int x0, int x1, int dx, int16_t* res, uint8_t* wrp) {
+  if constexpr (kShift == 1) {
+    // Chroma upsampled by 2: full-resolution columns 2k and 2k+1 share the sample a[k] and read b at
+    // k + floor(dx/2) and k + floor((dx+1)/2) (arithmetic shifts floor). Pairs run as two unit-stride streams
+    // without per-sample shifts; an odd first or last column goes through the scalar loop below.
+    const int he = dx >> 1, ho = (dx + 1) >> 1;
+    if (x0 & 1) {
+      if constexpr (kWarpOnly) {
+        wrp[x0] = brow[(x0 + dx) >> 1];
+      } else {
+        res[x0] = static_cast<int16_t>(arow[x0 >> 1] - brow[(x0 + dx) >> 1]);
+      }
+      ++x0;
+    }
+    const int k0 = x0 >> 1, k1 = x1 >> 1;
+    for (int k = k0; k < k1; ++k) {
+      if constexpr (kWarpOnly) {
+        wrp[2 * k] = brow[k + he];
+        wrp[2 * k + 1] = brow[k + ho];
+      } else {
+        const int av = arow[k];
+        res[2 * k] = static_cast<int16_t>(av - brow[k + he]);
+        res[2 * k + 1] = static_cast<int16_t>(av - brow[k + ho]);
+      }
+    }
+    x0 = 2 * k1 > x0 ? 2 * k1 : x0;
+  }
   for (int x = x0; x < x1; ++x) {
     if constexpr (kWarpOnly) {
       wrp[x] = at<kShift>(brow, x + dx);
@@ -63,11 +89,12 @@ void span_fast(const uint8_t* arow, const uint8_t* brow, int x0, int x1, int dx,
 // One plane over the spans of a row. kShift: column subsampling of both planes when kUnit (unit column stride)
 // holds; otherwise the generic strided path. Long unclamped spans run as plain shifted ranges (vectorisable).
 template <bool kWarpOnly, bool kUnit, int kShift>
-void do_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int y, int width, int16_t* res_row,
-            uint8_t* warp_row) {
+void do_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int y, int height, int width,
+            int16_t* res_row, uint8_t* warp_row) {
   const uint8_t* arow = kWarpOnly ? nullptr : a->data + (y >> a->shift_y) * a->row_stride;
   for (const Span& sp : spans) {
-    const uint8_t* brow = b.data + (sp.sy >> b.shift_y) * b.row_stride;
+    const int sy = clampi(y + sp.dy, 0, height - 1);
+    const uint8_t* brow = b.data + (sy >> b.shift_y) * b.row_stride;
     if (kUnit && !sp.clamped) {
       span_fast<kWarpOnly, kShift>(arow, brow, sp.x0, sp.x1, sp.dx, res_row, warp_row);
       continue;
@@ -91,7 +118,7 @@ void run(const Plane* cur, const Plane* ref, int channels, const float* field, i
   const int64_t hw = static_cast<int64_t>(height) * width;
   std::vector<Span> spans;
   for (int y = 0; y < height; ++y) {
-    row_spans(field, height, width, grid, y, spans);  // once per row, shared by every plane
+    if (y % grid == 0) cell_row_spans(field, height, width, grid, y / grid, spans);  // shared by rows and planes
     for (int c = 0; c < channels; ++c) {
       const Plane& b = ref[c];
       const Plane* a = kWarpOnly ? nullptr : &cur[c];
@@ -102,11 +129,11 @@ void run(const Plane* cur, const Plane* ref, int channels, const float* field, i
       const bool unit =
           b.col_stride == 1 && b.shift_x <= 1 && (kWarpOnly || (a->col_stride == 1 && a->shift_x == b.shift_x));
       if (unit && b.shift_x == 0) {
-        do_row<kWarpOnly, true, 0>(b, a, spans, y, width, res_row, warp_row);
+        do_row<kWarpOnly, true, 0>(b, a, spans, y, height, width, res_row, warp_row);
       } else if (unit) {
-        do_row<kWarpOnly, true, 1>(b, a, spans, y, width, res_row, warp_row);
+        do_row<kWarpOnly, true, 1>(b, a, spans, y, height, width, res_row, warp_row);
       } else {
-        do_row<kWarpOnly, false, 0>(b, a, spans, y, width, res_row, warp_row);
+        do_row<kWarpOnly, false, 0>(b, a, spans, y, height, width, res_row, warp_row);
       }
     }
   }
