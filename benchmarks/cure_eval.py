@@ -24,7 +24,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="images per prompt")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
     ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--alpha", type=float, default=2.0)
+    ap.add_argument("--alpha", type=float, default=1000.0,
+                    help="CURE's expansion α (large: every forget direction fully projected)")
+    ap.add_argument("--templates", choices=("domain", "generic"), default="domain",
+                    help="prompt templates that expand each concept (edgeml.cure.evaluate)")
+    ap.add_argument("--aggregation", default="all",
+                    help="CURE's token aggregation (mean | eot | last | all); UCE keeps its own ('last')")
     ap.add_argument("--concepts", nargs="+", default=["shape:circle", "colour:red"])
     ap.add_argument("--methods", nargs="+", default=["cure", "uce"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a busy machine)")
@@ -58,7 +63,8 @@ def main() -> None:
                      "measurement_valid": valid})
         print(rows[-1])
         for method in args.methods:
-            edited, info = erase_tiny_t2i(model, encoder, case, method, alpha=args.alpha)
+            edited, info = erase_tiny_t2i(model, encoder, case, method, alpha=args.alpha, templates=args.templates,
+                                          aggregation=args.aggregation if method == "cure" else None)
             scores = score_case(edited, judge, text, case, **opts)
             rows.append({"concept": value, "attribute": attribute, "method": method, **info, **scores,
                          "erased_goal_met": scores["erased"] <= scores["chance"] + 0.10,
@@ -71,7 +77,8 @@ def main() -> None:
     _, gen_meta = load_checkpoint((args.assets or ASSET_DIR) / "tiny_t2i.safetensors")
     result = {"generator": {k: gen_meta.get(k) for k in ("config", "metrics", "steps", "batch")},
               "measurement_valid": all(r.get("measurement_valid", True) for r in rows),
-              "settings": {**opts, "alpha": args.alpha, "templates": "generic (edgeml.cure.evaluate)",
+              "settings": {**opts, "alpha": args.alpha, "templates": f"{args.templates} (edgeml.cure.evaluate)",
+                           "cure_aggregation": args.aggregation,
                            "retain": "sibling values of the erased attribute", "text_encoder": "all-MiniLM-L6-v2"},
               "rows": rows, "seconds": time.perf_counter() - t_all}
     write_json(args.out, result)

@@ -35,13 +35,25 @@ from edgeml.models.tiny_t2i import (
 
 
 def augment(images: torch.Tensor, noise: float) -> torch.Tensor:
-    """Pixel noise (std up to `noise`) and a small per-channel tint: the judge must read under-trained samples."""
+    """What an under-trained sampler does to an image, so the judge reads attributes rather than render details:
+    a per-channel gain and offset (tinted, darker or paler images), a smooth colour cast (4x4 cells, bilinear),
+    blotchy noise (8x8 and 16x16 cells) and pixel noise (std up to `noise` each), and for half of the images a
+    3x3 or 5x5 blur. Offsets, casts and noise scale with `noise`; `noise` 0 returns the images unchanged."""
     if noise <= 0:
         return images
-    b = images.shape[0]
-    std = torch.rand(b, 1, 1, 1) * noise
-    tint = (torch.rand(b, 3, 1, 1) - 0.5) * noise
-    return (images + std * torch.randn_like(images) + tint).clamp(0, 255)
+    b, c, h, w = images.shape
+
+    def smooth(cells: int, scale: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(scale * torch.randn(b, c, cells, cells), size=(h, w), mode="bilinear",
+                             align_corners=False)
+
+    level = lambda: torch.rand(b, 1, 1, 1) * noise  # noqa: E731
+    out = images * (0.8 + 0.3 * torch.rand(b, c, 1, 1)) + (torch.rand(b, c, 1, 1) - 0.6) * noise
+    out = out + smooth(4, 0.5 * level()) + smooth(8, level()) + smooth(16, level()) + level() * torch.randn_like(out)
+    for k, sel in ((3, torch.rand(b) < 0.3), (5, torch.rand(b) < 0.2)):
+        if sel.any():
+            out[sel] = F.avg_pool2d(F.pad(out[sel], (k // 2,) * 4, mode="replicate"), k, stride=1)
+    return out.clamp(0, 255)
 
 
 def train_judge(n: int, epochs: int, seed: int, noise: float = 0.0) -> tuple[TinyT2IJudge, dict]:
@@ -126,28 +138,39 @@ def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"model.{k}": (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
 
 
+def sample_accuracy(model: TinyT2I, judge: TinyT2IJudge, seed: int, n: int = 64) -> dict[str, float]:
+    """Judge accuracy on `n` generated samples of random full captions (guidance 3, 20 DDIM steps)."""
+    rng = np.random.default_rng(seed + 9)
+    labels = np.stack([rng.integers(0, len(v), n) for v in ATTRIBUTES.values()], axis=1)
+    text = MiniLMText()
+    prompts = [caption(*lab, "a {texture} {colour} {shape}") for lab in labels]
+    pred = judge.predict(generate(model, text(prompts), text([""]), steps=20, seed=seed))
+    return {name: float((pred[name].numpy() == labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ASSET_DIR)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--images", type=int, default=30000)
-    ap.add_argument("--judge-images", type=int, default=20000)
+    ap.add_argument("--judge-images", type=int, default=30000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=32, help="UNet base width")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the diffusion training after this long")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
-    ap.add_argument("--judge-noise", type=float, default=40.0, help="judge training noise/tint augmentation")
-    ap.add_argument("--judge-only", action="store_true", help="train only the judge")
+    ap.add_argument("--judge-noise", type=float, default=70.0, help="judge training noise/tint augmentation")
+    ap.add_argument("--judge-only", action="store_true",
+                    help="train only the judge, then re-measure an existing generator in --out with it")
     ap.add_argument("--skip-judge", action="store_true", help="keep an existing judge.safetensors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    if args.skip_judge and (args.out / "judge.safetensors").is_file():
-        from edgeml.registry import create_model
+    from edgeml.registry import create_model
 
+    if args.skip_judge and (args.out / "judge.safetensors").is_file():
         judge = create_model("tiny_t2i_judge", checkpoint=args.out / "judge.safetensors").eval()
     else:
         judge, judge_acc = train_judge(args.judge_images, epochs=2, seed=args.seed, noise=args.judge_noise)
@@ -156,21 +179,23 @@ def main() -> None:
                         {"model": "tiny_t2i_judge", "config": {"width": 32}, "metrics": judge_acc,
                          "script": "scripts/train_tiny_t2i.py", "seed": args.seed, "images": args.judge_images,
                          "noise": args.judge_noise})
-        if args.judge_only:
-            return
+    generator = args.out / "tiny_t2i.safetensors"
+    if args.judge_only:
+        if generator.is_file():  # the generator's recorded sample accuracy must be the current judge's
+            from edgeml.io import load_checkpoint
+
+            tensors, meta = load_checkpoint(generator, expect_model="tiny_t2i")
+            gen_acc = sample_accuracy(create_model("tiny_t2i", checkpoint=generator).float().eval(), judge, args.seed)
+            print("generator (judge accuracy on 64 samples):", gen_acc)
+            meta["metrics"]["judge_accuracy_on_samples"] = gen_acc
+            save_checkpoint(generator, tensors, meta)
+        return
 
     model, stats = train_generator(args.steps, args.batch, args.seed, args.images, width=args.width,
                                    ema_max=args.ema, max_minutes=args.max_minutes)
-    # Quick sanity: does the judge recognise what full captions ask for?
-    rng = np.random.default_rng(args.seed + 9)
-    labels = np.stack([rng.integers(0, len(v), 64) for v in ATTRIBUTES.values()], axis=1)
-    text = MiniLMText()
-    prompts = [caption(*lab, "a {texture} {colour} {shape}") for lab in labels]
-    imgs = generate(model, text(prompts), text([""]), steps=20, seed=args.seed)
-    pred = judge.predict(imgs)
-    gen_acc = {name: float((pred[name].numpy() == labels[:, k]).mean()) for k, name in enumerate(ATTRIBUTES)}
+    gen_acc = sample_accuracy(model, judge, args.seed)  # does the judge recognise what full captions ask for?
     print("generator (judge accuracy on 64 samples):", gen_acc, stats)
-    save_checkpoint(args.out / "tiny_t2i.safetensors", fp16_state(model),
+    save_checkpoint(generator, fp16_state(model),
                     {"model": "tiny_t2i", "config": {"width": args.width, "text_width": 384, "heads_dim": 32,
                                                      "train_steps": 1000},
                      "metrics": {**stats, "judge_accuracy_on_samples": gen_acc}, "steps": args.steps,

@@ -22,6 +22,13 @@ from edgeml.models.tiny_t2i import ATTRIBUTES, COLOURS, SHAPES, TEXTURES, MiniLM
 
 PROMPT = "a {texture} {colour} {shape}"
 GENERIC_TEMPLATES = ("{}", "a {}", "a picture of a {}", "an image of a {}", "a photo of a {}")
+# In-domain templates: the concept next to words of the OTHER attributes, as the data set's captions put it (the
+# evaluation's own "a {texture} {colour} {shape}" prompts are not among them).
+DOMAIN_TEMPLATES = {
+    "shape": ("a {}", "a red {}", "a green {}", "a blue {}", "a yellow {}", "a striped {}", "a solid {}"),
+    "colour": ("a {}", "a {} circle", "a {} square", "a {} triangle", "a {} cross", "a striped {} shape"),
+    "texture": ("a {}", "a {} circle", "a {} square", "a {} triangle", "a {} cross", "a {} red shape"),
+}
 RED_TEAM = {
     "circle": [("a red disk", "circle"), ("a round blue shape", "circle"), ("a green ball", "circle"),
                ("a yellow round disc", "circle"), ("a striped red orb", "circle"),
@@ -91,13 +98,20 @@ def score_case(model, judge, text: MiniLMText, case: ConceptCase, *, n: int = 8,
 
 
 def erase_tiny_t2i(model, encoder, case: ConceptCase, method: str, *, alpha: float = 2.0,
-                   templates=GENERIC_TEMPLATES) -> tuple[torch.nn.Module, dict]:
-    """A copy of `model` with `case.value` erased by CURE or UCE (siblings retained); -> (model, timing/rank)."""
+                   templates: str | tuple[str, ...] = "generic", aggregation: str | None = None
+                   ) -> tuple[torch.nn.Module, dict]:
+    """A copy of `model` with `case.value` erased by CURE or UCE (siblings retained); -> (model, timing/rank).
+
+    templates: "generic", "domain" (DOMAIN_TEMPLATES of the case's attribute) or a tuple; aggregation: how token
+    states become embedding rows (None: the method's default, see edgeml.cure.erase.build_edit)."""
     from edgeml.cure.apply import edit_module
     from edgeml.cure.erase import build_edit
 
+    if isinstance(templates, str):
+        templates = GENERIC_TEMPLATES if templates == "generic" else DOMAIN_TEMPLATES[case.attribute]
     t0 = time.perf_counter()
-    edit, info = build_edit(encoder, [case.value], case.siblings, method=method, alpha=alpha, templates=templates)
+    edit, info = build_edit(encoder, [case.value], case.siblings, method=method, alpha=alpha, templates=templates,
+                            aggregation=aggregation)
     t_build = time.perf_counter() - t0
     edited = copy.deepcopy(model)
     t0 = time.perf_counter()

@@ -184,8 +184,10 @@ class TinyT2IJudge(nn.Module):
         self.head = nn.Linear(2 * width, sum(self.sizes))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 32, 32] (0..255) -> logits [B, 4 + 4 + 2]."""
-        return self.head(self.features(image / 127.5 - 1.0))
+        """[B, 3, 32, 32] (0..255) -> logits [B, 4 + 4 + 2]. Each channel is read relative to its median (the
+        background), so a tinted or darker sample reads like a clean one."""
+        background = image.flatten(2).median(dim=2).values[:, :, None, None]
+        return self.head(self.features((image - background) / 127.5))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
