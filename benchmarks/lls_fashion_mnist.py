@@ -57,7 +57,8 @@ def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: 
     model = create_model("lls_smallconv", mode=mode)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))
-    learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader))
+    learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader),
+                           weight_decay=args.weight_decay)
     epoch_times, cpu_times, history = [], [], []
     with Progress(TextColumn(f"[bold]{mode:>15}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
@@ -113,8 +114,10 @@ def summary_table(rows: list[dict]) -> Table:
 def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict:
     return {"benchmark": "lls_fashion_mnist", "model": "lls_smallconv", "data": args.data,
             "train_images": train_images, "test_images": test_images, "epochs": args.epochs,
-            "batch_size": args.batch_size, "optimizer": f"AdamW lr {args.lr} + cosine, per block in local modes",
-            "augmentation": "RandomCrop(28, pad 4) + horizontal flip", "seed": args.seed,
+            "batch_size": args.batch_size,
+            "optimizer": f"AdamW lr {args.lr} weight decay {args.weight_decay} + cosine, per block in local modes",
+            "augmentation": "RandomCrop(28, pad 4) + horizontal flip" if args.augment != "none" else "none",
+            "seed": args.seed,
             "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
                              f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
             "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
@@ -129,7 +132,8 @@ def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict
 def _run_workers(args: argparse.Namespace, parts: Path, console: Console) -> list[dict]:
     """One worker process per mode (at most `jobs` at once); each writes parts/<mode>.json."""
     base = [sys.executable, __file__, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--seed", str(args.seed), "--data", args.data, "--threads", str(args.threads),
+            "--lr", str(args.lr), "--weight-decay", str(args.weight_decay), "--seed", str(args.seed),
+            "--augment", args.augment, "--data", args.data, "--threads", str(args.threads),
             "--parts", str(parts), "--worker"] + (["--subset", str(args.subset)] if args.subset else [])
     pending, running = list(args.modes), []
     while pending or running:
@@ -151,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (every mode)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", choices=("crop-flip", "none"), default="crop-flip",
+                        help="training augmentation: RandomCrop(28, pad 4) + flip as the paper (default), or none")
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick check)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--data", default="fashion-mnist", help="data set name or IDX folder")
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     console = Console()
-    train_set = open_image_dataset(args.data, "train")
+    train_set = open_image_dataset(args.data, "train", augment=args.augment != "none")
     test_set = open_image_dataset(args.data, "test")
     if args.subset:
         train_set = Subset(train_set, range(min(args.subset, len(train_set))))
