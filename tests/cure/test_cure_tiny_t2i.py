@@ -39,6 +39,19 @@ def test_committed_judge_reads_fresh_images():
         assert acc >= 0.95, f"judge {name} accuracy {acc:.2f}"
 
 
+def test_committed_judge_reads_tinted_darker_images_like_clean_ones():
+    # Under-trained samples come out tinted and darker; the judge reads channels relative to the background.
+    judge = create_model("tiny_t2i_judge", checkpoint=ASSET_DIR / "judge.safetensors")
+    data = make_caption_set(300, seed=321)
+    images = torch.from_numpy(data.images).float()
+    gain, offset = torch.tensor([0.85, 0.95, 0.8])[:, None, None], torch.tensor([-30.0, 10.0, -20.0])[:, None, None]
+    tinted = images * gain + offset
+    pred = judge.predict(tinted.clamp(0, 255).round().to(torch.uint8))
+    for k, name in enumerate(ATTRIBUTES):
+        acc = (pred[name].numpy() == data.labels[:, k]).mean()
+        assert acc >= 0.9, f"judge {name} accuracy on tinted images {acc:.2f}"
+
+
 def test_erase_on_an_edgeml_tiny_t2i_checkpoint_uses_minilm_and_keeps_the_metadata(tmp_path):
     from edgeml.cure import erase
     from edgeml.io import load_checkpoint, save_checkpoint
