@@ -1,10 +1,14 @@
 """Measured concept erasure on tiny_t2i: CURE vs UCE vs the unedited model, judged by a trained classifier.
 
-    nice -n 5 .venv/bin/python benchmarks/cure_eval.py [--n 8] [--steps 20] [--alpha 2]
+    nice -n 5 .venv/bin/python benchmarks/cure_eval.py [--n 8] [--steps 20] [--alpha 1000] [--templates domain]
+                                                        [--aggregation all]
 
 Erases one object ("circle") and one attribute ("red") with each method (siblings as retain/preserve set), then
 generates `n` images per prompt (DDIM, classifier-free guidance) for erased, related and red-team prompts and
 reports judge accuracy. Goal (issue 8): erased ≤ chance + 10 points, unrelated lose ≤ 5 points.
+Defaults: CURE erases every token state of in-domain prompts ("a red {}", "a striped {}", ...; the evaluation's own
+prompts are not among them) with α = 1000. The text encoder (all-MiniLM-L6-v2) is bidirectional, so every token
+state of "a striped red circle" carries "circle"; with α = 2 and mean embeddings CURE left circles at 79–88 %.
 Writes benchmarks/results/cure_eval.json.
 """
 
