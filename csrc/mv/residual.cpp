@@ -86,6 +86,37 @@ void span_fast(const uint8_t* arow, const uint8_t* brow, int x0, int x1, int dx,
   }
 }
 
+// A span of exactly 4 columns starting at an even column, unrolled (fields accumulated to the I-frame change from
+// cell to cell, so at grid 4 most spans are one cell long and the loop overhead would dominate).
+template <bool kWarpOnly, int kShift>
+inline void span4(const uint8_t* arow, const uint8_t* brow, int x0, int dx, int16_t* res, uint8_t* wrp) {
+  if constexpr (kShift == 0) {
+    const uint8_t* b = brow + x0 + dx;
+    if constexpr (kWarpOnly) {
+      wrp[x0] = b[0], wrp[x0 + 1] = b[1], wrp[x0 + 2] = b[2], wrp[x0 + 3] = b[3];
+    } else {
+      const uint8_t* a = arow + x0;
+      res[x0] = static_cast<int16_t>(a[0] - b[0]);
+      res[x0 + 1] = static_cast<int16_t>(a[1] - b[1]);
+      res[x0 + 2] = static_cast<int16_t>(a[2] - b[2]);
+      res[x0 + 3] = static_cast<int16_t>(a[3] - b[3]);
+    }
+  } else {
+    const int k = x0 >> 1;
+    const uint8_t* be = brow + k + (dx >> 1);
+    const uint8_t* bo = brow + k + ((dx + 1) >> 1);
+    if constexpr (kWarpOnly) {
+      wrp[x0] = be[0], wrp[x0 + 1] = bo[0], wrp[x0 + 2] = be[1], wrp[x0 + 3] = bo[1];
+    } else {
+      const int a0 = arow[k], a1 = arow[k + 1];
+      res[x0] = static_cast<int16_t>(a0 - be[0]);
+      res[x0 + 1] = static_cast<int16_t>(a0 - bo[0]);
+      res[x0 + 2] = static_cast<int16_t>(a1 - be[1]);
+      res[x0 + 3] = static_cast<int16_t>(a1 - bo[1]);
+    }
+  }
+}
+
 // One plane over the spans of a row. kShift: column subsampling of both planes when kUnit (unit column stride)
 // holds; otherwise the generic strided path. Long unclamped spans run as plain shifted ranges (vectorisable).
 template <bool kWarpOnly, bool kUnit, int kShift>
@@ -96,7 +127,11 @@ void do_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int 
     const int sy = clampi(y + sp.dy, 0, height - 1);
     const uint8_t* brow = b.data + (sy >> b.shift_y) * b.row_stride;
     if (kUnit && !sp.clamped) {
-      span_fast<kWarpOnly, kShift>(arow, brow, sp.x0, sp.x1, sp.dx, res_row, warp_row);
+      if (sp.x1 - sp.x0 == 4 && !(sp.x0 & 1)) {
+        span4<kWarpOnly, kShift>(arow, brow, sp.x0, sp.dx, res_row, warp_row);  // one grid-4 cell: the common case
+      } else {
+        span_fast<kWarpOnly, kShift>(arow, brow, sp.x0, sp.x1, sp.dx, res_row, warp_row);
+      }
       continue;
     }
     for (int x = sp.x0; x < sp.x1; ++x) {
