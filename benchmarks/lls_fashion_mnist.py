@@ -57,7 +57,7 @@ def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: 
              part: Path | None = None) -> dict:
     """Train `mode` for the shared budget, then measure accuracy, MACs and memory; `part` gets per-epoch progress."""
     torch.manual_seed(args.seed)
-    model = create_model("lls_smallconv", mode=mode)
+    model = create_model("lls_smallconv", mode=mode, temperature=args.temperature)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))
     learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader),
@@ -120,6 +120,7 @@ def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict
             "batch_size": args.batch_size,
             "optimizer": f"AdamW lr {args.lr} weight decay {args.weight_decay} + cosine, per block in local modes",
             "augmentation": "RandomCrop(28, pad 4) + horizontal flip" if args.augment != "none" else "none",
+            "lls_temperature": args.temperature,
             "seed": args.seed,
             "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
                              f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
@@ -135,7 +136,8 @@ def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict
 def _run_workers(args: argparse.Namespace, parts: Path, console: Console) -> list[dict]:
     """One worker process per mode (at most `jobs` at once); each writes parts/<mode>.json."""
     base = [sys.executable, __file__, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--weight-decay", str(args.weight_decay), "--seed", str(args.seed),
+            "--lr", str(args.lr), "--weight-decay", str(args.weight_decay), "--temperature", str(args.temperature),
+            "--seed", str(args.seed),
             "--augment", args.augment, "--data", args.data, "--threads", str(args.threads),
             "--parts", str(parts), "--worker"] + (["--subset", str(args.subset)] if args.subset else [])
     pending, running = list(args.modes), []
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (every mode)")
+    parser.add_argument("--temperature", type=float, default=0.5, help="LLS temperature T (local modes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", choices=("none", "crop-flip"), default="none",
                         help="training augmentation: none (default) or RandomCrop(28, pad 4) + flip as the paper")
