@@ -7,7 +7,6 @@ file system allows) plus 60 MB of writes, instead of a decode/re-encode of every
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,16 +38,44 @@ def temp_sibling(dst: Path) -> Path:
 def copy_with_patches(src: Path, dst: Path, patches: list[tuple[int, bytes]]) -> None:
     """Write `src` with byte ranges replaced (`(offset, data)`) to `dst`, atomically (temp + rename).
 
-    No fsync: like `shutil.copy`, durability is left to the OS; readers never see a partial `dst`.
+    One sequential pass: the unchanged ranges go kernel-side (`sendfile`), the patches are written in between, so
+    every output page is written once (patching a finished copy made the patch writes wait for the copy's
+    writeback: 0.6 s extra on a 3.4 GB UNet). No fsync: like `shutil.copy`, durability is left to the OS; readers
+    never see a partial `dst`.
     """
+    size = src.stat().st_size
     tmp = temp_sibling(dst)
     try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "r+b") as f:
-            for offset, data in patches:
-                f.seek(offset)
-                f.write(data)
+        # "r+b", not "wb": O_TRUNC on the (empty) temp file makes ext4 flush the whole file when it is closed
+        # (auto_da_alloc), which cost 0.5+ s on a 3.4 GB UNet; the temp file is new and empty anyway.
+        with open(src, "rb", buffering=0) as fi, open(tmp, "r+b", buffering=0) as fo:
+            pos = 0
+            for offset, data in sorted(patches, key=lambda p: p[0]):
+                if offset < pos or offset + len(data) > size:
+                    raise ValueError(f"{src}: patch at {offset} (+{len(data)} bytes) overlaps another or the end")
+                _copy_range(fi.fileno(), fo.fileno(), pos, offset - pos)
+                view = memoryview(data)
+                while view:  # unbuffered writes may be partial
+                    view = view[fo.write(view):]
+                pos = offset + len(data)
+            _copy_range(fi.fileno(), fo.fileno(), pos, size - pos)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _copy_range(fd_in: int, fd_out: int, offset: int, count: int) -> None:
+    """Append `count` bytes of `fd_in` from `offset` to `fd_out` (sendfile; plain reads where it is refused)."""
+    while count > 0:
+        try:
+            sent = os.sendfile(fd_out, fd_in, offset, min(count, 1 << 30))
+        except OSError:
+            sent = 0
+        if sent == 0:  # sendfile unsupported here (or EOF): fall back to read/write
+            data = os.pread(fd_in, min(count, 1 << 24), offset)
+            if not data:
+                raise EOFError(f"source ended {count} bytes early")
+            sent = os.write(fd_out, data)
+        offset += sent
+        count -= sent
