@@ -16,4 +16,10 @@ void rasterise(const int32_t* rows, int64_t n, int height, int width, int grid, 
 
 inline int cells(int extent, int grid) { return (extent + grid - 1) / grid; }
 
+// floor(v) as int for |v| < 2^31, without a libm call (baseline x86-64 has no SSE4.1 round instruction).
+inline int floor_int(float v) {
+  const int i = static_cast<int>(v);
+  return i - (static_cast<float>(i) > v);
+}
+
 }  // namespace edgeml::mv

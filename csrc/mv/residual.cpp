@@ -30,8 +30,8 @@ void cell_row_spans(const float* field, int height, int width, int grid, int i, 
     const int x0 = j * grid, x1 = std::min(x0 + grid, width);
     int dx = 0, dy = 0;
     if (fx) {
-      dx = static_cast<int>(std::floor(-fx[j]));
-      dy = static_cast<int>(std::floor(-fx[j + plane]));
+      dx = floor_int(-fx[j]);
+      dy = floor_int(-fx[j + plane]);
     }
     if (!spans.empty() && spans.back().dx == dx && spans.back().dy == dy && spans.back().x1 == x0) {
       spans.back().x1 = x1;
