@@ -1,5 +1,6 @@
 // pybind11 glue for csrc/mv (and its CUDA twins).
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bind_util.h"
@@ -83,14 +84,16 @@ std::vector<edgeml::mv::Plane> planes_of(const py::sequence& seq, const char* na
   std::vector<edgeml::mv::Plane> out;
   for (size_t c = 0; c < seq.size(); ++c) {
     py::object o = seq[c];
-    const std::string what = std::string(name) + "[" + std::to_string(c) + "]";
-    if (!py::isinstance<py::array>(o)) throw py::type_error(what + ": expected a numpy array");
+    auto what = [&] { return std::string(name) + "[" + std::to_string(c) + "]"; };  // only built for errors
+    if (!py::isinstance<py::array>(o)) throw py::type_error(what() + ": expected a numpy array");
     py::array a = py::reinterpret_borrow<py::array>(o);
     if (!a.dtype().equal(py::dtype::of<uint8_t>())) {
-      throw py::type_error(what + ": expected dtype uint8, got " + std::string(py::str(a.dtype())));
+      throw py::type_error(what() + ": expected dtype uint8, got " + std::string(py::str(a.dtype())));
     }
-    if (a.ndim() != 2) throw py::value_error(what + ": expected a 2-D plane, got shape " + edgeml::bind::shape_str(a));
-    if (a.strides(0) <= 0 || a.strides(1) <= 0) throw py::value_error(what + ": strides must be positive");
+    if (a.ndim() != 2) {
+      throw py::value_error(what() + ": expected a 2-D plane, got shape " + edgeml::bind::shape_str(a));
+    }
+    if (a.strides(0) <= 0 || a.strides(1) <= 0) throw py::value_error(what() + ": strides must be positive");
     const int h = static_cast<int>(a.shape(0)), w = static_cast<int>(a.shape(1));
     if (c == 0) {
       height = h;
@@ -101,8 +104,8 @@ std::vector<edgeml::mv::Plane> planes_of(const py::sequence& seq, const char* na
     auto shift = [&](int got, int full, const char* axis) {
       if (got == full) return 0;
       if (got == (full + 1) / 2) return 1;
-      throw py::value_error(what + ": " + axis + " " + std::to_string(got) + " is neither " + std::to_string(full) +
-                            " nor half of it");
+      throw py::value_error(what() + ": " + axis + " " + std::to_string(got) + " is neither " +
+                            std::to_string(full) + " nor half of it");
     };
     const int sy = shift(h, height, "height"), sx = shift(w, width, "width");
     keep.push_back(a);
@@ -117,11 +120,10 @@ const float* field_of(const py::object& obj, int height, int width, int grid, py
   return keep.data();
 }
 
-py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
-                              int grid, bool on_cuda, const py::object& out_obj = py::none()) {
-  check_grid(grid);
-  std::vector<py::array> keep;
-  int h = 0, w = 0, h2 = 0, w2 = 0;
+// cur and ref planes, checked to match: (cur, ref) with (height, width) of the first plane.
+std::pair<std::vector<edgeml::mv::Plane>, std::vector<edgeml::mv::Plane>> plane_pair(
+    const py::sequence& cur_seq, const py::sequence& ref_seq, int& h, int& w, std::vector<py::array>& keep) {
+  int h2 = 0, w2 = 0;
   auto cur = planes_of(cur_seq, "cur", h, w, keep);
   auto ref = planes_of(ref_seq, "ref", h2, w2, keep);
   if (cur.size() != ref.size() || h != h2 || w != w2) {
@@ -132,8 +134,26 @@ py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& r
       throw py::value_error("cur and ref planes " + std::to_string(c) + " differ in subsampling");
     }
   }
+  return {std::move(cur), std::move(ref)};
+}
+
+py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, const std::vector<edgeml::mv::Plane>& ref,
+                                 int h, int w, const float* f, int grid, bool on_cuda, const py::object& out_obj);
+
+py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
+                              int grid, bool on_cuda, const py::object& out_obj = py::none()) {
+  check_grid(grid);
+  std::vector<py::array> keep;
+  int h = 0, w = 0;
+  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
   py::array_t<float> fkeep;
   const float* f = field_of(field_obj, h, w, grid, fkeep);
+  return residual_of(cur, ref, h, w, f, grid, on_cuda, out_obj);
+}
+
+// The residual of parsed planes into a fresh array or the caller's `out` (C-contiguous int16 [C, H, W]).
+py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, const std::vector<edgeml::mv::Plane>& ref,
+                                 int h, int w, const float* f, int grid, bool on_cuda, const py::object& out_obj) {
   const int channels = static_cast<int>(cur.size());
   py::array_t<int16_t> out;
   if (out_obj.is_none()) {
@@ -187,7 +207,7 @@ py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const 
   auto rows = require<int32_t>(rows_obj, "rows", {-1, edgeml::mv::kRowCols});
   std::vector<py::array> keep;
   int h = 0, w = 0;
-  planes_of(cur_seq, "cur", h, w, keep);  // validates; residual() re-reads the planes
+  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
   const py::ssize_t ho = edgeml::mv::cells(h, grid), wo = edgeml::mv::cells(w, grid);
   py::array_t<float> field({static_cast<py::ssize_t>(2), ho, wo});
   py::array_t<float> prev;
@@ -206,7 +226,7 @@ py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const 
     edgeml::mv::rasterise(rows.data(), n, h, w, grid, field.mutable_data());
     if (chained) edgeml::mv::accumulate(field.data(), prev.data(), h, w, grid, field.mutable_data());
   }
-  auto res = residual(cur_seq, ref_seq, field, grid, on_cuda, out_obj);
+  auto res = residual_of(cur, ref, h, w, field.data(), grid, on_cuda, out_obj);
   return py::make_tuple(field, res);
 }
 
