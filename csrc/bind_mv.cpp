@@ -137,20 +137,6 @@ std::pair<std::vector<edgeml::mv::Plane>, std::vector<edgeml::mv::Plane>> plane_
   return {std::move(cur), std::move(ref)};
 }
 
-py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, const std::vector<edgeml::mv::Plane>& ref,
-                                 int h, int w, const float* f, int grid, bool on_cuda, const py::object& out_obj);
-
-py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
-                              int grid, bool on_cuda, const py::object& out_obj = py::none()) {
-  check_grid(grid);
-  std::vector<py::array> keep;
-  int h = 0, w = 0;
-  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
-  py::array_t<float> fkeep;
-  const float* f = field_of(field_obj, h, w, grid, fkeep);
-  return residual_of(cur, ref, h, w, f, grid, on_cuda, out_obj);
-}
-
 // The residual of parsed planes into a fresh array or the caller's `out` (C-contiguous int16 [C, H, W]).
 py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, const std::vector<edgeml::mv::Plane>& ref,
                                  int h, int w, const float* f, int grid, bool on_cuda, const py::object& out_obj) {
@@ -174,6 +160,17 @@ py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, cons
     edgeml::mv::residual(cur.data(), ref.data(), channels, f, h, w, grid, out.mutable_data());
   }
   return out;
+}
+
+py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
+                              int grid, bool on_cuda, const py::object& out_obj = py::none()) {
+  check_grid(grid);
+  std::vector<py::array> keep;
+  int h = 0, w = 0;
+  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
+  py::array_t<float> fkeep;
+  const float* f = field_of(field_obj, h, w, grid, fkeep);
+  return residual_of(cur, ref, h, w, f, grid, on_cuda, out_obj);
 }
 
 py::array_t<uint8_t> warp(const py::sequence& ref_seq, const py::object& field_obj, int grid, bool on_cuda) {
