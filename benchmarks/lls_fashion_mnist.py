@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from edgeml.bench.lls_cost import measure_peak_memory, training_macs
 from edgeml.data import open_image_dataset
 from edgeml.io import write_json
-from edgeml.lls.trainer import LocalLearner
+from edgeml.lls.trainer import OPTIMIZERS, LocalLearner
 from edgeml.registry import create_model
 
 MODES = ("bp", "lls", "lls_m", "lls_mxm", "local_learnable")
@@ -57,11 +57,13 @@ def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: 
              part: Path | None = None) -> dict:
     """Train `mode` for the shared budget, then measure accuracy, MACs and memory; `part` gets per-epoch progress."""
     torch.manual_seed(args.seed)
-    model = create_model("lls_smallconv", mode=mode, temperature=args.temperature)
+    model = create_model("lls_smallconv", mode=mode, temperature=args.temperature,
+                         label_smoothing=args.label_smoothing)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))
     learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader),
-                           weight_decay=args.weight_decay)
+                           weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, optimizer=args.optimizer,
+                           lr_scales=args.lr_scales)
     epoch_times, cpu_times, history = [], [], []
     with Progress(TextColumn(f"[bold]{mode:>15}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
@@ -114,13 +116,20 @@ def summary_table(rows: list[dict]) -> Table:
     return table
 
 
+def _optimizer_text(args: argparse.Namespace) -> str:
+    kind = "AdamW + cosine" if args.optimizer == "adamw" else "schedule-free AdamW (constant lr, averaged iterate)"
+    scales = f", lr factors per stage {args.lr_scales}" if args.lr_scales else ""
+    return (f"{kind}, lr {args.lr}{scales}, weight decay {args.weight_decay}, warm-up {args.warmup_steps} steps; "
+            "one optimizer per block in local modes")
+
+
 def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict:
     return {"benchmark": "lls_fashion_mnist", "model": "lls_smallconv", "data": args.data,
             "train_images": train_images, "test_images": test_images, "epochs": args.epochs,
             "batch_size": args.batch_size,
-            "optimizer": f"AdamW lr {args.lr} weight decay {args.weight_decay} + cosine, per block in local modes",
+            "optimizer": _optimizer_text(args),
             "augmentation": "RandomCrop(28, pad 4) + horizontal flip" if args.augment != "none" else "none",
-            "lls_temperature": args.temperature,
+            "lls_temperature": args.temperature, "lls_label_smoothing": args.label_smoothing,
             "seed": args.seed,
             "memory_method": "RSS growth over the pre-training footprint, fresh process per mode, batch "
                              f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
@@ -137,6 +146,9 @@ def _run_workers(args: argparse.Namespace, parts: Path, console: Console) -> lis
     """One worker process per mode (at most `jobs` at once); each writes parts/<mode>.json."""
     base = [sys.executable, __file__, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
             "--lr", str(args.lr), "--weight-decay", str(args.weight_decay), "--temperature", str(args.temperature),
+            "--label-smoothing", str(args.label_smoothing), "--optimizer", args.optimizer,
+            "--warmup-steps", str(args.warmup_steps),
+            *(["--lr-scales", *map(str, args.lr_scales)] if args.lr_scales else []),
             "--seed", str(args.seed),
             "--augment", args.augment, "--data", args.data, "--threads", str(args.threads),
             "--parts", str(parts), "--worker"] + (["--subset", str(args.subset)] if args.subset else [])
@@ -160,8 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                        help="adamw (+ cosine schedule, default) or adamw_schedulefree (the authors'; needs the "
+                             "schedulefree package; BN statistics are then re-estimated before evaluation in every "
+                             "mode)")
+    parser.add_argument("--lr-scales", type=float, nargs="+", default=None,
+                        help="lr factor per block + one for the classifier (every mode: BP gets them as param "
+                             "groups); default: 1 everywhere")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up steps (every mode)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (every mode)")
     parser.add_argument("--temperature", type=float, default=0.5, help="LLS temperature T (local modes)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="label smoothing of the LLS local losses (local modes; the classifier CE has none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", choices=("none", "crop-flip"), default="none",
                         help="training augmentation: none (default) or RandomCrop(28, pad 4) + flip as the paper")

@@ -7,23 +7,29 @@ block's activations are alive at a time (the memory saving of LLS). The final cl
 its detached input. In `bp` mode one optimizer trains the whole net on the classifier's CE (same optimizer
 settings: a fair baseline). Under DDP the learner averages each optimizer's gradients over the ranks
 (all-reduce) right before that optimizer steps, so the per-block optimizers stay in sync.
+`optimizer="adamw_schedulefree"` swaps AdamW + cosine for the authors' schedule-free AdamW (package
+`schedulefree`; constant lr after the warm-up): its evaluation weights are the averaged iterate, so
+`before_eval` then switches every optimizer to its eval weights and re-estimates BatchNorm statistics in
+every mode, BP included (as the authors' loop does); the next `train_step` switches back.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeml.errors import ConfigError
+from edgeml.errors import ConfigError, MissingDependencyError
 from edgeml.lls.rule import check_mode
 from edgeml.train import average_gradients, cosine_schedule, load_optimizer_tensors, optimizer_tensors
 
 BN_BATCHES = 50  # the authors re-estimate BatchNorm statistics on 50 training batches before each evaluation
+OPTIMIZERS = ("adamw", "adamw_schedulefree")
+SF_GROUP_KEYS = ("k", "weight_sum", "lr_max")  # schedule-free AdamW's per-group state beside the tensors
 
 
 def batch_images(batch: Any) -> torch.Tensor:
@@ -33,13 +39,22 @@ def batch_images(batch: Any) -> torch.Tensor:
     return batch[0]
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 class LocalLearner:
     """Per-block optimizers for LLS / LLS-M / LLS-MxM / local classifiers, one optimizer for `bp`."""
 
     def __init__(self, model: nn.Module, mode: str | None = None, lr: float = 5e-3, epochs: int = 1,
-                 steps_per_epoch: int = 1, distributed: bool = False, weight_decay: float = 0.0, **_: Any):
+                 steps_per_epoch: int = 1, distributed: bool = False, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, optimizer: str = "adamw", lr_scales: Sequence[float] | None = None,
+                 **_: Any):
         self.model = model
         self.mode = check_mode(mode or getattr(model, "mode", "bp"))
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.schedule_free = optimizer == "adamw_schedulefree"
         if not hasattr(model, "blocks"):
             raise ConfigError(f"mode {self.mode!r} needs an LLS net (lls_smallconv, lls_vgg8, lls_vww)")
         if self.mode != "bp" and self.mode != model.mode:
@@ -47,13 +62,30 @@ class LocalLearner:
             # heads (freshly initialised where the shape changes) and model.config records the mode.
             model.set_mode(self.mode)
         self.distributed = distributed and torch.distributed.is_available() and torch.distributed.is_initialized()
-        if self.mode == "bp":
-            self.groups = [list(model.parameters())]
-        else:
-            self.groups = [list(b.parameters()) for b in model.blocks] + [list(model.classifier.parameters())]
-        self.optimizers = [torch.optim.AdamW(g, lr=lr, weight_decay=weight_decay) for g in self.groups]
+        stages = [list(b.parameters()) for b in model.blocks] + [list(model.classifier.parameters())]
+        scales = [1.0] * len(stages) if lr_scales is None else [float(x) for x in lr_scales]
+        if len(scales) != len(stages):
+            raise ConfigError(f"lr_scales needs one factor per block plus one for the classifier ({len(stages)}), "
+                              f"got {len(scales)}")
+        # BP: one optimizer whose param groups carry the same per-stage lr factors as the local optimizers.
+        param_sets = [[{"params": g, "lr": lr * f} for g, f in zip(stages, scales, strict=True)]] \
+            if self.mode == "bp" else [[{"params": g, "lr": lr * f}] for g, f in zip(stages, scales, strict=True)]
+        self.groups = [list(model.parameters())] if self.mode == "bp" else stages
         total = max(1, epochs * steps_per_epoch)
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, cosine_schedule(total)) for o in self.optimizers]
+        if self.schedule_free:
+            try:
+                from schedulefree import AdamWScheduleFree
+            except ImportError as exc:
+                raise MissingDependencyError("schedulefree", purpose="schedule-free AdamW") from exc
+            self.optimizers = [AdamWScheduleFree(g, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+                               for g in param_sets]
+            schedule = _constant  # the optimizer warms up and averages itself
+        else:
+            self.optimizers = [torch.optim.AdamW(g, lr=lr, weight_decay=weight_decay) for g in param_sets]
+            schedule = cosine_schedule(total, warmup_steps)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
+        # A schedule-free optimizer starts in eval mode: the first train_step switches it to training.
+        self._eval_weights = self.schedule_free
         if self.distributed:
             self._broadcast_from_rank0()
 
@@ -71,6 +103,10 @@ class LocalLearner:
         """One batch: `inputs[0]` images [B, C, H, W] in [0, 1], `labels` [B] -> metrics."""
         model = self.model
         model.train()
+        if self._eval_weights:
+            for opt in self.optimizers:
+                opt.train()
+            self._eval_weights = False
         device = next(model.parameters()).device
         image, labels = inputs[0].to(device), labels.to(device)
         metrics: dict[str, float] = {}
@@ -101,8 +137,15 @@ class LocalLearner:
 
     @torch.no_grad()
     def before_eval(self, loader: Iterable) -> None:
-        """Re-estimate BatchNorm running statistics on up to 50 training batches (train-mode forward)."""
-        if self.mode == "bp":
+        """Re-estimate BatchNorm running statistics on up to 50 training batches (train-mode forward).
+
+        Local modes always; BP only with schedule-free AdamW, whose eval weights differ from the trained ones.
+        """
+        if self.schedule_free and not self._eval_weights:
+            for opt in self.optimizers:
+                opt.eval()
+            self._eval_weights = True
+        if self.mode == "bp" and not self.schedule_free:
             return
         device = next(self.model.parameters()).device
         self.model.train()
@@ -118,9 +161,27 @@ class LocalLearner:
 
     # -- checkpoint state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Optimizer moments, step counts and schedule positions as flat tensors (`opt{i}.{param}.{key}`)."""
-        return optimizer_tensors(self.optimizers, self.schedulers)
+        """Optimizer moments, step counts and schedule positions as flat tensors (`opt{i}.{param}.{key}`).
+
+        Schedule-free AdamW adds its per-group counters (`sf{i}.{key}`) and whether the model holds the eval
+        weights (`sf.eval_weights`: a checkpoint written after an evaluation holds the averaged iterate).
+        """
+        out = optimizer_tensors(self.optimizers, self.schedulers)
+        if self.schedule_free:
+            for i, opt in enumerate(self.optimizers):
+                for key in SF_GROUP_KEYS:
+                    out[f"sf{i}.{key}"] = torch.tensor(float(opt.param_groups[0][key]), dtype=torch.float64)
+            out["sf.eval_weights"] = torch.tensor(self._eval_weights)
+        return out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `state_dict` (the learner must have been built for the same model and mode)."""
         load_optimizer_tensors(self.optimizers, self.schedulers, tensors)
+        if self.schedule_free and "sf.eval_weights" in tensors:
+            self._eval_weights = bool(tensors["sf.eval_weights"])
+            for i, opt in enumerate(self.optimizers):
+                for group in opt.param_groups:
+                    for key in SF_GROUP_KEYS:
+                        value = float(tensors[f"sf{i}.{key}"])
+                        group[key] = int(value) if key == "k" else value
+                    group["train_mode"] = not self._eval_weights

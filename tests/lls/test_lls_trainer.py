@@ -94,3 +94,77 @@ def test_learner_switches_a_default_built_net_to_its_mode():
 def test_non_lls_model_is_refused():
     with pytest.raises(ConfigError, match="LLS net"):
         LocalLearner(torch.nn.Linear(3, 2), mode="lls")
+
+
+@pytest.mark.parametrize("mode", ["bp", "lls"])
+def test_schedule_free_learns_and_evaluates_on_the_averaged_weights(mode):
+    pytest.importorskip("schedulefree")
+    model = _net(mode)
+    images, labels = _toy()
+    learner = LocalLearner(model, mode=mode, lr=5e-3, epochs=1, steps_per_epoch=30, optimizer="adamw_schedulefree")
+    for _ in range(30):
+        learner.train_step([images], labels)
+    trained = [p.detach().clone() for p in model.parameters()]
+    bn = model.blocks[0].block[1]
+    stats = bn.running_mean.clone()
+    learner.before_eval([{"image": images * 5.0}] * 3)
+    # eval weights = the averaged iterate x, not the training point y; BN statistics re-estimated (BP too)
+    assert any(not torch.allclose(a, b) for a, b in zip(trained, model.parameters(), strict=True))
+    assert not torch.allclose(stats, bn.running_mean)
+    learner.before_eval([{"image": images}] * 3)
+    with torch.no_grad():
+        test_images, test_labels = _toy(seed=1)
+        assert (model(test_images).argmax(1) == test_labels).float().mean().item() > 0.9
+    learner.train_step([images], labels)  # switches back to the training point before stepping
+    assert all(g["train_mode"] for opt in learner.optimizers for g in opt.param_groups)
+
+
+def test_schedule_free_state_round_trip_after_an_evaluation():
+    pytest.importorskip("schedulefree")
+    images, labels = _toy()
+    model = _net("lls_m")
+    learner = LocalLearner(model, mode="lls_m", lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree")
+    for _ in range(3):
+        learner.train_step([images], labels)
+    learner.before_eval([{"image": images}])
+    state = learner.state_dict()
+    clone = _net("lls_m")
+    clone.load_state_dict(model.state_dict())
+    resumed = LocalLearner(clone, mode="lls_m", lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree")
+    resumed.load_state_dict(state)
+    learner.train_step([images], labels)
+    resumed.train_step([images], labels)
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert resumed.optimizers[0].param_groups[0]["k"] == learner.optimizers[0].param_groups[0]["k"] == 4
+
+
+def test_warmup_ramps_the_learning_rate_linearly():
+    model = _net("lls")
+    learner = LocalLearner(model, mode="lls", lr=1e-2, epochs=1, steps_per_epoch=100, warmup_steps=10)
+    images, labels = _toy()
+    assert learner.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)
+    learner.train_step([images], labels)
+    assert learner.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-3)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ConfigError, match="optimizer"):
+        LocalLearner(_net("lls"), mode="lls", optimizer="sgd")
+
+
+@pytest.mark.parametrize("mode", ["bp", "lls"])
+def test_lr_scales_set_the_same_per_stage_learning_rates_in_every_mode(mode):
+    model = _net(mode)
+    scales = [0.25, 0.5, 1.0, 1.0, 2.0]
+    learner = LocalLearner(model, mode=mode, lr=4e-3, epochs=1, steps_per_epoch=10, lr_scales=scales)
+    groups = [g for opt in learner.optimizers for g in opt.param_groups]
+    assert [g["lr"] for g in groups] == pytest.approx([4e-3 * f for f in scales])
+    stages = [*model.blocks, model.classifier]
+    for group, stage in zip(groups, stages, strict=True):
+        assert {id(p) for p in group["params"]} == {id(p) for p in stage.parameters()}
+
+
+def test_lr_scales_of_the_wrong_length_are_refused():
+    with pytest.raises(ConfigError, match="one factor per block"):
+        LocalLearner(_net("lls"), mode="lls", lr_scales=[1.0, 1.0])
