@@ -219,7 +219,7 @@ def open_split(task: str, data: Any, split: str, **opts: Any) -> torch.utils.dat
         if not any(path.iterdir()):
             raise DataError("clip cache folder is empty", path=path,
                             fix="build one with `edgeml data build VIDEOS_DIR CACHE_DIR`")
-        ds = ClipDataset(path, split)
+        ds = ClipDataset(path, split, augment=opts.get("augment", split == "train"))
     elif task == "image":
         from edgeml.data import open_image_dataset
 
@@ -371,7 +371,7 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
     opts = dict(data_opts or {})
     train_ds = open_split(spec.task, data, "train", **opts)
     try:
-        val_ds = open_split(spec.task, data, "val", **{**opts, "augment": False} if spec.task == "image" else opts)
+        val_ds = open_split(spec.task, data, "val", **{**opts, "augment": False})
     except DataError:
         val_ds = None
     classes = list(getattr(train_ds, "classes", []) or [])
@@ -468,7 +468,7 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
                               "val": history[-1].get("val") if history else None,
                               "seconds": time.perf_counter() - t0, "checkpoint": str(out / BEST)}
     try:
-        test_ds = open_split(spec.task, data, "test", **{**opts, "augment": False} if spec.task == "image" else opts)
+        test_ds = open_split(spec.task, data, "test", **{**opts, "augment": False})
     except DataError:
         test_ds = None
     if test_ds is not None and (out / BEST).is_file():

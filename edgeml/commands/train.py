@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per process (default: torch's; 1 is fastest on a busy shared CPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no training augmentation (default: the image set's own, e.g. crop + flip; for clip "
+                        "caches, the mirrors the source's mirror.json lists, with their label swaps)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model config, e.g. --set beta=0 --set surrogate=arctan (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     result = train_from_args(args.model, args.data, args.out, size=args.size, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed,
                              resume=args.resume, workers=args.workers, threads=args.threads,
-                             progress=not args.no_progress, weight_decay=args.weight_decay, overrides=overrides)
+                             progress=not args.no_progress, weight_decay=args.weight_decay, overrides=overrides,
+                             data_opts={"augment": False} if args.no_augment else None)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         brief = {k: v for k, v in result.items() if k not in ("val", "test")}
         for split in ("val", "test"):

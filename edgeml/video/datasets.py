@@ -8,6 +8,13 @@ class folders (`<root>/<class>/*`; split 80/10/10 by a hash of the file name).
 The build runs videos in worker processes; each finished video is one shard written atomically, so a killed build
 resumes where it stopped (finished shards are reused, not redone). A video that cannot be decoded is skipped and
 reported (in `index.json` and on the console) instead of aborting the build.
+
+Mirror augmentation: a source folder may hold `mirror.json`, {"horizontal": {class: class, ...}, "vertical": {...}},
+the classes a mirrored video trades (the synth set writes one: left <-> right, cw <-> ccw); an axis with {} mirrors
+without relabelling (e.g. `{"horizontal": {}}` for UCF-101). The cache index keeps it as label permutations, and
+`ClipDataset(..., augment=True)` mirrors each clip with probability 1/2 per listed axis — frames, residuals and the
+motion field (its cells mirrored and the vector component along the axis negated) — and relabels it. Without the file
+nothing is mirrored.
 """
 
 from __future__ import annotations
@@ -94,6 +101,46 @@ def scan_layout(root: str | os.PathLike, split: int = 1) -> tuple[str, list[str]
 def _read_classes(root: Path) -> list[str] | None:
     f = root / "classes.txt"
     return [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else None
+
+
+MIRROR_AXES = {"horizontal": (-1, 0), "vertical": (-2, 1)}  # axis -> (tensor dim, motion-field channel)
+
+
+def read_mirror(root: Path, classes: list[str]) -> dict[str, list[int]]:
+    """`<root>/mirror.json` -> {axis: label permutation}; {} when the file is absent (see the module docstring)."""
+    path = root / "mirror.json"
+    if not path.is_file():
+        return {}
+    fix = 'write {"horizontal": {"left": "right"}, "vertical": {}} style JSON with class names from classes.txt'
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read mirror.json ({e})", path=path, fix=fix) from e
+    if not isinstance(spec, dict) or not set(spec) <= set(MIRROR_AXES):
+        raise DataError(f"mirror.json must map axes ({', '.join(MIRROR_AXES)}) to class swaps", path=path, fix=fix)
+    perms = {}
+    for axis, swaps in spec.items():
+        if not isinstance(swaps, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in swaps.items()):
+            raise DataError(f"mirror.json: {axis!r} must map class names to class names", path=path, fix=fix)
+        unknown = sorted({*swaps, *swaps.values()} - set(classes))
+        if unknown:
+            raise DataError(f"mirror.json names unknown classes {unknown}", path=path, fix=fix)
+        both = {**swaps, **{v: k for k, v in swaps.items()}}
+        perms[axis] = [classes.index(both.get(c, c)) for c in classes]
+    return perms
+
+
+def mirror_clip(item: dict[str, Any], axis: str, perm: list[int]) -> dict[str, Any]:
+    """A `ClipDataset` item mirrored along `axis` ("horizontal" | "vertical") and relabelled by `perm`."""
+    import torch
+
+    dim, channel = MIRROR_AXES[axis]
+    out = {k: v.flip(dim) if k in ("iframe", "residual", "frames") else v for k, v in item.items()}
+    mv = item["mv"].flip(dim)
+    mv[:, channel] = -mv[:, channel]  # a block that came from the left now comes from the right
+    out["mv"] = mv
+    out["label"] = torch.tensor(perm[int(item["label"])], dtype=torch.int64)
+    return out
 
 
 def _ucf(root: Path, lists: Path, split: int) -> tuple[list[str], list[tuple[Path, str, str]]]:
@@ -186,6 +233,7 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     if grid not in GRIDS:
         raise DataError(f"grid must be one of {GRIDS}, got {grid}")
     layout, classes, items = scan_layout(source, split)
+    mirror = read_mirror(source, classes)
     settings = {"format": FORMAT_VERSION, "source": str(source.resolve()), "layout": layout, "split": split,
                 "clip_len": clip_len, "grid": grid, "size": list(size), "accumulate": accumulate}
     settings_path = cache / "settings.json"
@@ -217,7 +265,7 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
-    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused)
+    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused, mirror=mirror)
 
 
 def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
@@ -235,7 +283,8 @@ def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
     return results
 
 
-def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int) -> Path:
+def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int,
+                 mirror: dict[str, list[int]]) -> Path:
     from safetensors import safe_open
 
     splits: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
@@ -250,7 +299,7 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
     h, w = settings["size"]
     meta = {"clip_len": settings["clip_len"], "grid": settings["grid"], "size": [h, w],
             "accumulate": "iframe" if settings["accumulate"] else "previous", "warp": "nearest",
-            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped"}
+            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped", "mirror": mirror}
     index = {"format": FORMAT_VERSION, "meta": meta, "settings": settings, "classes": classes, "splits": splits,
              "clips": {s: sum(e["clips"] for e in v) for s, v in splits.items()},
              "broken": [p for p in problems if p["status"] == "broken"],
@@ -265,9 +314,11 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
 
 class ClipDataset:
     """torch Dataset over a clip cache. Item: iframe float32 [3,H,W] (RGB 0..255), mv float32 [T,2,H/g,W/g]
-    (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 []."""
+    (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 [].
+    `augment`: mirror each item at random along the axes the cache's `meta["mirror"]` lists (module docstring)."""
 
-    def __init__(self, cache_dir: str | os.PathLike, split: str = "train", *, max_open: int = 16):
+    def __init__(self, cache_dir: str | os.PathLike, split: str = "train", *, augment: bool = False,
+                 max_open: int = 16):
         self.root = Path(cache_dir)
         if split not in SPLIT_NAMES:
             raise DataError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLIT_NAMES)}")
@@ -279,6 +330,7 @@ class ClipDataset:
         self.classes: list[str] = index["classes"]
         self.meta: dict = index["meta"]
         self.split = split
+        self.mirror: dict[str, list[int]] = self.meta.get("mirror", {}) if augment else {}
         self._items = [(e["shard"], i, e["label"]) for e in index["splits"][split] for i in range(e["clips"])]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         self._max_open = max_open
@@ -306,6 +358,9 @@ class ClipDataset:
         arrays = self._shard(rel)
         item = {name: torch.from_numpy(arrays[name][k].astype(np.float32)) for name in arrays}
         item["label"] = torch.tensor(label, dtype=torch.int64)
+        for axis, perm in self.mirror.items():
+            if bool(torch.rand(()) < 0.5):
+                item = mirror_clip(item, axis, perm)
         return item
 
     def labels(self) -> list[int]:

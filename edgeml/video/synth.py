@@ -4,7 +4,9 @@ Each video shows one textured shape (random outline, texture, colours, size, pos
 noise background. The class is what the shape does — translate left/right/up/down, rotate cw/ccw, zoom in/out — so
 appearance carries no label information: only motion (vectors and residuals) separates the classes.
 
-Layout written: OUT/{train,val,test}/<class>/<class>_<nnn>.avi, OUT/classes.txt, OUT/synth.json.
+Layout written: OUT/{train,val,test}/<class>/<class>_<nnn>.avi, OUT/classes.txt, OUT/mirror.json, OUT/synth.json.
+`mirror.json` says which classes trade places in a mirrored video (left <-> right in a horizontal mirror, cw <-> ccw in
+either); the clip cache copies it, and training uses it for mirror augmentation (`edgeml.video.datasets`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from edgeml.io import read_json, write_json, write_text
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "zoom_in", "zoom_out")
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SHAPES = ("square", "triangle", "cross", "ellipse", "star")
+# What a mirror does to the labels: a horizontal mirror swaps left/right and turns cw into ccw; a vertical one
+# swaps up/down and also turns cw into ccw; zooms are unchanged by both.
+MIRROR_SWAPS = {"horizontal": {"left": "right", "rotate_cw": "rotate_ccw"},
+                "vertical": {"up": "down", "rotate_cw": "rotate_ccw"}}
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
@@ -166,6 +172,8 @@ def make_synth_dataset(out_dir: str | os.PathLike, *, per_class: int = 48, size:
     if meta_path.is_file():
         meta = read_json(meta_path)
         if meta.get("settings") == settings:
+            if not (out / "mirror.json").is_file():  # sets made before mirror.json existed
+                write_json(out / "mirror.json", MIRROR_SWAPS)
             return out
         raise DataError("folder holds a synth set made with other settings", path=out,
                         fix="choose another OUT_DIR or delete this one")
@@ -184,6 +192,7 @@ def make_synth_dataset(out_dir: str | os.PathLike, *, per_class: int = 48, size:
     _run_jobs(jobs, workers, progress)
     counts = {s: sum(1 for p in files if p.parts[-3] == s) for s in SPLITS}
     write_text(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
+    write_json(out / "mirror.json", MIRROR_SWAPS)
     write_json(meta_path, {"settings": settings, "classes": list(CLASSES), "videos": counts, "layout":
                            "<split>/<class>/<class>_<nnn>.avi", "description": __doc__.strip().splitlines()[0]})
     stamp.unlink(missing_ok=True)
