@@ -563,6 +563,17 @@ class _Progress:
 __all__ = ["BackpropLearner", "Learner", "evaluate", "make_learner", "train"]
 
 
+def data_config(ds: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The model config a data set implies (classes; clip length, grid and size of a clip cache; channels and size
+    of an image set), limited to the keys the model takes (`defaults`)."""
+    meta = dict(getattr(ds, "meta", {}) or {})
+    config: dict[str, Any] = {"num_classes": len(ds.classes)} if getattr(ds, "classes", None) else {}
+    if "size" in meta and isinstance(meta["size"], list | tuple):  # a clip cache: [H, W]
+        config["height"], config["width"] = meta["size"]
+    config.update({k: meta[k] for k in ("clip_len", "grid", "in_channels", "image_size", "num_classes") if k in meta})
+    return {k: v for k, v in config.items() if k in defaults}
+
+
 def train_from_args(model: str, data: Any, out: str | os.PathLike, *, size: str | None = None,
                     overrides: dict | None = None, weight_decay: float | None = None, **kwargs: Any) -> dict:
     """What `edgeml train` does: build `model` for `data` (classes and clip geometry read from the data set;
@@ -577,16 +588,8 @@ def train_from_args(model: str, data: Any, out: str | os.PathLike, *, size: str 
     if kwargs.get("resume") and (out / LAST).is_file():
         _, meta = load_checkpoint(out / LAST, expect_model=model)
         config = {**meta.get("config", {}), **config}
-    elif spec.task == "video":
-        ds = open_split("video", data, "train")
-        clip = getattr(ds, "meta", {}) or {}
-        config.setdefault("num_classes", len(ds.classes))
-        for key in ("clip_len", "grid"):
-            if key in clip and key in spec.defaults:
-                config.setdefault(key, clip[key])
-        if "size" in clip and "height" in spec.defaults:
-            config.setdefault("height", clip["size"][0])
-            config.setdefault("width", clip["size"][1])
+    elif spec.task in ("video", "image"):
+        config = {**data_config(open_split(spec.task, data, "train", augment=False), spec.defaults), **config}
     torch.manual_seed(kwargs.get("seed", 0))  # the initial weights are part of what the seed reproduces
     net = create_model(model, **config)
     learner_config = {} if weight_decay is None else {"weight_decay": weight_decay}

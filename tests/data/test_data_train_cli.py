@@ -29,3 +29,15 @@ def test_edgeml_train_missing_dataset_is_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress"])
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_edgeml_train_sizes_the_model_from_the_image_set(tmp_path, capsys):
+    from test_data_cifar import make_cifar10
+
+    data = make_cifar10(tmp_path / "cifar-10-batches-py", n=4)  # 3 x 32 x 32, 10 classes; SmallConv's default: 1 x 28
+    out = tmp_path / "run"
+    code = main(["train", "--model", "lls_smallconv", "--mode", "lls", "--data", str(data), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "8", "--threads", "1", "--no-progress", "--no-augment"])
+    assert code == 0, capsys.readouterr().err
+    _, meta = load_checkpoint(out / "last.safetensors", expect_model="lls_smallconv")
+    assert (meta["config"]["in_channels"], meta["config"]["image_size"], meta["config"]["num_classes"]) == (3, 32, 10)
