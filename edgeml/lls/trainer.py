@@ -76,7 +76,7 @@ class LocalLearner:
             try:
                 from schedulefree import AdamWScheduleFree
             except ImportError as exc:
-                raise MissingDependencyError("schedulefree", purpose="schedule-free AdamW") from exc
+                raise MissingDependencyError("schedulefree", extra="lls", purpose="schedule-free AdamW") from exc
             self.optimizers = [AdamWScheduleFree(g, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
                                for g in param_sets]
             schedule = _constant  # the optimizer warms up and averages itself
