@@ -98,7 +98,6 @@ def test_non_lls_model_is_refused():
 
 @pytest.mark.parametrize("mode", ["bp", "lls"])
 def test_schedule_free_learns_and_evaluates_on_the_averaged_weights(mode):
-    pytest.importorskip("schedulefree")
     model = _net(mode)
     images, labels = _toy()
     learner = LocalLearner(model, mode=mode, lr=5e-3, epochs=1, steps_per_epoch=30, optimizer="adamw_schedulefree")
@@ -120,7 +119,6 @@ def test_schedule_free_learns_and_evaluates_on_the_averaged_weights(mode):
 
 
 def test_schedule_free_state_round_trip_after_an_evaluation():
-    pytest.importorskip("schedulefree")
     images, labels = _toy()
     model = _net("lls_m")
     learner = LocalLearner(model, mode="lls_m", lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree")
