@@ -215,7 +215,8 @@ class TinyT2IJudge(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, 32, 32] (0..255) -> logits [B, 4 + 4 + 2]. Each channel is read relative to its median (the
         background), so a tinted or darker sample reads like a clean one."""
-        background = image.flatten(2).median(dim=2).values[:, :, None, None]
+        flat = image.flatten(2)  # the lower median, as torch.median; sort exports to ONNX (TopK), median does not
+        background = flat.sort(dim=2).values[:, :, (flat.shape[2] - 1) // 2, None, None]
         return self.head(self.features((image - background) / 127.5))
 
     @torch.no_grad()
