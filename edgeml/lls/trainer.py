@@ -163,14 +163,15 @@ class LocalLearner:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Optimizer moments, step counts and schedule positions as flat tensors (`opt{i}.{param}.{key}`).
 
-        Schedule-free AdamW adds its per-group counters (`sf{i}.{key}`) and whether the model holds the eval
+        Schedule-free AdamW adds its per-group counters (`sf{i}.{group}.{key}`) and whether the model holds the eval
         weights (`sf.eval_weights`: a checkpoint written after an evaluation holds the averaged iterate).
         """
         out = optimizer_tensors(self.optimizers, self.schedulers)
         if self.schedule_free:
-            for i, opt in enumerate(self.optimizers):
-                for key in SF_GROUP_KEYS:
-                    out[f"sf{i}.{key}"] = torch.tensor(float(opt.param_groups[0][key]), dtype=torch.float64)
+            for i, opt in enumerate(self.optimizers):  # per group: BP's groups carry different lr factors
+                for j, group in enumerate(opt.param_groups):
+                    for key in SF_GROUP_KEYS:
+                        out[f"sf{i}.{j}.{key}"] = torch.tensor(float(group[key]), dtype=torch.float64)
             out["sf.eval_weights"] = torch.tensor(self._eval_weights)
         return out
 
@@ -180,8 +181,8 @@ class LocalLearner:
         if self.schedule_free and "sf.eval_weights" in tensors:
             self._eval_weights = bool(tensors["sf.eval_weights"])
             for i, opt in enumerate(self.optimizers):
-                for group in opt.param_groups:
+                for j, group in enumerate(opt.param_groups):
                     for key in SF_GROUP_KEYS:
-                        value = float(tensors[f"sf{i}.{key}"])
+                        value = float(tensors[f"sf{i}.{j}.{key}"])
                         group[key] = int(value) if key == "k" else value
                     group["train_mode"] = not self._eval_weights

@@ -118,17 +118,19 @@ def test_schedule_free_learns_and_evaluates_on_the_averaged_weights(mode):
     assert all(g["train_mode"] for opt in learner.optimizers for g in opt.param_groups)
 
 
-def test_schedule_free_state_round_trip_after_an_evaluation():
+@pytest.mark.parametrize(("mode", "scales"), [("lls_m", None), ("bp", (0.25, 0.5, 1.0, 1.0, 1.0))])
+def test_schedule_free_state_round_trip_after_an_evaluation(mode, scales):
     images, labels = _toy()
-    model = _net("lls_m")
-    learner = LocalLearner(model, mode="lls_m", lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree")
+    model = _net(mode)
+    opts = dict(mode=mode, lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree", lr_scales=scales)
+    learner = LocalLearner(model, **opts)
     for _ in range(3):
         learner.train_step([images], labels)
     learner.before_eval([{"image": images}])
     state = learner.state_dict()
-    clone = _net("lls_m")
+    clone = _net(mode)
     clone.load_state_dict(model.state_dict())
-    resumed = LocalLearner(clone, mode="lls_m", lr=5e-3, epochs=1, steps_per_epoch=3, optimizer="adamw_schedulefree")
+    resumed = LocalLearner(clone, **opts)
     resumed.load_state_dict(state)
     learner.train_step([images], labels)
     resumed.train_step([images], labels)
