@@ -51,7 +51,6 @@ def main() -> None:
 
     model, judge = load_tiny_t2i(args.assets) if args.assets else load_tiny_t2i()
     text = MiniLMText()  # the generator's own text encoder; CURE and UCE embed prompts with it too
-    encoder = text
     opts = dict(n=args.n, steps=args.steps, guidance=args.guidance)
     rows = []
     t_all = time.perf_counter()
@@ -66,7 +65,7 @@ def main() -> None:
                      "measurement_valid": valid})
         print(rows[-1])
         for method in args.methods:
-            edited, info = erase_tiny_t2i(model, encoder, case, method, alpha=args.alpha, templates=args.templates,
+            edited, info = erase_tiny_t2i(model, text, case, method, alpha=args.alpha, templates=args.templates,
                                           aggregation=args.aggregation if method == "cure" else None)
             scores = score_case(edited, judge, text, case, **opts)
             rows.append({"concept": value, "attribute": attribute, "method": method, **info, **scores,

@@ -1,7 +1,6 @@
 #include "mv/accumulate.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "mv/rasterise.h"
 

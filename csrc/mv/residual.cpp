@@ -1,7 +1,6 @@
 #include "mv/residual.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "mv/rasterise.h"

@@ -57,10 +57,10 @@ def detect_format(path: Path) -> str:
                      fix="pass --format onnx|diffusers|safetensors (or a .onnx / .safetensors file / pipeline folder)")
 
 
-def _default_text_encoder(model: Path, fmt: str) -> Path | TextEncoder:
+def _default_text_encoder(model: Path, fmt: str, tokenizer: str | Path | None) -> TextEncoder:
     """The text encoder beside a pipeline folder, or edgeml's tiny_t2i encoder for a tiny_t2i checkpoint."""
     if fmt in ("diffusers", "onnx") and model.is_dir() and (model / "text_encoder").is_dir():
-        return model
+        return load_text_encoder(model, tokenizer)
     if fmt == "safetensors":
         from edgeml.io import _read_metadata
 
@@ -101,8 +101,8 @@ def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[st
     if out.exists() and not force:
         raise InputError("output already exists", path=out, fix="choose a new --out path or pass --force")
     t0 = time.perf_counter()
-    source = text_encoder or _default_text_encoder(model, fmt)
-    encoder = source if hasattr(source, "encode") else load_text_encoder(source, tokenizer)
+    encoder = (load_text_encoder(text_encoder, tokenizer) if text_encoder
+               else _default_text_encoder(model, fmt, tokenizer))
     t_load = time.perf_counter() - t0
     edit, info = build_edit(encoder, forget, retain, method=method, alpha=alpha, templates=templates,
                             aggregation=aggregation, guide=guide, lam=lam)

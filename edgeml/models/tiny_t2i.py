@@ -121,7 +121,6 @@ class MiniLMText:
 
             model_dir = get_model_path()
         self.model_dir = Path(model_dir)
-        self.causal = causal
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModel.from_pretrained(self.model_dir, is_decoder=causal).eval().requires_grad_(False)
 
