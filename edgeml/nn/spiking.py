@@ -121,7 +121,8 @@ class SpikingTemporalModulator(nn.Module):
     """A synapse (conv/linear + norm) feeding LIF neurons, stepped over the P-frame sequence.
 
     `step(x_t, u, a) -> (s_t, u', a')`: x_t is this step's input ([B, C, h, w] for conv synapses); the synapse
-    output current drives the neurons. `forward(x_seq [B, T, ...]) -> (spikes [B, T, ...], stats)`, stats =
+    output current drives the neurons. `spikes(x_seq [B, T, ...]) -> [B, T, ...]` runs a whole sequence layer by
+    layer; `forward(x_seq) -> (spikes, stats)`, stats =
     {"rate": mean spike rate, "per_step": rate per step [T]}. The module also accumulates spike counts while
     in eval mode, read by `spike_rates(model)` (what `edgeml train` logs during evaluation).
     """
@@ -143,17 +144,23 @@ class SpikingTemporalModulator(nn.Module):
         self._count(s)
         return s, u, a
 
-    def forward(self, x_seq: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def spikes(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] inputs -> [B, T, ...] spikes from zero state, layer by layer: the synapse runs once over all
+        B*T steps (it has no state), then the neurons step through time. Equals `step` in a loop (eval mode; in
+        training BatchNorm sees the B*T currents together instead of B per step)."""
+        b, t = x_seq.shape[:2]
+        cur = self.synapse(x_seq.flatten(0, 1)).unflatten(0, (b, t))
+        u = a = torch.zeros_like(cur[:, 0])
         out = []
-        u = a = None
-        for t in range(x_seq.shape[1]):
-            cur = self.synapse(x_seq[:, t])
-            if u is None:
-                u, a = torch.zeros_like(cur), torch.zeros_like(cur)
-            s, u, a = self.lif.step(cur, u, a)
+        for i in range(t):
+            s, u, a = self.lif.step(cur[:, i], u, a)
             out.append(s)
         spikes = torch.stack(out, 1)
         self._count(spikes)
+        return spikes
+
+    def forward(self, x_seq: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        spikes = self.spikes(x_seq)
         per_step = spikes.detach().flatten(2).mean(dim=(0, 2))
         return spikes, {"rate": spikes.detach().mean(), "per_step": per_step}
 
