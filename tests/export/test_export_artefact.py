@@ -53,6 +53,19 @@ def test_parity_report_passes_for_ort_tvm_and_streaming(tvm_x86: Path):
     assert "random inputs" in rep["calibration"]  # no --data: said so, not hidden
 
 
+def test_untuned_tvm_build_fuses_kernels(tvm_x86: Path):
+    # tvm.compile runs no fusion for CPU targets; the build applies relax's CPU pipeline so elementwise chains (a
+    # LIF step, conv + bias) become one kernel each
+    from tvm import relax
+
+    from edgeml.export import tvm as tvmx
+
+    mod = tvmx._fuse(tvmx.relax_module(tvm_x86 / "model.onnx"), tvmx.make_target({"kind": "llvm"}))
+    kernels = [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
+    assert any(k.startswith("fused_conv2d") for k in kernels)
+    assert any("greater" in k and "multiply" in k for k in kernels)  # a LIF step's elementwise ops in one kernel
+
+
 def test_open_runtime_backends_agree(tvm_x86: Path):
     feeds = {k: v.numpy() for k, v in zip(("iframe", "mv", "residual"),
                                           export_tiny._video_inputs(export_tiny.TinySpiking(), 1), strict=True)}
