@@ -192,3 +192,13 @@ def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["weights"]["source"] == "checkpoint" and m["weights"]["sha256"] == sha256_file(ck)
     assert m["classes"][0] == "t-shirt/top" and m["quantization"]["int8"]["format"] == "QDQ"
+
+
+@pytest.mark.slow
+def test_tuned_tvm_build_keeps_parity_and_records_the_budget(tmp_path: Path):
+    out = export_model(export_tiny.VIDEO, "x86-tvm", tmp_path / "art", random_init=True, tune_trials=16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    tvm_info = manifest["backends"]["tvm"]
+    assert tvm_info["tuned"] and tvm_info["tune_tasks"] >= 1 and tvm_info["trials_per_task"] >= 8
+    summary = json.loads((out / "parity.json").read_text())["summary"]
+    assert summary["tvm_fp32"]["pass"] and summary["tvm_fp32"]["max_rel"] <= 1e-4
