@@ -114,8 +114,9 @@ def main() -> int:
         "benchmark": "export_latency", "model": args.model, "config": manifest["config"],
         "weights": manifest["weights"]["source"], "input": input_note,
         "inputs": manifest["inputs"], "batch": 1, "backends": res, "tvm_vs_ort": tvm_vs_ort, "goals": goals,
-        "tvm": {"target": manifest["backends"]["tvm"]["target"], "tuned": manifest["backends"]["tvm"]["tuned"],
-                "tune_trials": manifest["backends"]["tvm"]["tune_trials"]},
+        "tvm": {k: manifest["backends"]["tvm"][k] for k in ("target", "tuned", "tune_trials", "tune_tasks",
+                                                             "trials_per_task", "compile_s")
+                if k in manifest["backends"]["tvm"]},
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
                  "threads": args.threads, "loadavg_1m": os.getloadavg()[0]},
         "tools": manifest["tools"], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
