@@ -149,13 +149,7 @@ class SpikingTemporalModulator(nn.Module):
         B*T steps (it has no state), then the neurons step through time. Equals `step` in a loop (eval mode; in
         training BatchNorm sees the B*T currents together instead of B per step)."""
         b, t = x_seq.shape[:2]
-        cur = self.synapse(x_seq.flatten(0, 1)).unflatten(0, (b, t))
-        u = a = torch.zeros_like(cur[:, 0])
-        out = []
-        for i in range(t):
-            s, u, a = self.lif.step(cur[:, i], u, a)
-            out.append(s)
-        spikes = torch.stack(out, 1)
+        spikes = self.lif(self.synapse(x_seq.flatten(0, 1)).unflatten(0, (b, t)))
         self._count(spikes)
         return spikes
 
