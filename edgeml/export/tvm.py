@@ -158,13 +158,15 @@ def _tune(mod: Any, target_spec: dict[str, Any], work_dir: Path, trials: int) ->
     target = make_target({**target_spec, "num-cores": os.cpu_count() or 1})
     with target:
         fused = relax.pipeline.zero_pipeline()(relax.transform.CanonicalizeBindings()(mod))  # legalize + fuse
-    names = [t.task_name for t in ms.relax_integration.extract_tasks(fused, target)]
-    n_tasks = max(1, sum(any(op in n for op in TUNED_OPS) for n in names))
+    tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
+             if any(op in t.task_name for op in TUNED_OPS)]
+    n_tasks = max(1, len(tasks))
     per_task = max(8, trials // n_tasks)
     with contextlib.redirect_stdout(io.StringIO()):
-        ms.relax_integration.tune_relax(fused, {}, target, str(work_dir), max_trials_global=per_task * n_tasks,
-                                        max_trials_per_task=per_task, op_names=list(TUNED_OPS),
-                                        num_trials_per_iter=min(64, per_task))
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir))
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                      max_trials_global=per_task * n_tasks, max_trials_per_task=per_task,
+                      num_trials_per_iter=min(64, per_task))
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(fused)
             mod = _vectorize_spatial(mod)
