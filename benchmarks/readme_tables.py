@@ -9,7 +9,8 @@ comes from a results file, and so from the script that wrote it. Results files m
   or a list of them under "tables");
 - records: {"title"?, "rows": [{column: value, ...}, ...]};
 - an `edgeml bench --out` file (schema "edgeml.bench"): one summary row;
-- anything else: its scalar fields as a two-column table, and each list of records as a table.
+- anything else: its scalar fields as a two-column table, and each list of records (or dict of records, keyed by
+  name) as a table.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def tables_of(name: str, data: Any) -> list[tuple[str, list[str], list[list[Any]
         for k, v in data.items():
             if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
                 out.append((f"{name}: {k}", *_records(v), None))
+            elif isinstance(v, dict) and len(v) > 1 and all(isinstance(r, dict) for r in v.values()):
+                out.append((f"{name}: {k}", *_records([{k: key, **r} for key, r in v.items()]), None))
         return out
     return []
 

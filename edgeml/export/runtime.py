@@ -84,11 +84,17 @@ class TvmRuntime:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[k]), self.dev)
-                for k in self.input_names]
-        out = self.fn(*args)
+        out = self.fn(*[_tvm_tensor(tvm, np.ascontiguousarray(feeds[k]), self.dev) for k in self.input_names])
         outs = list(out) if isinstance(out, (tuple, list)) or type(out).__name__ == "Array" else [out]
         return [o.numpy() for o in outs]
+
+
+def _tvm_tensor(tvm: Any, a: np.ndarray, dev: Any) -> Any:
+    """A TVM tensor over `a`: zero-copy (DLPack) when its buffer is 64-byte aligned as TVM's kernels assume, else a
+    copy (saves ~25 us per video clip over copying every input)."""
+    if a.ctypes.data % 64 == 0:
+        return tvm.runtime.from_dlpack(a)
+    return tvm.runtime.tensor(a, dev)
 
 
 class TrtRuntime:

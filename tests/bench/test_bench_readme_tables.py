@@ -60,3 +60,10 @@ def test_bench_results_become_a_summary_row(tables):
                      "joules_per_video": 0.02, "energy_label": "estimated (no power sensor)", "accuracy": 0.75}}
     ((title, cols, rows, _),) = tables.tables_of("x86", r)
     assert rows[0][4:] == [12.5, 4.0, 6.0, 0.02, "estimated (no power sensor)", 75.0]
+
+
+def test_a_dict_of_records_becomes_a_table_keyed_by_name(tables):
+    r = {"benchmark": "lat", "backends": {"ort": {"median_ms": 0.4, "p95_ms": 0.5}, "tvm": {"median_ms": 0.43}}}
+    (_, (title, cols, rows, _)) = tables.tables_of("lat", r)
+    assert title == "lat: backends" and cols == ["backends", "median_ms", "p95_ms"]
+    assert rows == [["ort", 0.4, 0.5], ["tvm", 0.43, None]]

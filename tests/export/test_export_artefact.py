@@ -10,6 +10,7 @@ import export_tiny
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgeml.errors import CheckpointError, ExportError, InputError, MissingDependencyError
 from edgeml.export import export_model
@@ -64,6 +65,38 @@ def test_untuned_tvm_build_fuses_kernels(tvm_x86: Path):
     kernels = [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
     assert any(k.startswith("fused_conv2d") for k in kernels)
     assert any("greater" in k and "multiply" in k for k in kernels)  # a LIF step's elementwise ops in one kernel
+
+
+def test_tvm_import_uses_fast_math_within_parity(tmp_path: Path):
+    # exp/erf/softmax become TVM's vectorisable polynomials (libm's erff/expf are scalar calls), still within 1e-5
+    import tvm
+    from tvm import relax
+
+    from edgeml.export import tvm as tvmx
+
+    net = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8), nn.Softmax(-1)).eval()
+    x = torch.randn(4, 16) * 3
+    torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), input_names=["x"], dynamo=False)
+    mod = tvmx.relax_module(tmp_path / "m.onnx")
+    text = mod.script()
+    assert "R.erf" not in text and "R.nn.softmax" not in text and "R.exp" not in text
+    target = tvmx.make_target({"kind": "llvm"})
+    vm = relax.VirtualMachine(tvm.compile(tvmx._fuse(mod, target), target=target), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    assert np.abs(out - net(x).detach().numpy()).max() <= 1e-5
+
+
+def test_tvm_runtime_takes_aligned_inputs_without_copy_and_copies_the_rest(tvm_x86: Path):
+    feeds = {k: v.numpy() for k, v in zip(("iframe", "mv", "residual"),
+                                          export_tiny._video_inputs(export_tiny.TinySpiking(), 1), strict=True)}
+    unaligned = {}
+    for k, a in feeds.items():  # the same values at a 4-byte offset: TVM refuses such buffers zero-copy
+        buf = np.empty(a.size + 1, np.float32)[1:].reshape(a.shape)
+        buf[...] = a
+        unaligned[k] = buf
+    assert all(a.ctypes.data % 64 for a in unaligned.values())
+    rt = open_runtime(tvm_x86, "tvm")
+    np.testing.assert_array_equal(rt.run(unaligned)[0], rt.run(feeds)[0])
 
 
 def test_open_runtime_backends_agree(tvm_x86: Path):
