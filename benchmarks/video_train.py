@@ -9,7 +9,7 @@ same batch) and training time. Ratios are against the baseline measured in the s
 for both: at most --epochs epochs and --budget-min minutes each (the 3-D CNN reaches the time limit first).
 Results: benchmarks/results/video_train.json.
 
-    .venv/bin/python benchmarks/video_train.py                      # the full run (8 classes x 192 videos, 40 epochs)
+    .venv/bin/python benchmarks/video_train.py                      # the full run (8 classes x 384 videos, 40 epochs)
     .venv/bin/python benchmarks/video_train.py --ship    # ... and install edgeml/assets/video_spiking/best.safetensors
     .venv/bin/python benchmarks/video_train.py --per-class 6 --epochs 1 --out /tmp/quick.json   # smoke test
 
@@ -101,7 +101,7 @@ def ship(checkpoint: Path, args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/bench_video_train"), help="data and checkpoints")
-    ap.add_argument("--per-class", type=int, default=192, help="synth videos per class (70/15/15 split)")
+    ap.add_argument("--per-class", type=int, default=384, help="synth videos per class (70/15/15 split)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--budget-min", type=float, default=20.0,
                     help="wall-clock training budget per model: no epoch starts after it is spent")
