@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-samples", type=int, default=64, help="real samples for parity (default 64)")
     p.add_argument("--tune-trials", type=int, default=0,
                    help="TVM MetaSchedule trials, split evenly over the conv/matmul kernels and measured on this "
-                        "machine (host targets only; 0 = no tuning). Untuned TVM kernels are naive loops: "
-                        "video_spiking took 5.6 ms/clip untuned vs 0.57 ms after 1024 trials (~13 min on 2 cores)")
+                        "machine (host targets only; 0 = no tuning). Untuned conv/matmul kernels are naive loops; "
+                        "benchmarks/export_latency.py measures video_spiking with 1024 trials (~13 min on 2 cores)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim simplification")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles and exit")
     p.set_defaults(func=run)

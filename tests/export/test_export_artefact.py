@@ -94,6 +94,7 @@ def test_tvm_runtime_takes_aligned_inputs_without_copy_and_copies_the_rest(tvm_x
         buf = np.empty(a.size + 1, np.float32)[1:].reshape(a.shape)
         buf[...] = a
         unaligned[k] = buf
+    assert all(a.ctypes.data % 64 == 0 for a in feeds.values())  # torch's buffers: the zero-copy path
     assert all(a.ctypes.data % 64 for a in unaligned.values())
     rt = open_runtime(tvm_x86, "tvm")
     np.testing.assert_array_equal(rt.run(unaligned)[0], rt.run(feeds)[0])
