@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,31 @@ def progress_bar(total: int, what: str, enabled: bool = True) -> Iterator[Callab
                   transient=False) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+def parallel_map(fn: Callable[[Any], Any], jobs: list, workers: int, what: str, progress: bool = True, *,
+                 chunksize: int = 1) -> list:
+    """[fn(j) for j in jobs] in `workers` spawned processes (in order, with a progress bar); one worker runs here.
+    A worker that dies (killed, out of memory, or a calling script that starts work at import time) is an
+    EdgeMLError, not a bare BrokenProcessPool."""
+    results = []
+    with progress_bar(len(jobs), what, progress) as advance:
+        if workers <= 1 or len(jobs) < 2:
+            for j in jobs:
+                results.append(fn(j))
+                advance()
+            return results
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for r in pool.map(fn, jobs, chunksize=chunksize):
+                    results.append(r)
+                    advance()
+        except BrokenProcessPool:
+            raise EdgeMLError(f"a {what} worker process exited abruptly after {len(results)} of {len(jobs)} jobs",
+                              fix="if you call edgeml from a script, guard its top level with "
+                                  "`if __name__ == '__main__':` (workers are spawned and re-import it); otherwise "
+                                  "check memory, or use workers=1. Finished work is kept: rerun to resume") from None
+    return results
 
 
 # --------------------------------------------------------------------------------------------------- layouts
@@ -261,26 +287,11 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
             continue
         jobs.append({"video": str(video), "rel": rel, "shard": str(shard), "marker": str(marker), "size": list(size),
                      "clip_len": clip_len, "grid": grid, "accumulate": accumulate})
-    results = _run(jobs, workers, progress)
+    results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
     return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused, mirror=mirror)
-
-
-def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
-    results = []
-    with progress_bar(len(jobs), "clip cache", progress) as advance:
-        if workers <= 1 or len(jobs) < 2:
-            for j in jobs:
-                results.append(_extract_job(j))
-                advance()
-        else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for r in pool.map(_extract_job, jobs):
-                    results.append(r)
-                    advance()
-    return results
 
 
 def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int,

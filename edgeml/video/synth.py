@@ -12,17 +12,15 @@ either); the clip cache copies it, and training uses it for mirror augmentation 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeml.errors import DataError
 from edgeml.io import read_json, write_json, write_text
+from edgeml.video.datasets import parallel_map
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "zoom_in", "zoom_out")
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -189,7 +187,7 @@ def make_synth_dataset(out_dir: str | os.PathLike, *, per_class: int = 48, size:
             files.append(path)
             if not path.is_file():
                 jobs.append((str(path), label, i, seed, tuple(size), frames, fps, gop))
-    _run_jobs(jobs, workers, progress)
+    parallel_map(_make_one, jobs, workers, "synth videos", progress, chunksize=4)
     counts = {s: sum(1 for p in files if p.parts[-3] == s) for s in SPLITS}
     write_text(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
     write_json(out / "mirror.json", MIRROR_SWAPS)
@@ -197,17 +195,3 @@ def make_synth_dataset(out_dir: str | os.PathLike, *, per_class: int = 48, size:
                            "<split>/<class>/<class>_<nnn>.avi", "description": __doc__.strip().splitlines()[0]})
     stamp.unlink(missing_ok=True)
     return out
-
-
-def _run_jobs(jobs: list[Any], workers: int, progress: bool) -> None:
-    from edgeml.video.datasets import progress_bar
-
-    with progress_bar(len(jobs), "synth videos", progress) as advance:
-        if workers <= 1 or len(jobs) < 2:
-            for j in jobs:
-                _make_one(j)
-                advance()
-            return
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for _ in pool.map(_make_one, jobs, chunksize=4):
-                advance()

@@ -145,3 +145,16 @@ def test_killed_build_resumes_without_redoing_finished_videos(synth_dir, tmp_pat
         assert (shards / name).stat().st_mtime_ns == mtime  # finished shards untouched
     assert not list(shards.glob(".*.tmp"))  # a temp file left by the killed write is cleaned up
     assert sum(len(ClipDataset(cache, s)) for s in ("train", "val", "test")) == 32 * 2
+
+
+def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_broken_pool(tmp_path):
+    # spawned workers re-import the calling script; unguarded, each one fails to start and the pool breaks
+    script = tmp_path / "unguarded.py"
+    script.write_text("from edgeml.video.synth import make_synth_dataset\n"
+                      f"make_synth_dataset({str(tmp_path / 'synth')!r}, per_class=3, frames=4, workers=2, "
+                      "progress=False)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeml.errors.EdgeMLError: a synth videos worker process exited abruptly"), last
+    assert "if __name__ == '__main__':" in last
