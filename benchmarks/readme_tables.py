@@ -58,6 +58,8 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     for k, v in record.items():
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             continue  # per-epoch / per-sample logs stay in the JSON; a table cell cannot show them
+        if isinstance(v, dict) and not v:
+            continue  # nothing measured (e.g. no spiking layers): the other rows' flattened columns show '–'
         if isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()) and \
                 len(v) <= 8:
             out.update(_flatten(v, f"{prefix}{k}."))

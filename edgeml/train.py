@@ -285,6 +285,8 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
              device: torch.device | str = "cpu") -> dict[str, Any]:
     """Top-1, top-5, mean loss, confusion [true][pred], per-class accuracy and mean spike rate per layer.
 
+    Items that name their video (`ClipDataset`'s `video`) also give `video_top1`: each video's class is the argmax
+    of its clips' summed log-probabilities (the usual multi-clip protocol); otherwise `video_top1` is None.
     Under DDP every rank evaluates its shard and the counts are summed over ranks.
     """
     from edgeml.nn.spiking import reset_spike_stats, spike_rates
@@ -293,9 +295,12 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
     reset_spike_stats(model)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss sum, top-5 hits, samples
+    videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (video ids, log-probs, labels) per batch
     for batch in loader:
         inputs, labels = _split_batch(batch, input_names)
         logits = model(*[x.to(device) for x in inputs]).float().cpu()
+        if isinstance(batch, Mapping) and "video" in batch:
+            videos.append((batch["video"], logits.log_softmax(1), labels))
         sums[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
         k = min(5, logits.shape[1])
         sums[1] += float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
@@ -312,7 +317,31 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     return {"top1": float(confusion.diag().sum()) / n, "top5": float(sums[1]) / n, "loss": float(sums[0]) / n,
             "samples": int(sums[2]), "per_class_acc": per_class, "confusion": confusion.long().tolist(),
+            "video_top1": _video_top1(videos, num_classes),
             "spike_rates": rates, "mean_spike_rate": (sum(rates.values()) / len(rates)) if rates else None}
+
+
+def _video_top1(videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int) -> float | None:
+    """Video-level top-1 from per-clip (video id, log-probs, label) batches; summed over DDP ranks."""
+    ddp = _world()[1] > 1
+    flag = torch.tensor([float(bool(videos))])
+    if ddp:
+        torch.distributed.all_reduce(flag)
+    if not flag.item():
+        return None
+    ids = torch.cat([v for v, _, _ in videos]) if videos else torch.zeros(0, dtype=torch.int64)
+    logp = torch.cat([lp for _, lp, _ in videos]) if videos else torch.zeros(0, num_classes)
+    labels = torch.cat([y for _, _, y in videos]) if videos else torch.zeros(0, dtype=torch.int64)
+    count = torch.tensor([int(ids.max()) + 1 if len(ids) else 0])
+    if ddp:
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    scores = torch.zeros(int(count), num_classes, dtype=torch.float64).index_add_(0, ids, logp.double())
+    truth = torch.full((int(count),), -1, dtype=torch.int64).scatter_(0, ids, labels)
+    if ddp:
+        torch.distributed.all_reduce(scores)
+        torch.distributed.all_reduce(truth, op=torch.distributed.ReduceOp.MAX)
+    seen = truth >= 0
+    return float((scores.argmax(1)[seen] == truth[seen]).double().mean())
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -480,8 +509,9 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
                                   num_classes, dev)
         if rank == 0:
             _write_history(out, [*history, {"event": "test", "best_epoch": best_epoch, "test": result["test"]}])
+            video = result["test"]["video_top1"]
             bar.log(f"test (best epoch {best_epoch}): top-1 {result['test']['top1']:.3f}, "
-                    f"top-5 {result['test']['top5']:.3f}")
+                    f"top-5 {result['test']['top5']:.3f}" + ("" if video is None else f", video top-1 {video:.3f}"))
     return result
 
 

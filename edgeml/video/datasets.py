@@ -325,7 +325,8 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
 
 class ClipDataset:
     """torch Dataset over a clip cache. Item: iframe float32 [3,H,W] (RGB 0..255), mv float32 [T,2,H/g,W/g]
-    (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 [].
+    (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 [],
+    video int64 [] (the clip's video, numbered within the split: `edgeml.train.evaluate` averages a video's clips).
     `augment`: mirror each item at random along the axes the cache's `meta["mirror"]` lists (module docstring)."""
 
     def __init__(self, cache_dir: str | os.PathLike, split: str = "train", *, augment: bool = False,
@@ -342,7 +343,8 @@ class ClipDataset:
         self.meta: dict = index["meta"]
         self.split = split
         self.mirror: dict[str, list[int]] = self.meta.get("mirror", {}) if augment else {}
-        self._items = [(e["shard"], i, e["label"]) for e in index["splits"][split] for i in range(e["clips"])]
+        self._items = [(e["shard"], i, e["label"], v) for v, e in enumerate(index["splits"][split])
+                       for i in range(e["clips"])]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         self._max_open = max_open
 
@@ -365,17 +367,18 @@ class ClipDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        rel, k, label = self._items[i]
+        rel, k, label, video = self._items[i]
         arrays = self._shard(rel)
         item = {name: torch.from_numpy(arrays[name][k].astype(np.float32)) for name in arrays}
         item["label"] = torch.tensor(label, dtype=torch.int64)
+        item["video"] = torch.tensor(video, dtype=torch.int64)  # which video of the split: for video-level accuracy
         for axis, perm in self.mirror.items():
             if bool(torch.rand(()) < 0.5):
                 item = mirror_clip(item, axis, perm)
         return item
 
     def labels(self) -> list[int]:
-        return [lab for _, _, lab in self._items]
+        return [lab for _, _, lab, _ in self._items]
 
 
 def cache_summary(cache_dir: str | os.PathLike) -> str:

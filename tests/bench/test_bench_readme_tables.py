@@ -67,3 +67,9 @@ def test_a_dict_of_records_becomes_a_table_keyed_by_name(tables):
     (_, (title, cols, rows, _)) = tables.tables_of("lat", r)
     assert title == "lat: backends" and cols == ["backends", "median_ms", "p95_ms"]
     assert rows == [["ort", 0.4, 0.5], ["tvm", 0.43, None]]
+
+
+def test_an_empty_nested_dict_adds_no_column(tables):
+    r = {"rows": [{"model": "snn", "rates": {"a": 0.5}}, {"model": "cnn", "rates": {}}]}
+    ((_, cols, rows, _),) = tables.tables_of("t", r)
+    assert cols == ["model", "rates.a"] and rows == [["snn", 0.5], ["cnn", None]]

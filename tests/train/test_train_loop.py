@@ -16,7 +16,8 @@ from conftest import tiny_model
 
 from edgeml.errors import CheckpointError, DataError, InputError
 from edgeml.io import load_checkpoint
-from edgeml.train import BackpropLearner, Learner, train
+from edgeml.train import BackpropLearner, Learner, evaluate, train
+from edgeml.video.datasets import ClipDataset
 
 FAST = dict(batch_size=8, lr=3e-3, progress=False, threads=1)
 
@@ -104,6 +105,14 @@ train(model, {data!r}, {out!r}, epochs=1, batch_size=8, lr=3e-3, progress=False,
 rank = torch.distributed.get_rank()
 save_checkpoint({out!r} + f"/rank{{rank}}.safetensors", {{f"model.{{k}}": v for k, v in model.state_dict().items()}},
                 {{"model": "video_spiking"}})
+from edgeml.train import epoch_indices, evaluate
+from edgeml.video.datasets import ClipDataset
+test = ClipDataset({data!r}, "test")  # each rank evaluates its shard; the counts are summed over ranks
+loader = torch.utils.data.DataLoader(test, batch_size=3, sampler=epoch_indices(len(test), 0, 0, rank, 2, False))
+result = evaluate(model, loader, ("iframe", "mv", "residual"), 8)
+if rank == 0:
+    __import__("json").dump(result, open({out!r} + "/eval.json", "w"))
+torch.distributed.destroy_process_group()
 """
 
 
@@ -120,6 +129,31 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_clips, tmp_path):
     _assert_same(r0, r1)
     init = tiny_model().state_dict()
     assert not torch.equal(init["head.weight"], r0["model.head.weight"])  # they trained, not just synced
+    # evaluation sharded over the 2 ranks gives what one process gives (clip and video level alike)
+    model = tiny_model()
+    model.load_state_dict({k[len("model."):]: v for k, v in r0.items()})
+    test = ClipDataset(tiny_clips, "test")
+    assert len(test) % 2 == 0  # no padding duplicates: the sums over ranks must be exact
+    single = evaluate(model, torch.utils.data.DataLoader(test, batch_size=3), ("iframe", "mv", "residual"), 8)
+    ddp = json.loads((out / "eval.json").read_text())
+    assert ddp["confusion"] == single["confusion"] and ddp["video_top1"] == pytest.approx(single["video_top1"])
+    assert single["video_top1"] is not None
+
+
+def test_video_top1_sums_each_videos_clip_log_probabilities():
+    logits = torch.tensor([[2.0, 0, 0], [0, 1.0, 0],  # video 0 (class 0): one clip wrong, the sum right
+                           [0, 0, 1.0], [0, 0, 1.0],  # video 1 (class 1): both clips wrong
+                           [0, 0, 5.0]])  # video 2 (class 2): right
+    batches = [{"x": logits[:3], "label": torch.tensor([0, 0, 1]), "video": torch.tensor([0, 0, 1])},
+               {"x": logits[3:], "label": torch.tensor([1, 2]), "video": torch.tensor([1, 2])}]
+    result = evaluate(torch.nn.Identity(), batches, ("x",), 3)
+    assert result["top1"] == pytest.approx(2 / 5) and result["video_top1"] == pytest.approx(2 / 3)
+    # a confident wrong clip outweighs two unsure right ones: log-probabilities add, votes do not
+    batches = [{"x": torch.tensor([[0, 9.0, 0], [0.6, 0, 0], [0.6, 0, 0]]), "label": torch.tensor([0, 0, 0]),
+                "video": torch.tensor([0, 0, 0])}]
+    assert evaluate(torch.nn.Identity(), batches, ("x",), 3)["video_top1"] == 0.0
+    no_ids = [{k: v for k, v in b.items() if k != "video"} for b in batches]
+    assert evaluate(torch.nn.Identity(), no_ids, ("x",), 3)["video_top1"] is None
 
 
 def test_empty_data_folder_is_a_clear_error_and_writes_nothing(tmp_path):

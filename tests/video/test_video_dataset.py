@@ -35,9 +35,11 @@ def test_clip_dataset_items_follow_the_contract(clip_cache):
     item = ds[0]
     shapes = {k: tuple(v.shape) for k, v in item.items()}
     assert shapes == {"iframe": (3, 64, 64), "mv": (8, 2, 16, 16), "residual": (8, 3, 64, 64),
-                      "frames": (9, 3, 64, 64), "label": ()}
-    assert all(v.dtype == torch.float32 for k, v in item.items() if k != "label")
-    assert item["label"].dtype == torch.int64
+                      "frames": (9, 3, 64, 64), "label": (), "video": ()}
+    assert all(v.dtype == torch.float32 for k, v in item.items() if k not in ("label", "video"))
+    assert item["label"].dtype == torch.int64 and item["video"].dtype == torch.int64
+    videos = [int(ds[i]["video"]) for i in range(len(ds))]
+    assert videos == sorted(videos) and len(set(videos)) == 2 * len(CLASSES)  # 2 clips (GOPs) per video
     assert torch.equal(item["frames"][0], item["iframe"])
     assert item["mv"].abs().sum() > 0 and item["residual"].min() < 0
     assert sorted(set(ds.labels())) == list(range(len(CLASSES)))
