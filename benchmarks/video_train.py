@@ -10,9 +10,9 @@ budget is the same for both: at most --epochs epochs and --budget-min minutes ea
 limit first). Results: benchmarks/results/video_train.json.
 
 Accuracy is reported both ways: per clip (each GOP's clip judged alone) and per video (a test video's clips, one
-per GOP, vote by summed log-probabilities: the multi-clip protocol action-recognition accuracy is quoted in, and the
-unit of the paper's J/video and videos/s). The accuracy goal is judged per video; the per-clip gap is printed
-beside it.
+per GOP, are judged by their mean logits: the multi-clip protocol action-recognition accuracy is quoted in, the unit
+of the paper's J/video and videos/s, and what `edgeml bench` does). The accuracy goal is judged per video; the
+per-clip gap is printed beside it.
 
 Variants measured (video_spiking alone, seed 0, same budget; committed default: 384 per class, 40 epochs, test
 99.25 % per clip against the baseline's 100 %): 52 epochs 99.08 %; model option residual_pool=2 (1.5x training

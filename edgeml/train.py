@@ -286,7 +286,8 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
     """Top-1, top-5, mean loss, confusion [true][pred], per-class accuracy and mean spike rate per layer.
 
     Items that name their video (`ClipDataset`'s `video`) also give `video_top1`: each video's class is the argmax
-    of its clips' summed log-probabilities (the usual multi-clip protocol); otherwise `video_top1` is None.
+    of its clips' mean logits (the multi-clip protocol; `edgeml bench` judges videos the same way); otherwise
+    `video_top1` is None.
     Under DDP every rank evaluates its shard and the counts are summed over ranks.
     """
     from edgeml.nn.spiking import reset_spike_stats, spike_rates
@@ -295,12 +296,12 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
     reset_spike_stats(model)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss sum, top-5 hits, samples
-    videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (video ids, log-probs, labels) per batch
+    videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (video ids, logits, labels) per batch
     for batch in loader:
         inputs, labels = _split_batch(batch, input_names)
         logits = model(*[x.to(device) for x in inputs]).float().cpu()
         if isinstance(batch, Mapping) and "video" in batch:
-            videos.append((batch["video"], logits.log_softmax(1), labels))
+            videos.append((batch["video"], logits, labels))
         sums[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
         k = min(5, logits.shape[1])
         sums[1] += float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
@@ -322,7 +323,7 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
 
 
 def _video_top1(videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int) -> float | None:
-    """Video-level top-1 from per-clip (video id, log-probs, label) batches; summed over DDP ranks."""
+    """Video-level top-1 from per-clip (video id, logits, label) batches: argmax of the summed (so mean) logits."""
     ddp = _world()[1] > 1
     flag = torch.tensor([float(bool(videos))])
     if ddp:
@@ -330,12 +331,12 @@ def _video_top1(videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n
     if not flag.item():
         return None
     ids = torch.cat([v for v, _, _ in videos]) if videos else torch.zeros(0, dtype=torch.int64)
-    logp = torch.cat([lp for _, lp, _ in videos]) if videos else torch.zeros(0, num_classes)
+    logits = torch.cat([x for _, x, _ in videos]) if videos else torch.zeros(0, num_classes)
     labels = torch.cat([y for _, _, y in videos]) if videos else torch.zeros(0, dtype=torch.int64)
     count = torch.tensor([int(ids.max()) + 1 if len(ids) else 0])
     if ddp:
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
-    scores = torch.zeros(int(count), num_classes, dtype=torch.float64).index_add_(0, ids, logp.double())
+    scores = torch.zeros(int(count), num_classes, dtype=torch.float64).index_add_(0, ids, logits.double())
     truth = torch.full((int(count),), -1, dtype=torch.int64).scatter_(0, ids, labels)
     if ddp:
         torch.distributed.all_reduce(scores)

@@ -326,7 +326,7 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
 class ClipDataset:
     """torch Dataset over a clip cache. Item: iframe float32 [3,H,W] (RGB 0..255), mv float32 [T,2,H/g,W/g]
     (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W] (RGB 0..255), label int64 [],
-    video int64 [] (the clip's video, numbered within the split: `edgeml.train.evaluate` averages a video's clips).
+    video int64 [] (the clip's video, numbered within the split; `edgeml.train.evaluate` averages its clips' logits).
     `augment`: mirror each item at random along the axes the cache's `meta["mirror"]` lists (module docstring)."""
 
     def __init__(self, cache_dir: str | os.PathLike, split: str = "train", *, augment: bool = False,

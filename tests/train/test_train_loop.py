@@ -140,7 +140,7 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_clips, tmp_path):
     assert single["video_top1"] is not None
 
 
-def test_video_top1_sums_each_videos_clip_log_probabilities():
+def test_video_top1_averages_each_videos_clip_logits():
     logits = torch.tensor([[2.0, 0, 0], [0, 1.0, 0],  # video 0 (class 0): one clip wrong, the sum right
                            [0, 0, 1.0], [0, 0, 1.0],  # video 1 (class 1): both clips wrong
                            [0, 0, 5.0]])  # video 2 (class 2): right
@@ -148,7 +148,7 @@ def test_video_top1_sums_each_videos_clip_log_probabilities():
                {"x": logits[3:], "label": torch.tensor([1, 2]), "video": torch.tensor([1, 2])}]
     result = evaluate(torch.nn.Identity(), batches, ("x",), 3)
     assert result["top1"] == pytest.approx(2 / 5) and result["video_top1"] == pytest.approx(2 / 3)
-    # a confident wrong clip outweighs two unsure right ones: log-probabilities add, votes do not
+    # a confident wrong clip outweighs two unsure right ones: logits are averaged, not votes counted
     batches = [{"x": torch.tensor([[0, 9.0, 0], [0.6, 0, 0], [0.6, 0, 0]]), "label": torch.tensor([0, 0, 0]),
                 "video": torch.tensor([0, 0, 0])}]
     assert evaluate(torch.nn.Identity(), batches, ("x",), 3)["video_top1"] == 0.0
