@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -249,6 +250,20 @@ def _init_distributed() -> bool:
     return True
 
 
+def finish_distributed() -> None:
+    """End a DDP process: barrier, destroy the process group, flush, and exit without interpreter finalisation,
+    where gloo's worker threads now and then abort a rank that has finished all its work ("terminate called without
+    an active exception", SIGABRT; pytorch/pytorch#179291) — torchrun would then report the run as failed.
+    Without a process group it does nothing; with one it never returns. For process owners (CLI, scripts)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int, shuffle: bool = True) -> list[int]:
     """This rank's sample order for one epoch: a (seed, epoch) permutation, padded so every rank gets as many."""
     if shuffle:
@@ -324,16 +339,11 @@ def evaluate(model: nn.Module, loader: Iterable, input_names: tuple[str, ...], n
 
 def _video_top1(videos: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int) -> float | None:
     """Video-level top-1 from per-clip (video id, logits, label) batches: argmax of the summed (so mean) logits."""
-    ddp = _world()[1] > 1
-    flag = torch.tensor([float(bool(videos))])
-    if ddp:
-        torch.distributed.all_reduce(flag)
-    if not flag.item():
+    if not videos:  # every rank reads the same kind of items, so either all ranks return here or none does
         return None
-    ids = torch.cat([v for v, _, _ in videos]) if videos else torch.zeros(0, dtype=torch.int64)
-    logits = torch.cat([x for _, x, _ in videos]) if videos else torch.zeros(0, num_classes)
-    labels = torch.cat([y for _, _, y in videos]) if videos else torch.zeros(0, dtype=torch.int64)
-    count = torch.tensor([int(ids.max()) + 1 if len(ids) else 0])
+    ids, logits, labels = (torch.cat(t) for t in zip(*videos, strict=True))
+    count = torch.tensor([int(ids.max()) + 1])
+    ddp = _world()[1] > 1
     if ddp:
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
     scores = torch.zeros(int(count), num_classes, dtype=torch.float64).index_add_(0, ids, logits.double())

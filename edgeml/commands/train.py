@@ -50,7 +50,7 @@ def _value(text: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeml.train import train_from_args
+    from edgeml.train import finish_distributed, train_from_args
 
     overrides = {}
     for item in args.set:
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         brief = {k: v for k, v in result.items() if k not in ("val", "test")}
         for split in ("val", "test"):
             if result.get(split):
-                brief[split] = {k: result[split][k] for k in ("top1", "top5", "loss", "mean_spike_rate")}
+                brief[split] = {k: result[split][k] for k in ("top1", "top5", "video_top1", "loss",
+                                                                "mean_spike_rate")}
         print(json.dumps(brief, indent=2))
+    finish_distributed()  # under torchrun: leave the group and exit here (see its docstring)
     return 0

@@ -45,12 +45,9 @@ def _worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
         result["synced" if synced else "unsynced"] = {k: _spread(v) for k, v in flat.items()}
         result["optimizers"] = len(learner.optimizers)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    dist.barrier()
-    dist.destroy_process_group()
-    # Skip interpreter finalisation: under load, gloo's worker threads occasionally abort the exiting process
-    # ("terminate called without an active exception", SIGABRT; pytorch/pytorch#179291) after everything above
-    # has finished — the results are on disk and checked by the parent.
-    os._exit(0)
+    from edgeml.train import finish_distributed
+
+    finish_distributed()  # barrier, destroy, exit without finalisation (gloo can abort a finished rank there)
 
 
 def _run(tmp_path: Path, mode: str) -> dict:

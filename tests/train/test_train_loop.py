@@ -112,7 +112,8 @@ loader = torch.utils.data.DataLoader(test, batch_size=3, sampler=epoch_indices(l
 result = evaluate(model, loader, ("iframe", "mv", "residual"), 8)
 if rank == 0:
     __import__("json").dump(result, open({out!r} + "/eval.json", "w"))
-torch.distributed.destroy_process_group()
+from edgeml.train import finish_distributed
+finish_distributed()
 """
 
 
