@@ -99,8 +99,9 @@ def tables_of(name: str, data: Any) -> list[tuple[str, list[str], list[list[Any]
         title = data.get("title", name)
         if data.get("columns"):
             return [(title, list(data["columns"]), [list(r) for r in data["rows"]], data.get("notes"))]
-        if all(isinstance(r, dict) for r in data["rows"]):
-            return [(title, *_records(data["rows"]), data.get("notes"))]
+        if all(isinstance(r, dict) for r in data["rows"]):  # the records, then the file's other fields (ratios, goals)
+            rest = {k: v for k, v in data.items() if k not in ("rows", "title", "notes")}
+            return [(title, *_records(data["rows"]), data.get("notes")), *tables_of(name, rest)]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return [(name, *_records(data), None)]
     if isinstance(data, dict):

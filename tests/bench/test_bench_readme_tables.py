@@ -73,3 +73,10 @@ def test_an_empty_nested_dict_adds_no_column(tables):
     r = {"rows": [{"model": "snn", "rates": {"a": 0.5}}, {"model": "cnn", "rates": {}}]}
     ((_, cols, rows, _),) = tables.tables_of("t", r)
     assert cols == ["model", "rates.a"] and rows == [["snn", 0.5], ["cnn", None]]
+
+
+def test_records_come_with_the_files_other_fields(tables):
+    r = {"rows": [{"model": "a", "acc": 0.9}], "ratios": {"faster_x": 9.6}, "goals": {"faster": True}}
+    (rows_table, (_, cols, quantities, _)) = tables.tables_of("t", r)
+    assert rows_table[1] == ["model", "acc"] and cols == ["quantity", "value"]
+    assert quantities == [["ratios.faster_x", 9.6], ["goals.faster", True]]
