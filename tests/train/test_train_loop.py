@@ -98,21 +98,19 @@ DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_model
-from edgeml.train import train
+from edgeml.train import epoch_indices, evaluate, finish_distributed, train
 from edgeml.io import save_checkpoint
 model = tiny_model(seed=int(__import__("os").environ["RANK"]))  # different init per rank: the learner syncs it
 train(model, {data!r}, {out!r}, epochs=1, batch_size=8, lr=3e-3, progress=False, stop_after_steps=3)
 rank = torch.distributed.get_rank()
 save_checkpoint({out!r} + f"/rank{{rank}}.safetensors", {{f"model.{{k}}": v for k, v in model.state_dict().items()}},
                 {{"model": "video_spiking"}})
-from edgeml.train import epoch_indices, evaluate
 from edgeml.video.datasets import ClipDataset
 test = ClipDataset({data!r}, "test")  # each rank evaluates its shard; the counts are summed over ranks
 loader = torch.utils.data.DataLoader(test, batch_size=3, sampler=epoch_indices(len(test), 0, 0, rank, 2, False))
 result = evaluate(model, loader, ("iframe", "mv", "residual"), 8)
 if rank == 0:
     __import__("json").dump(result, open({out!r} + "/eval.json", "w"))
-from edgeml.train import finish_distributed
 finish_distributed()
 """
 
