@@ -104,11 +104,12 @@ class LIF(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] input currents -> [B, T, ...] spikes, from zero state."""
-        u = torch.zeros_like(x_seq[:, 0])
+        steps = x_seq.unbind(1)  # one Split in ONNX, not a Gather per step (TVM warns on each Gather)
+        u = torch.zeros_like(steps[0])
         a = torch.zeros_like(u)
         out = []
-        for t in range(x_seq.shape[1]):
-            s, u, a = self.step(x_seq[:, t], u, a)
+        for x_t in steps:
+            s, u, a = self.step(x_t, u, a)
             out.append(s)
         return torch.stack(out, 1)
 
