@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,12 +44,15 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
+        # SDPA's default scale, as a constant: left to SDPA, the ONNX graph computes it with a Sqrt node, which
+        # ONNX Runtime cannot fold in an fp16 graph (it warns at every session start).
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
     def core_macs(self, n: int, dim: int) -> int:

@@ -40,9 +40,12 @@ def test_video_spiking_exports_unrolled_and_streaming(tmp_path: Path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["streaming"]["steps"] == 4 and m["streaming"]["num_states"] >= 2
     assert m["inputs"][1]["shape"] == [1, 4, 2, 8, 8] and m["preprocessing"]["clip_len"] == 4
+    ops = {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
     # The LIF time steps leave as one Split, not a Gather per step: TVM lowers Gather to `take` in its fast mode,
-    # which warns at every build (and would segfault on an out-of-range index).
-    assert "Gather" not in {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
+    # which warns at every build (and would segfault on an out-of-range index). The attention scale is a constant,
+    # not a Shape -> Sqrt chain that ONNX Runtime cannot fold in the fp16 graph (a warning at every session start;
+    # onnxsim, where installed, folds it, so this check bites in a plain install).
+    assert "Gather" not in ops and "Sqrt" not in ops
 
 
 @pytest.mark.slow  # real-image parity + int8 is also covered (on a trained net) by test_export_artefact.py
