@@ -185,17 +185,12 @@ class Demo:
     def _train(self) -> None:
         _need("edgeml.train", "the training loop", "train")
         _need("edgeml.models.video_spiking", "the video_spiking model", "train")
-        from edgeml.registry import create_model
-        from edgeml.train import train
-        from edgeml.video.datasets import ClipDataset
+        from edgeml.train import train_from_args
 
+        # What `edgeml train` does: the seed also fixes the initial weights, so a rerun reproduces the demo.
         c = self.cfg
-        classes = ClipDataset(self.clips, "train").classes
-        h, w = c["size"]
-        model = create_model(MODEL, size=c["model_size"], num_classes=len(classes), clip_len=c["clip_len"],
-                             height=h, width=w, grid=c["grid"])
-        train(model, self.clips, self.train_dir, epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"],
-              seed=c["seed"])
+        train_from_args(MODEL, self.clips, self.train_dir, size=c["model_size"], epochs=c["epochs"],
+                        batch_size=c["batch_size"], lr=c["lr"], seed=c["seed"])
 
     def _checkpoint_ok(self) -> bool:
         from edgeml.registry import create_model
