@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.edgeml-installed
-EXTRAS ?= dev,cure,tvm,lls
+EXTRAS ?= dev,export,cure,tvm,lls
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 # Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
 SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user

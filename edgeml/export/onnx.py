@@ -1,9 +1,9 @@
 """PyTorch -> ONNX: any registered model at a chosen opset, static shapes by default (dynamic batch optional).
 
-Every graph is checked (onnx.checker), shape-inferred and simplified (onnxsim folds constants and removes
-redundant nodes; when it fails the unsimplified graph is kept and the reason recorded). Spiking models with the
-streaming API (`stream_init`, `stream_step`, `stream_head`, contract B) are also exported as two graphs:
-`stream_step` (one P-step, membrane state as explicit inputs `state_in_i` and outputs `state_out_i`) and
+Every graph is checked (onnx.checker), shape-inferred and simplified (onnxsim, the `export` extra, folds constants
+and removes redundant nodes; when it is missing or fails the unsimplified graph is kept and the reason recorded).
+Spiking models with the streaming API (`stream_init`, `stream_step`, `stream_head`, contract B) are also exported as
+two graphs: `stream_step` (one P-step, membrane state as explicit inputs `state_in_i` and outputs `state_out_i`) and
 `stream_head` (I-frame + stacked P-tokens -> logits), so a device can run frame by frame.
 """
 
