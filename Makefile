@@ -10,7 +10,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 # Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
 SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
 
-.PHONY: test demo build system-deps lint clean cross-test
+.PHONY: test test-random demo build system-deps lint clean cross-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
+
+# The same suite in a shuffled order (a new seed each run; rerun one: pytest -p randomly --randomly-seed=N).
+test-random: $(STAMP) system-deps
+	$(PY) -m pytest -p randomly
 
 demo: $(STAMP) system-deps
 	$(VENV)/bin/edgeml info

@@ -7,16 +7,24 @@ import importlib
 import pkgutil
 import sys
 import traceback
+from typing import NoReturn
 
 from edgeml import __version__
 from edgeml.errors import EdgeMLError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (the verb, the problem, where to look), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every verb found in `edgeml.commands`."""
     import edgeml.commands as pkg
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edgeml",
         description="Efficient AI from research to edge devices: compressed-domain spiking video "
         "recognition, LLS local learning and CURE concept erasure, with export and measurement.",
@@ -39,13 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgeMLError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"edgeml: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, str(e))
+    except OSError as e:  # a disk, permission or file-system problem met after validation
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(args, f"{where}{e.strerror or e}")
+    except MemoryError:
+        return _fail(args, "out of memory; try a smaller --batch-size or fewer --workers")
     except KeyboardInterrupt:
         print("edgeml: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"edgeml: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
