@@ -37,7 +37,7 @@ def _feeds(art: Path, data: str | None) -> tuple[dict[str, np.ndarray], str]:
         from edgeml.export.validate import open_split, real_samples
 
         feeds, _ = real_samples(open_split(manifest["task"], data, "test"), names, 1, manifest["batch"])[0]
-        return feeds, f"one real clip of {data} (test split)"
+        return feeds, f"one real clip of {Path(data).name} (test split)"
     rng = np.random.default_rng(0)
     return ({i["name"]: (rng.random(i["shape"]) * 255).astype(np.float32) for i in manifest["inputs"]},
             "random tensors of the exported shapes")

@@ -277,7 +277,7 @@ def main() -> None:
     from edgeml.io import write_json
 
     write_json(RESULTS, {"benchmark": "lls_device", "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                         "engine": str(binary),
+                         "engine": binary.name,
                          "engine_threads": 1, "cost": rows, "accuracy": acc,
                          "notes": "peak RSS = VmHWM of separate processes; C++ = standalone edgeml-finetune "
                                   "(no Python); PyTorch rows include the interpreter + libtorch"})

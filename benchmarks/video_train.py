@@ -99,7 +99,7 @@ def run_model(name: str, size: str, cache: Path, out: Path, args: argparse.Names
             "spike_rates": ops.spike_rates, "mean_spike_rate": ops.as_dict()["mean_spike_rate"],
             "energy_j_per_clip": energy.joules, "energy_label": energy.label, "energy_table": energy.table,
             "clips_per_s": speed, "train_minutes": train_s / 60, "test_confusion": test["confusion"],
-            "checkpoint": str(out / "best.safetensors")}
+            "checkpoint": f"{out.name}/best.safetensors"}  # relative to --work: no machine path in the JSON
 
 
 def ship(checkpoint: Path, args: argparse.Namespace) -> None:
@@ -180,14 +180,14 @@ def main() -> None:
                   f"{args.clips} test clips. Goals: " + ", ".join(f"{k}={v}" for k, v in goals.items()))
 
     write_json(args.out, {"benchmark": "video_train", "rows": rows, "ratios": ratios, "goals": goals,
-                          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                          "settings": {k: v.name if isinstance(v, Path) else v for k, v in vars(args).items()},
                           "data_clips": counts, "data_minutes": data_min, "augmentation": {"mirror": mirror},
                           "machine": {
                               "cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
                               "torch": torch.__version__, "note": args.machine_note}})
     console.print(f"wrote {args.out}")
     if args.ship:
-        ship(Path(spk["checkpoint"]), args)
+        ship(args.work / spk["checkpoint"], args)
         console.print(f"installed {ASSET}")
 
 
