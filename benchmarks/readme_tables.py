@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/readme_tables.py --check    # exit 1 if README.md is out of date
 
 Only the text between `<!-- results:begin -->` and `<!-- results:end -->` is replaced, so every number there
-comes from a results file, and so from the script that wrote it. Results files may be:
+comes from a results file, and so from the script that wrote it. A results file with an entry in `CLAIMS` becomes
+one short table (claim, goal, measured, verdict, same-run baseline); any other file is shown generically, tables
+wider than ten columns left to the JSON. Generic results files may be:
 - a table: {"title", "columns": [...], "rows": [[...], ...], "notes"?, "script"?} (or that under "table",
   or a list of them under "tables");
 - records: {"title"?, "rows": [{column: value, ...}, ...]};
@@ -126,8 +128,124 @@ def tables_of(name: str, data: Any) -> list[tuple[str, list[str], list[list[Any]
     return []
 
 
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else (f"{v:,.0f} ms" if v >= 100 else f"{v:.3g} ms")
+
+
+def _verdict(ok: bool | None, caveat: str | None = None) -> str:
+    text = "–" if ok is None else ("met" if ok else "missed")
+    return f"{text} ({caveat})" if caveat else text
+
+
+def _cure_eval(d: dict) -> list[list[Any]]:
+    rows = []
+    by = {(r["concept"], r["method"].split(" ")[0]): r for r in d["rows"]}
+    for (concept, method), r in by.items():
+        if method != "cure":
+            continue
+        orig, uce = by.get((concept, "none")), by.get((concept, "uce"))
+        rows.append([f"CURE erases '{concept}' ({r['attribute']})", f"judge accuracy ≤ chance + 0.10 "
+                     f"({r['chance'] + 0.10:.2f})", f"{r['erased']:.3f} (before: {orig['erased']:.3f})" if orig
+                     else f"{r['erased']:.3f}", _verdict(r["erased_goal_met"]),
+                     f"UCE {uce['erased']:.3f}" if uce else "–"])
+        rows.append([f"… and keeps unrelated prompts ('{concept}')", "unrelated accuracy drop ≤ 0.05",
+                     f"{r['unrelated_drop']:+.3f}", _verdict(r["unrelated_goal_met"]),
+                     f"UCE {uce['unrelated_drop']:+.3f}" if uce and "unrelated_drop" in uce else "–"])
+    return rows
+
+
+def _cure_speed(d: dict) -> list[list[Any]]:
+    g = d.get("goals", {})
+    return [["CURE edits a UNet's 32 K/V projections in memory", "≤ 0.25 s", f"{d['in_memory_edit_s']:.3g} s",
+             _verdict(g.get("in_memory_edit_s<=0.25")), f"dense edit {d['dense_edit_s']:.3g} s"],
+            ["CURE edits a 3.4 GB ONNX model on disk", "≤ 1.5× a plain file copy", _x(d["onnx_edit_over_copy"]),
+             _verdict(g.get("onnx_edit<=1.5x_copy"), "not reproduced on a clean clone; being re-measured"),
+             f"copy {d['onnx_copy_s']:.3g} s"]]
+
+
+def _export_latency(d: dict) -> list[list[Any]]:
+    b, g = d["backends"], d.get("goals", {})
+    rows = [["ONNX Runtime beats PyTorch eager (video_spiking, batch 1)", "≥ 2× eager",
+             _x(b["ort"]["speedup_vs_eager"]), _verdict(g.get("ort_ge_2x_eager")),
+             f"eager {_ms(b['torch']['median_ms'])}"],
+            ["TVM (MetaSchedule-tuned) keeps up with ORT", "≤ 1.2× ORT latency", _x(d.get("tvm_vs_ort")),
+             _verdict(g.get("tvm_within_1_2x_ort")), f"ORT {_ms(b['ort']['median_ms'])}"]]
+    if "ort-int8" in b:
+        ratio = b["ort-int8"]["median_ms"] / b["ort"]["median_ms"]
+        rows.append(["int8 (QDQ) on x86 ONNX Runtime", "faster than fp32", _x(ratio) + " fp32 latency",
+                     _verdict(ratio < 1.0, None if ratio < 1.0 else "use fp32 on x86"),
+                     f"fp32 {_ms(b['ort']['median_ms'])}"])
+    return rows
+
+
+def _lls_fashion_mnist(d: dict) -> list[list[Any]]:
+    acc = {r["mode"]: r["test_accuracy"] for r in d["results"]}
+    g = d["goals"]
+    return [["LLS trains SmallConv on Fashion-MNIST close to backprop", "gap ≤ 1.5 points",
+             f"LLS {acc['lls']:.2f} %, gap {g['accuracy_gap_points']:.2f}",
+             _verdict(g["lls_within_1.5_points_of_bp"]),
+             f"BP {acc['bp']:.2f} %"],
+            ["LLS needs less training memory", "BP / LLS ≥ 1.5×", _x(g["memory_ratio"]),
+             _verdict(g["lls_memory_ratio_at_least_1.5"]), "BP, same run"]]
+
+
+def _lls_device(d: dict) -> list[list[Any]]:
+    rows = []
+    valid = d.get("valid")
+    caveat = None if valid else "run not judged valid: no load record; a quiet rerun contradicts it"
+    for r in d["cost"]:
+        trained = r["trained"]
+        ok = r["ratio_latency_cpp_vs_torch_lls"] <= 1.0 if valid else None
+        rows.append([f"C++ engine step ({r['net']}, {trained})", "≤ 1.0× PyTorch LLS step",
+                     _x(r["ratio_latency_cpp_vs_torch_lls"]), _verdict(ok, caveat),
+                     f"PyTorch LLS {_ms(r['torch_lls']['step_ms_median'])}"])
+        rows.append([f"C++ engine peak memory ({r['net']}, {trained})", "≤ 0.15× PyTorch BP",
+                     _x(r["ratio_peak_cpp_vs_bp"]), _verdict(r["ratio_peak_cpp_vs_bp"] <= 0.15),
+                     f"PyTorch BP {r['torch_bp']['peak_rss_kb'] / 1024:.0f} MB"])
+    return rows
+
+
+def _video_extract(d: dict) -> list[list[Any]]:
+    goal = d["goal"]
+    rows = []
+    for r in d["results"]:
+        rows.append([f"full extraction of {r['video']}", f"≤ {goal['full_vs_plain_max']}× plain decode",
+                     _x(r["full_vs_plain"]), _verdict(r["full_vs_plain"] <= goal["full_vs_plain_max"]),
+                     f"plain decode {r['fps']['plain_decode']:,.0f} fps"])
+    return rows
+
+
+def _video_train(d: dict) -> list[list[Any]]:
+    spk, rgb = d["rows"][0], d["rows"][1]
+    g, q = d["goals"], d["ratios"]
+    base = f"{rgb['model']} ({rgb['size']})"
+    return [["video_spiking accuracy per video (synth test split)", "≥ the RGB baseline",
+             f"{100 * spk['test_video_top1']:.1f} %", _verdict(g["accuracy_equal_or_better_per_video"]),
+             f"{base} {100 * rgb['test_video_top1']:.1f} %"],
+            ["… per clip", "≥ the RGB baseline", f"{100 * spk['test_top1']:.2f} %",
+             _verdict(g["accuracy_equal_or_better_per_clip"]), f"{base} {100 * rgb['test_top1']:.2f} %"],
+            ["fewer MACs per clip", "≥ 10×", _x(q["macs_fewer_x"]), _verdict(g["macs_ge_10x_fewer"]),
+             f"{base} {rgb['macs_per_clip'] / 1e6:.0f} M MACs"],
+            ["more clips/s (PyTorch, CPU)", "≥ 5×", _x(q["clips_per_s_faster_x"]), _verdict(g["clips_per_s_ge_5x"]),
+             f"{base} {rgb['clips_per_s']:.0f} clips/s"],
+            ["trains within 20 min on 2 cores", "≤ 20 min", f"{spk['train_minutes']:.1f} min",
+             _verdict(g["spiking_train_le_20_min"]), "–"]]
+
+
+# Per results file: the claims it supports, as rows of claim, goal, measured, verdict, same-run baseline.
+CLAIMS = {"cure_eval": _cure_eval, "cure_speed": _cure_speed, "export_latency": _export_latency,
+          "lls_device": _lls_device, "lls_fashion_mnist": _lls_fashion_mnist, "video_extract": _video_extract,
+          "video_train": _video_train}
+CLAIM_COLUMNS = ["claim", "goal", "measured", "verdict", "same-run baseline"]
+MAX_COLUMNS = 10
+
+
 def render(results_dir: Path) -> str:
-    """The Markdown between the markers: one sub-section per results file, sorted by name."""
+    """The Markdown between the markers: one short claims table per results file, sorted by name."""
     files = sorted(results_dir.glob("*.json"))
     if not files:
         return "_No results yet: run the scripts in `benchmarks/`, then `python benchmarks/readme_tables.py`._"
@@ -136,11 +254,17 @@ def render(results_dir: Path) -> str:
         data = json.loads(f.read_text())
         script = (data.get("script") if isinstance(data, dict) else None) or f"benchmarks/{f.stem}.py"
         section = [f"#### {f.stem}"]
-        for title, cols, rows, notes in tables_of(f.stem, data):
-            if title != f.stem:
-                section.append(f"**{title}**")
-            section.append(md_table(cols, rows) + (f"\n\n{fmt(notes)}" if notes else ""))
-        section.append(f"_Source: `{script}` → `benchmarks/results/{f.name}`._")
+        if f.stem in CLAIMS:
+            section.append(md_table(CLAIM_COLUMNS, CLAIMS[f.stem](data)))
+        else:
+            for title, cols, rows, notes in tables_of(f.stem, data):
+                if len(cols) > MAX_COLUMNS:
+                    continue  # too wide to read: it stays in the JSON
+                if title != f.stem:
+                    section.append(f"**{title}**")
+                section.append(md_table(cols, rows) + (f"\n\n{fmt(notes)}" if notes else ""))
+        section.append(f"_Source: `{script}` → [`benchmarks/results/{f.name}`](benchmarks/results/{f.name}) "
+                       "(every measurement, settings and machine)._")
         parts.append("\n\n".join(section))
     return "\n\n".join(parts)
 

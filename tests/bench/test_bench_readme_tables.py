@@ -24,7 +24,7 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     readme.write_text("# proj\n\nintro\n")
     results = tmp_path / "results"
     results.mkdir()
-    (results / "video_extract.json").write_text(json.dumps(
+    (results / "extract_demo.json").write_text(json.dumps(
         {"title": "Clip extraction", "columns": ["video", "fps", "ratio"], "rows": [["a.mp4", 1234.5678, 0.51234]],
          "notes": "2 cores"}))
     (results / "lls_step.json").write_text(json.dumps({"rows": [{"mode": "lls", "ms": 1.25}, {"mode": "bp", "ms": 3}]}))
@@ -38,7 +38,7 @@ def test_regeneration_adds_a_results_section_with_every_table(tables, tmp_path):
     assert text.startswith("# proj\n\nintro\n") and "## Results" in text
     block = text.split(tables.BEGIN)[1].split(tables.END)[0]
     assert "| a.mp4 | 1,235 | 0.512 |" in block and "| lls | 1.25 |" in block and "| bp | 3 |" in block
-    assert "`benchmarks/video_extract.py`" in block and "2 cores" in block
+    assert "`benchmarks/extract_demo.py`" in block and "2 cores" in block
 
 
 def test_only_the_marked_block_changes_and_check_detects_staleness(tables, tmp_path):
@@ -80,3 +80,19 @@ def test_records_come_with_the_files_other_fields(tables):
     (rows_table, (_, cols, quantities, _)) = tables.tables_of("t", r)
     assert rows_table[1] == ["model", "acc"] and cols == ["quantity", "value"]
     assert quantities == [["ratios.faster_x", 9.6], ["goals.faster", True]]
+
+
+def test_committed_results_render_as_claim_tables_of_at_most_ten_columns(tables):
+    """Every committed results file has its claims table, and no README table is wider than ten columns."""
+    results = ROOT / "benchmarks" / "results"
+    assert {f.stem for f in results.glob("*.json")} <= set(tables.CLAIMS)
+    block = tables.render(results)
+    widths = [line.count("|") - 1 for line in block.splitlines() if line.startswith("|")]
+    assert widths and max(widths) <= tables.MAX_COLUMNS
+    assert block.count("| claim | goal | measured | verdict | same-run baseline |") == len(list(results.glob("*.json")))
+
+
+def test_a_wide_generic_table_stays_in_the_json(tables, tmp_path):
+    (tmp_path / "wide.json").write_text(json.dumps({"rows": [{f"c{i}": i for i in range(12)}], "n": 3}))
+    block = tables.render(tmp_path)
+    assert "| c0 |" not in block and "| n | 3 |" in block
