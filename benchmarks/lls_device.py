@@ -1,16 +1,18 @@
 """On-device LLS fine-tuning: the C++ engine vs PyTorch BP and PyTorch LLS on the same net and batch.
 
 Part 1 (cost): step latency (median) and peak RSS, each measured in its own process:
-  - PyTorch BP (end-to-end backprop, all blocks), PyTorch LLS (local steps), and the standalone C++ engine
-    (edgeml-finetune, no Python), training all blocks and fine-tuning the last two.
-  Peak RSS is the process's VmHWM (high-water RSS); the PyTorch rows also show it above the RSS after import and
-  model build (the training's own share), since the interpreter and libtorch alone take ~300 MB.
+  - PyTorch LLS (local steps) and the standalone C++ engine (edgeml-finetune, no Python) at equal thread counts
+    (1 and 2; the engine at 2 only where it takes --threads), PyTorch BP (end-to-end backprop) for memory, training
+    all blocks and fine-tuning the last two.
+  The contenders run interleaved over --rounds rounds (edgeml.bench.rounds): every measurement records its wall
+  time, its CPU time and the CPU the rest of the machine used meanwhile. The run is invalid — and no results are
+  written without --allow-invalid — when a contender's round medians disagree by more than --max-spread or another
+  process used more than --max-foreign-cores during a measurement.
+  Peak RSS is the process's VmHWM (high-water RSS); the interpreter and libtorch alone take ~300 MB.
 Part 2 (accuracy): SmallConv trained with LLS on clean Fashion-MNIST (in this run), evaluated on a
   brightness/contrast-shifted split, then fine-tuned on shifted device data (last two blocks) by the C++ binary:
   accuracy before / after on the shifted test split.
 
-"C++/BP share" divides the C++ peak by BP's peak above its setup RSS (a harsher ratio: the C++ figure is the
-whole program — weights, data, code — the BP figure only what training added).
 Run: .venv/bin/python benchmarks/lls_device.py [--quick]; writes benchmarks/results/lls_device.json.
 """
 
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,7 @@ def torch_worker(args: argparse.Namespace) -> None:
     from edgeml.lls.pack import parse_blocks
     from edgeml.registry import create_model
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(args.model, **json.loads(args.config)).eval()
     c, s, k = model.config["in_channels"], model.config["image_size"], model.config["num_classes"]
@@ -93,9 +97,9 @@ def torch_worker(args: argparse.Namespace) -> None:
                       "rss_setup_kb": setup, "peak_rss_kb": rss_kb(), "threads": torch.get_num_threads()}))
 
 
-def run_torch(kind: str, model: str, config: dict, batch: int, steps: int, blocks: str) -> dict:
+def run_torch(kind: str, model: str, config: dict, batch: int, steps: int, blocks: str, threads: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--model", model, "--config", json.dumps(config),
-           "--batch", str(batch), "--steps", str(steps), "--blocks", blocks]
+           "--batch", str(batch), "--steps", str(steps), "--blocks", blocks, "--threads", str(threads)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -114,14 +118,25 @@ def run_engine(binary: Path, pack: Path, data: Path, out: Path, batch: int, step
 
 # -- part 1: cost -------------------------------------------------------------------------------------------
 
-def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int, steps: int) -> list[dict]:
+def engine_threads_supported(binary: Path) -> bool:
+    """Whether this edgeml-finetune takes --threads (older builds run one thread)."""
+    r = subprocess.run([str(binary), "--help"], capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    return "--threads" in r.stdout + r.stderr
+
+
+def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int, steps: int, rounds: int,
+              thread_counts: tuple[int, ...], max_spread: float, max_foreign: float) -> tuple[list[dict], dict]:
+    """Per net and trained-block set: PyTorch BP, PyTorch LLS and the C++ engine at each thread count, interleaved
+    over `rounds` rounds (fresh processes each time); (rows, verdict of the whole run)."""
     import torch
 
+    from edgeml.bench.rounds import interleave, judge
     from edgeml.lls.device import write_idx_folder
     from edgeml.lls.pack import write_pack
     from edgeml.registry import create_model
 
-    rows = []
+    threaded_engine = engine_threads_supported(binary)
+    rows, everything = [], []
     for name, config in nets:
         torch.manual_seed(0)
         model = create_model(name, **config).eval()
@@ -133,25 +148,50 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
         write_idx_folder(data, rng.integers(0, 256, shape, dtype=np.uint8),
                          rng.integers(0, model.config["num_classes"], shape[0]))
         for blocks in (f"last:{n_blocks}", "last:2"):
-            pack = write_pack(work / f"{name}.pack", model, train_blocks=blocks,
+            pack = write_pack(work / f"{name}-{blocks.replace(':', '')}.pack", model, train_blocks=blocks,
                               optimizer={"name": "adamw", "lr": 1e-4})
-            bp = run_torch("bp", name, config, batch, steps, blocks)
-            lls = run_torch("lls", name, config, batch, steps, blocks)
-            eng = run_engine(binary, pack, data, work / "out.pack", batch, steps + 1, blocks)
             label = "all blocks" if blocks == f"last:{n_blocks}" else "last 2 blocks"
-            rows.append({
-                "net": name, "config": config, "batch": batch, "trained": label, "steps": steps,
-                "torch_bp": bp, "torch_lls": lls,
-                "cpp_lls": {"step_ms_median": eng["step_ms_median"], "step_ms_mean": eng["step_ms"],
-                            "peak_rss_kb": eng["peak_rss_kb"], "arena_bytes": eng["arena_bytes"]},
-                "ratio_peak_cpp_vs_bp": eng["peak_rss_kb"] / bp["peak_rss_kb"],
-                "ratio_peak_cpp_vs_bp_training_share":
-                    eng["peak_rss_kb"] / max(1, bp["peak_rss_kb"] - bp["rss_setup_kb"]),
-                "ratio_latency_cpp_vs_torch_lls": eng["step_ms_median"] / lls["step_ms_median"],
-            })
-            print(f"  {name} {label}: BP {bp['step_ms_median']:.1f} ms / LLS {lls['step_ms_median']:.1f} ms / "
-                  f"C++ {eng['step_ms_median']:.1f} ms", flush=True)
-    return rows
+            torch_step = partial(_torch_step, name, config, batch, steps, blocks)
+            engine_step = partial(_engine_step, binary, pack, data, work / "out.pack", batch, steps + 1, blocks)
+            contenders = {}
+            for t in thread_counts:
+                contenders[f"torch_lls@{t}"] = partial(torch_step, "lls", t)
+                if t == 1 or threaded_engine:
+                    contenders[f"cpp_lls@{t}"] = partial(engine_step, t if threaded_engine else None)
+            contenders["torch_bp@1"] = partial(torch_step, "bp", 1)
+            print(f"  {name}, {label}: {len(contenders)} contenders x {rounds} rounds", flush=True)
+            ms = interleave(contenders, rounds, progress=lambda line: print(f"    {line}", flush=True))
+            everything += ms
+            verdict = judge(ms, max_spread=max_spread, max_foreign_cores=max_foreign)
+            med = verdict.medians
+            peak = {k: max(m.extra.get("peak_rss_kb", 0) for m in ms if m.contender == k) for k in contenders}
+            row = {"net": name, "config": config, "batch": batch, "trained": label, "steps": steps,
+                   "rounds": rounds, "step_ms_median": med, "peak_rss_kb": peak,
+                   "wall_s": {k: sum(m.wall_s for m in ms if m.contender == k) for k in contenders},
+                   "cpu_s": {k: sum(m.own_cpu_s for m in ms if m.contender == k) for k in contenders},
+                   "valid": verdict.valid, "reasons": verdict.reasons, "spread": verdict.spread,
+                   "max_foreign_cores": verdict.max_foreign_cores,
+                   "ratio_peak_cpp_vs_bp": peak["cpp_lls@1"] / peak["torch_bp@1"]}
+            for t in thread_counts:
+                if f"cpp_lls@{t}" in med:
+                    row[f"ratio_latency_cpp_vs_torch_lls@{t}"] = med[f"cpp_lls@{t}"] / med[f"torch_lls@{t}"]
+            rows.append(row)
+            print(f"  {name} {label}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
+                  + ("" if verdict.valid else f"  [INVALID: {'; '.join(verdict.reasons)}]"), flush=True)
+    return rows, judge(everything, max_spread=max_spread, max_foreign_cores=max_foreign).as_dict()
+
+
+def _torch_step(name: str, config: dict, batch: int, steps: int, blocks: str, kind: str,
+                threads: int) -> tuple[float, dict]:
+    r = run_torch(kind, name, config, batch, steps, blocks, threads)
+    return r["step_ms_median"], r
+
+
+def _engine_step(binary: Path, pack: Path, data: Path, out: Path, batch: int, steps: int, blocks: str,
+                 threads: int | None) -> tuple[float, dict]:
+    r = run_engine(binary, pack, data, out, batch, steps, blocks, extra=() if threads is None else
+                   ("--threads", str(threads)))
+    return r["step_ms_median"], r
 
 
 # -- part 2: accuracy recovery --------------------------------------------------------------------------------
@@ -217,18 +257,20 @@ def print_tables(rows: list[dict], acc: dict | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="LLS training step: C++ engine vs PyTorch BP / PyTorch LLS (same net and batch; median step "
-                    "latency, peak RSS of each process)")
-    for col in ("net", "trained", "batch", "BP ms", "LLS ms", "C++ ms", "C++/LLS time", "BP MB",
-                "LLS MB", "C++ MB", "C++/BP peak", "C++/BP share"):
+    t = Table(title="LLS training step: C++ engine vs PyTorch LLS at equal threads, PyTorch BP for memory (median "
+                    "of round medians; peak RSS of each process)")
+    for col in ("net", "trained", "threads", "PyTorch LLS ms", "C++ ms", "C++/LLS time", "BP MB", "C++ MB",
+                "C++/BP peak", "valid"):
         t.add_column(col, justify="right")
     for r in rows:
-        bp, lls, cpp = r["torch_bp"], r["torch_lls"], r["cpp_lls"]
-        t.add_row(r["net"], r["trained"], str(r["batch"]), f"{bp['step_ms_median']:.1f}",
-                  f"{lls['step_ms_median']:.1f}", f"{cpp['step_ms_median']:.1f}",
-                  f"{r['ratio_latency_cpp_vs_torch_lls']:.2f}x", f"{bp['peak_rss_kb'] / 1024:.0f}",
-                  f"{lls['peak_rss_kb'] / 1024:.0f}", f"{cpp['peak_rss_kb'] / 1024:.1f}",
-                  f"{r['ratio_peak_cpp_vs_bp']:.3f}x", f"{r['ratio_peak_cpp_vs_bp_training_share']:.2f}x")
+        med, peak = r["step_ms_median"], r["peak_rss_kb"]
+        for key in [k for k in med if k.startswith("torch_lls@")]:
+            th = key.split("@")[1]
+            cpp = med.get(f"cpp_lls@{th}")
+            t.add_row(r["net"], r["trained"], th, f"{med[key]:.1f}", "–" if cpp is None else f"{cpp:.1f}",
+                      "–" if cpp is None else f"{cpp / med[key]:.2f}x", f"{peak['torch_bp@1'] / 1024:.0f}",
+                      f"{peak['cpp_lls@1'] / 1024:.1f}", f"{r['ratio_peak_cpp_vs_bp']:.3f}x",
+                      "yes" if r["valid"] else "NO")
     console = Console(width=170)
     console.print(t)
     if acc:
@@ -252,6 +294,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--blocks", default="last:2")
+    ap.add_argument("--threads", type=int, default=1, help="(worker) torch threads")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per configuration (default 3)")
+    ap.add_argument("--max-spread", type=float, default=1.25,
+                    help="a contender's round medians must agree within this max/min ratio (default 1.25)")
+    ap.add_argument("--max-foreign-cores", type=float, default=0.25,
+                    help="other work allowed on the machine during a measurement, in cores (default 0.25)")
+    ap.add_argument("--allow-invalid", action="store_true",
+                    help="write the results even when the run is judged invalid (marked valid: false)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and a smaller pre-training run")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
@@ -266,21 +316,32 @@ def main() -> None:
     nets = [("lls_smallconv", {"mode": "lls"}), ("lls_vww", {"mode": "lls", "image_size": 96})]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print("cost (each row: three fresh processes)", flush=True)
-        rows = [] if args.skip_cost else cost_rows(binary, work, nets, args.batch, steps)
+        print("cost (every measurement a fresh process; contenders interleaved over rounds)", flush=True)
+        rows, verdict = ([], {"valid": True, "reasons": []}) if args.skip_cost else cost_rows(
+            binary, work, nets, args.batch, steps, args.rounds, (1, 2), args.max_spread, args.max_foreign_cores)
         acc = None
         if not args.skip_accuracy:
             print("accuracy recovery on shifted Fashion-MNIST", flush=True)
             acc = accuracy_recovery(binary, work, train_n=6000 if args.quick else 12000, epochs=2,
                                     device_n=2000, ft_epochs=3)
     print_tables(rows, acc)
+    if not verdict["valid"]:
+        print("run judged INVALID: " + "; ".join(verdict["reasons"]), flush=True)
+        if not args.allow_invalid:
+            print(f"not writing {RESULTS} (rerun on a quiet machine, or pass --allow-invalid)")
+            sys.exit(1)
     from edgeml.io import write_json
 
     write_json(RESULTS, {"benchmark": "lls_device", "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                         "engine": binary.name,
-                         "engine_threads": 1, "cost": rows, "accuracy": acc,
+                         "engine": binary.name, "engine_threads_option": engine_threads_supported(binary),
+                         "valid": verdict["valid"], "verdict": verdict,
+                         "settings": {"rounds": args.rounds, "max_spread": args.max_spread,
+                                      "max_foreign_cores": args.max_foreign_cores, "batch": args.batch,
+                                      "steps": steps},
+                         "cost": rows, "accuracy": acc,
                          "notes": "peak RSS = VmHWM of separate processes; C++ = standalone edgeml-finetune "
-                                  "(no Python); PyTorch rows include the interpreter + libtorch"})
+                                  "(no Python); PyTorch rows include the interpreter + libtorch; each value is the "
+                                  "median over rounds of a process's median step"})
     print(f"wrote {RESULTS}")
 
 

@@ -1,0 +1,49 @@
+"""Interleaved rounds: a busy machine or disagreeing rounds make a benchmark run invalid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from edgeml.bench.rounds import Measurement, interleave, judge, measure
+
+
+def _m(name: str, r: int, value: float, foreign: float | None = 0.0) -> Measurement:
+    return Measurement(name, r, value, 1.0, 1.0, foreign)
+
+
+def test_agreeing_rounds_on_a_quiet_machine_are_valid():
+    v = judge([_m("a", 0, 10), _m("b", 0, 20), _m("a", 1, 11), _m("b", 1, 21)])
+    assert v.valid and v.medians == {"a": 10.5, "b": 20.5} and abs(v.spread["a"] - 1.1) < 1e-9
+
+
+def test_disagreeing_rounds_are_invalid():
+    v = judge([_m("a", 0, 10), _m("a", 1, 14)], max_spread=1.25)
+    assert not v.valid and "rounds disagree" in v.reasons[0]
+
+
+def test_foreign_load_is_invalid_and_named():
+    v = judge([_m("a", 0, 10), _m("a", 1, 10, foreign=0.9), _m("b", 0, 5), _m("b", 1, 5)])
+    assert not v.valid and v.reasons == ["machine busy: 0.90 cores of other work during a (limit 0.25)"]
+
+
+def test_a_single_round_cannot_show_its_spread():
+    assert not judge([_m("a", 0, 10)]).valid
+
+
+def test_interleaving_rotates_the_order():
+    seen = []
+    interleave({n: (lambda n=n: (seen.append(n), (1.0, {}))[1]) for n in "abc"}, rounds=3)
+    assert seen == list("abc" "bca" "cab")
+
+
+def test_measure_sees_another_process_burning_a_core():
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        m = measure("sleeper", 0, lambda: (time.sleep(1.0), (1.0, {}))[1])
+    finally:
+        burner.kill()
+        burner.wait()
+    assert m.foreign_cores is not None and m.foreign_cores >= 0.5 and m.own_cpu_s < 0.2
