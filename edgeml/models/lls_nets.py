@@ -126,12 +126,13 @@ def lls_smallconv(mode: str = "lls", in_channels: int = 1, num_classes: int = 10
                             "paper; modes bp | lls | lls_m | lls_mxm | local_learnable")
 def lls_vgg8(mode: str = "lls", in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
              waveform: str = "square", temperature: float = 0.5, label_smoothing: float = 0.0) -> LLSNet:
-    """VGG-8: p = 4 for the two full-resolution convs, 2 for the rest; FC block uses all 1024 units."""
+    """VGG-8 as the authors' `LLS_VGG8`: p = 4 for the first conv, 2 for every later conv (local-loss widths
+    2048, 1024, 1024, 1024, 2048, 2048); the FC block's loss uses all 1024 units."""
     config = dict(mode=mode, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
                   waveform=waveform, temperature=temperature, label_smoothing=label_smoothing)
     b = _Builder(mode, num_classes, waveform, temperature, label_smoothing)
     b.conv(conv_block(in_channels, 128), 128, 4)
-    b.conv(conv_block(128, 256), 256, 4, nn.MaxPool2d(2))
+    b.conv(conv_block(128, 256), 256, 2, nn.MaxPool2d(2))
     b.conv(conv_block(256, 256), 256, 2)
     b.conv(conv_block(256, 256), 256, 2, nn.MaxPool2d(2))
     b.conv(conv_block(256, 512), 512, 2, nn.MaxPool2d(2))
