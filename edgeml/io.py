@@ -7,12 +7,13 @@ bad input never leaves a half-written file; inputs are only ever opened for read
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +48,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the `.{name}.*.tmp` siblings that a killed `atomic_write` / `atomic_dir` of `names` left in
+    `folder` (only those: other hidden files are not ours); returns what was removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -154,7 +172,14 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: str | None = None)
                               fix="re-create it with `edgeml train`") from None
     if meta_json is None:
         raise CheckpointError("not an edgeml checkpoint (no edgeml metadata)", path=path)
-    meta = json.loads(meta_json)
+    try:
+        meta = json.loads(meta_json)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint metadata is not valid JSON ({e})", path=path) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise CheckpointError("checkpoint metadata must be a JSON object naming its model", path=path)
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError("checkpoint metadata 'config' must be a JSON object", path=path)
     if expect_model is not None and meta.get("model") != expect_model:
         raise CheckpointError(
             f"checkpoint is for model {meta.get('model')!r}, not {expect_model!r}", path=path,

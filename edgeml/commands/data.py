@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from edgeml.commands._args import nonneg_int, positive_int, size_hw
 from edgeml.errors import InputError
+from edgeml.io import remove_stale_temps
+from edgeml.paths import refuse_overwrite
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'HxW' (or one number for a square) -> (H, W)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW like 64x64, got {text!r}")
-    return parts[0], parts[1]
+def _output_file(path: str, inputs: list[str], flag: str) -> Path:
+    """An output file path, refused when it is a folder or lands on an input (before anything is decoded); the temp
+    files a killed earlier run left beside it are removed."""
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{flag} is a folder; expected a file path", path=out)
+    refuse_overwrite(out, inputs, flag=flag)
+    remove_stale_temps(out.parent, [out.name])
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "up/down, rotate cw/ccw, zoom in/out) separable only by motion, MPEG-4 Part 2, GOP 12, no "
                          "B-frames, with train/val/test splits and classes.txt. Resumes an interrupted run.")
     s.add_argument("out_dir", help="output folder")
-    s.add_argument("--per-class", type=int, default=48, help="videos per class (default 48)")
-    s.add_argument("--size", type=_size, default=(64, 64), help="frame size HxW (default 64x64)")
-    s.add_argument("--frames", type=int, default=50, help="frames per video (default 50 = 2 s at 25 fps)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    s.add_argument("--per-class", type=positive_int, default=48, help="videos per class (default 48)")
+    s.add_argument("--size", type=size_hw, default=(64, 64), help="frame size HxW (default 64x64)")
+    s.add_argument("--frames", type=positive_int, default=50, help="frames per video (default 50 = 2 s at 25 fps)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument("--workers", type=nonneg_int, default=2, help="worker processes (default 2; 0 or 1 = in-process)")
     s.set_defaults(func=run_synth)
 
     s = verbs.add_parser("prepare", help="re-encode a video canonically (fixed GOP, no B-frames)",
@@ -49,9 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("video", help="input video")
     s.add_argument("--out", required=True, help="output video (.avi, .mp4, .mkv)")
     s.add_argument("--codec", choices=("mpeg4", "h264"), default="mpeg4", help="codec (default mpeg4)")
-    s.add_argument("--gop", type=int, default=12, help="frames per GOP (default 12)")
-    s.add_argument("--size", type=_size, help="target size HxW (default: keep)")
-    s.add_argument("--quality", type=int, default=2, help="mpeg4 qscale, 1 = best (x264: CRF 6x this); default 2")
+    s.add_argument("--gop", type=positive_int, default=12, help="frames per GOP (default 12)")
+    s.add_argument("--size", type=size_hw, help="target size HxW (default: keep)")
+    s.add_argument("--quality", type=positive_int, default=2,
+                   help="mpeg4 qscale 1..31, 1 = best (h264 1..8: CRF 6x this); default 2")
     s.set_defaults(func=run_prepare)
 
     s = verbs.add_parser("mvs", help="dump every exported motion vector as CSV",
@@ -71,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--grid", type=int, default=4, choices=(1, 2, 4, 8, 16), help="field cell size (default 4)")
     s.add_argument("--accumulate", action="store_true",
                    help="chain fields back to the I-frame and take residuals against it (default: previous frame)")
-    s.add_argument("--size", type=_size, help="re-encode to HxW first (default: keep)")
+    s.add_argument("--size", type=size_hw, help="re-encode to HxW first (default: keep)")
     s.set_defaults(func=run_extract)
 
     s = verbs.add_parser("build", help="build a clip cache from a folder of videos (resumable)",
@@ -81,18 +84,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "reported.")
     s.add_argument("source", help="folder of videos")
     s.add_argument("cache", help="output cache folder")
-    s.add_argument("--clip-len", type=int, default=8, help="P-steps per clip (default 8)")
+    s.add_argument("--clip-len", type=positive_int, default=8, help="P-steps per clip (default 8)")
     s.add_argument("--grid", type=int, default=4, choices=(1, 2, 4, 8, 16), help="field cell size (default 4)")
-    s.add_argument("--size", type=_size, default=(64, 64), help="frame size HxW (default 64x64)")
-    s.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    s.add_argument("--size", type=size_hw, default=(64, 64), help="frame size HxW (default 64x64)")
+    s.add_argument("--workers", type=nonneg_int, default=2, help="worker processes (default 2; 0 or 1 = in-process)")
     s.add_argument("--no-accumulate", action="store_true", help="per-step fields/residuals instead of to I-frame")
-    s.add_argument("--split", type=int, default=1, help="official split number for UCF-101/HMDB-51 (default 1)")
+    s.add_argument("--split", type=positive_int, default=1,
+                   help="official split number for UCF-101/HMDB-51 (default 1)")
     s.set_defaults(func=run_build)
 
 
 def run_synth(args: argparse.Namespace) -> int:
     from edgeml.video.synth import make_synth_dataset
 
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise InputError("OUT_DIR is a file; expected a folder", path=args.out_dir)
     out = make_synth_dataset(args.out_dir, per_class=args.per_class, size=args.size, seed=args.seed,
                              frames=args.frames, workers=args.workers)
     print(f"synth data set in {out}")
@@ -102,6 +108,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     from edgeml.video.codec import prepare
 
+    _output_file(args.out, [args.video], "--out")
     print(prepare(args.video, args.out, codec=args.codec, gop=args.gop, size=args.size, quality=args.quality))
     return 0
 
@@ -109,6 +116,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_mvs(args: argparse.Namespace) -> int:
     from edgeml.video.codec import write_mvs_csv
 
+    _output_file(args.csv, [args.video], "--csv")
     n = write_mvs_csv(args.video, args.csv)
     print(f"{n} motion vectors -> {args.csv}")
     return 0
@@ -117,6 +125,7 @@ def run_mvs(args: argparse.Namespace) -> int:
 def run_extract(args: argparse.Namespace) -> int:
     from edgeml.video.clips import write_extract
 
+    _output_file(args.out, [args.video], "--out")
     if not str(args.out).endswith(".safetensors"):
         raise InputError("the output must be a .safetensors file", path=args.out)
     meta = write_extract(args.video, args.out, grid=args.grid, accumulate=args.accumulate, size=args.size)
@@ -127,6 +136,8 @@ def run_extract(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from edgeml.video.datasets import build_clip_cache, cache_summary
 
+    if Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise InputError("CACHE is a file; expected a folder", path=args.cache)
     cache = build_clip_cache(args.source, args.cache, clip_len=args.clip_len, grid=args.grid, size=args.size,
                              workers=args.workers, accumulate=not args.no_accumulate, split=args.split)
     print(cache_summary(cache))

@@ -96,6 +96,39 @@ class _BlockAllocator:
         return self.block[self.used - 1]
 
 
+class _GrowingResiduals:
+    """Residual buffers for `iter_gops(residual_out=...)` that grow with the stream: the first [n, 3, H, W] int16
+    array holds at most `first_bytes`, each next one as many frames as all before it.
+
+    Never sized from the container's declared frame count: a header may declare 2^31 frames (and FFmpeg's AVI
+    muxing declares one more than it writes). A frame of another size than the first gets a fresh array (None).
+    """
+
+    def __init__(self, first_bytes: int = 64 << 20):
+        self.first_bytes = first_bytes
+        self.chunks: list[np.ndarray] = []
+        self.capacity = 0
+
+    def __call__(self, k: int, h: int, w: int) -> np.ndarray | None:
+        if self.chunks and self.chunks[0].shape[2:] != (h, w):
+            return None
+        if k >= self.capacity:
+            n = max(self.capacity, self.first_bytes // (3 * h * w * 2), 1, k + 1 - self.capacity)
+            self.chunks.append(np.empty((n, 3, h, w), np.int16))
+            self.capacity += n
+        offset = self.capacity - len(self.chunks[-1])
+        return self.chunks[-1][k - offset] if k >= offset else None
+
+    def collect(self, residuals: list[np.ndarray]) -> np.ndarray:
+        """[N, 3, H, W] of the P-steps' residuals, in order: a slice of the first array when they fill it from the
+        start (no copy), else one stacked copy."""
+        first = self.chunks[0] if self.chunks else None
+        if first is not None and len(residuals) <= len(first) and all(
+                r.base is first and np.shares_memory(r, first[k]) for k, r in enumerate(residuals)):
+            return first[: len(residuals)]
+        return np.stack(residuals)
+
+
 class _Inline:
     """Executor stand-in that runs each call at once (pipeline=False)."""
 
@@ -214,26 +247,18 @@ def extract(video: str | os.PathLike, *, grid: int = 4, accumulate: bool = False
     frame_index int64 [N], gop_index int64 [N]. A size other than the video's re-encodes it canonically first.
     """
     video = Path(video)
-    buffer: list[np.ndarray] = []
-
-    def residual_out(k: int, h: int, w: int) -> np.ndarray | None:
-        # residuals go straight into one [N, 3, H, W] array (N = the declared frame count), not stacked afterwards
-        if not buffer and info.frames > 0:
-            buffer.append(np.empty((info.frames, 3, h, w), np.int16))
-        return buffer[0][k] if buffer and k < len(buffer[0]) and buffer[0].shape[2:] == (h, w) else None
-
+    buffer = _GrowingResiduals()
     with tempfile.TemporaryDirectory(prefix="edgeml-extract-") as tmp:
         src = canonical_copy(video, size, tmp)
         info = codec.probe(src)
         gops = list(iter_gops(src, grid=grid, accumulate=accumulate, device=device, threads=threads,
-                              residual_out=residual_out, timings=timings))
+                              residual_out=buffer, timings=timings))
     steps = [s for g in gops for s in g.steps]
-    h, w = info.height, info.width
-    n = len(steps)
-    if buffer and all(s.residual.base is buffer[0] for s in steps):
-        residual = buffer[0][:n]
-    else:
-        residual = np.stack([s.residual for s in steps]) if steps else np.zeros((0, 3, h, w), np.int16)
+    if len({g.iframe.shape for g in gops} | {s.residual.shape[1:] + (3,) for s in steps}) > 1:
+        raise VideoError("the frame size changes within the stream", path=video,
+                         fix="re-encode it to one size with `edgeml data prepare --size HxW`")
+    h, w = gops[0].iframe.shape[:2]
+    residual = buffer.collect([s.residual for s in steps]) if steps else np.zeros((0, 3, h, w), np.int16)
     tensors = {
         "iframe": np.stack([g.iframe.transpose(2, 0, 1) for g in gops]),
         "mv": np.stack([s.mv for s in steps]) if steps else np.zeros((0, 2, -(-h // grid), -(-w // grid)), np.float32),

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.errors import MissingDependencyError, VideoError
+from edgeml.errors import InputError, MissingDependencyError, VideoError
 
 # The columns of FFmpeg's doc/examples/extract_mvs.c, in its order (`edgeml data mvs`).
 CSV_HEADER = "framenum,source,blockw,blockh,srcx,srcy,dstx,dsty,flags"
 MV_FIELDS = ("source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x", "motion_y", "motion_scale")
 CANONICAL_CODECS = ("mpeg4", "h264")
+MAX_SIDE = 8192  # MPEG-4 Part 2 codes 13-bit sizes; larger is a typo, not a video
+MAX_QUALITY = {"mpeg4": 31, "h264": 8}  # mpeg4 qscale 1..31; x264 CRF = 6 * quality <= 51
+MAX_GOP = 100_000
 
 
 def _av() -> Any:
@@ -49,7 +52,7 @@ class VideoInfo:
     profile: str | None
     width: int
     height: int
-    frames: int  # as the container declares it (0 = unknown)
+    frames: int  # as the container declares it (0 = unknown); a hint, never a size to allocate or check
     fps: float
     pix_fmt: str | None
 
@@ -62,6 +65,8 @@ def open_video(path: str | os.PathLike) -> tuple[Any, Any]:
     """Open `path` -> (container, its first video stream). VideoError for a missing, non-media or video-less file."""
     av = _av()
     path = Path(path)
+    if path.is_dir():
+        raise VideoError("is a folder, not a video file", path=path, fix="pass a video file")
     if not path.is_file():
         raise VideoError("video file not found", path=path, fix="pass an existing video file")
     if path.stat().st_size == 0:
@@ -97,8 +102,9 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
 
     mvs: ask libavcodec to export motion vectors (`flags2=+export_mvs`). frames: also yield the `av.VideoFrame`.
     threads > 1 turns on libavcodec's frame/slice threading (it was slower on 2 cores, hence off by default).
-    Raises VideoError for undecodable data, a stream with no frames, or (check_complete) fewer frames than the
-    container declares, i.e. a truncated file.
+    Raises VideoError for undecodable data, a stream with no frames, or (check_complete) a packet the demuxer marks
+    broken — a truncated file's last, partial packet. The container's declared frame count is never trusted: FFmpeg's
+    own mpeg4-in-AVI muxing declares one frame more than it writes, and a hostile header can declare 2^31.
     """
     av = _av()
     path = Path(path)
@@ -110,22 +116,23 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
         if threads > 1:
             stream.thread_type = "AUTO"
             stream.thread_count = threads
-        declared = stream.frames
         n = 0
         try:
-            for frame in container.decode(stream):
-                sd = frame.side_data.get("MOTION_VECTORS") if mvs else None
-                yield DecodedFrame(index=n, pict_type=av.video.frame.PictureType(frame.pict_type).name,
-                                   pts=frame.pts, mvs=None if sd is None else sd.to_ndarray(),
-                                   frame=frame if frames else None)
-                n += 1
+            for packet in container.demux(stream):
+                if check_complete and packet.is_corrupt:
+                    raise _fail(path, f"truncated or corrupt: the demuxer found a broken packet after {n} frames",
+                                "the file is incomplete; copy or download it again")
+                for frame in packet.decode():
+                    sd = frame.side_data.get("MOTION_VECTORS") if mvs else None
+                    yield DecodedFrame(index=n, pict_type=av.video.frame.PictureType(frame.pict_type).name,
+                                       pts=frame.pts, mvs=None if sd is None else sd.to_ndarray(),
+                                       frame=frame if frames else None)
+                    n += 1
         except av.FFmpegError as e:
             raise _fail(path, f"decoding failed after {n} frames ({e.strerror or type(e).__name__}): "
                               "truncated or corrupt") from e
         if n == 0:
             raise _fail(path, "the video stream has no frames (zero-frame video)")
-        if check_complete and declared and n < declared:
-            raise _fail(path, f"truncated: decoded {n} of the {declared} frames the container declares")
 
 
 def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
@@ -163,33 +170,50 @@ def prepare(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str = "mpe
     `size` (H, W), yuv420p. quality: mpeg4 qscale (1 best) / x264 CRF = 6*quality. Writes `dst` atomically."""
     av = _av()
     if codec not in CANONICAL_CODECS:
-        raise VideoError(f"unsupported canonical codec {codec!r}", fix=f"use one of {', '.join(CANONICAL_CODECS)}")
-    if gop < 1:
-        raise VideoError(f"gop must be >= 1, got {gop}")
+        raise InputError(f"unsupported canonical codec {codec!r}", fix=f"use one of {', '.join(CANONICAL_CODECS)}")
+    if not 1 <= gop <= MAX_GOP:
+        raise InputError(f"gop must be 1..{MAX_GOP}, got {gop}")
+    if not 1 <= quality <= MAX_QUALITY[codec]:
+        raise InputError(f"quality for {codec} must be 1..{MAX_QUALITY[codec]}, got {quality}")
+    if fps is not None and not 0 < fps <= 1000:
+        raise InputError(f"fps must be in (0, 1000], got {fps}")
     src, dst = Path(src), Path(dst)
+    if size:
+        check_size(size)
     info = probe(src)
     h, w = size if size else (info.height, info.width)
-    if h % 2 or w % 2 or h < 16 or w < 16:
-        raise VideoError(f"target size {h}x{w} must be even and at least 16x16", fix="pass e.g. --size 128x128")
-    rate = Fraction(fps or info.fps or 25).limit_denominator(1001)
+    check_size((h, w), what=f"{src}: the video's size")
+    # a header's frame rate is a hint: a corrupt or hostile one (0, NaN, 10^9) falls back to 25 fps
+    rate = Fraction(fps or (info.fps if 0 < info.fps <= 1000 else 25)).limit_denominator(1001)
     from edgeml.io import atomic_write
 
     n = 0
     with atomic_write(dst, "wb") as f:
         out = av.open(f, "w", format=_container_format(dst))
         with out:
-            st = open_encoder(out, codec, w, h, rate, gop, quality)
-            for fr in decode(src, mvs=False, frames=True, check_complete=False):
-                img = fr.frame.reformat(width=w, height=h, format="yuv420p")
-                img.pts = None
-                for pkt in st.encode(img):
+            try:
+                st = open_encoder(out, codec, w, h, rate, gop, quality)
+                for fr in decode(src, mvs=False, frames=True):
+                    img = fr.frame.reformat(width=w, height=h, format="yuv420p")
+                    img.pts = None
+                    for pkt in st.encode(img):
+                        out.mux(pkt)
+                    n += 1
+                for pkt in st.encode(None):
                     out.mux(pkt)
-                n += 1
-            for pkt in st.encode(None):
-                out.mux(pkt)
+            except av.FFmpegError as e:
+                raise _fail(src, f"re-encoding failed after {n} frames ({e.strerror or type(e).__name__})") from e
     if n == 0:
         raise _fail(src, "no frames to re-encode")
     return dst
+
+
+def check_size(size: tuple[int, int], *, what: str = "target size") -> None:
+    """InputError unless (H, W) is even, at least 16x16 and at most MAX_SIDE per side (what the encoder takes)."""
+    h, w = size
+    if h % 2 or w % 2 or min(h, w) < 16 or max(h, w) > MAX_SIDE:
+        raise InputError(f"{what} {h}x{w} must be even, at least 16x16 and at most {MAX_SIDE}x{MAX_SIDE}",
+                         fix="pass e.g. --size 128x128")
 
 
 def open_encoder(out: Any, codec: str, width: int, height: int, rate: Fraction | int, gop: int, quality: int) -> Any:

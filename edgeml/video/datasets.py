@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,11 +35,14 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import DataError, EdgeMLError
-from edgeml.io import read_json, write_json
+from edgeml.io import read_json, sha256_file, write_json
+from edgeml.paths import confined, refuse_overwrite
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 SPLIT_NAMES = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the shard layout (kept in settings.json: a cache of another layout is not resumed)
+INDEX_FORMAT = 2  # index.json; 2: every shard entry carries its sha256
+WORK_DIR = ".work"  # the build's scratch folder inside the cache (re-encodes); emptied at the start of each build
 
 
 @contextlib.contextmanager
@@ -68,7 +72,8 @@ def parallel_map(fn: Callable[[Any], Any], jobs: list, workers: int, what: str, 
                 advance()
             return results
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for r in pool.map(fn, jobs, chunksize=chunksize):
                     results.append(r)
                     advance()
@@ -78,6 +83,21 @@ def parallel_map(fn: Callable[[Any], Any], jobs: list, workers: int, what: str, 
                                   "`if __name__ == '__main__':` (workers are spawned and re-import it); otherwise "
                                   "check memory, or use workers=1. Finished work is kept: rerun to resume") from None
     return results
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the kernel kills this process (SIGKILL) when its parent dies, so a killed build or synth
+    leaves no orphan workers running (Linux prctl PR_SET_PDEATHSIG; elsewhere the pool's own shutdown only)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------- layouts
@@ -188,7 +208,7 @@ def _ucf(root: Path, lists: Path, split: int) -> tuple[list[str], list[tuple[Pat
             g = re.search(r"_g(\d+)_", rel)
             if kind == "train" and g and int(g.group(1)) % 5 == 0:
                 s = "val"
-            items.append((root / rel, cls, s))
+            items.append((confined(root, rel, what=f"video path in {name}"), cls, s))
     return classes, items
 
 
@@ -201,7 +221,8 @@ def _hmdb(root: Path, lists: Path, classes: list[str], split: int) -> list[tuple
         for ln in f.read_text().splitlines():
             parts = ln.split()
             if len(parts) == 2:
-                items.append((root / c / parts[0], c, {"1": "train", "2": "test"}.get(parts[1], "val")))
+                video = confined(root / c, parts[0], what=f"video path in {f.name}")
+                items.append((video, c, {"1": "train", "2": "test"}.get(parts[1], "val")))
     return items
 
 
@@ -224,7 +245,7 @@ def _extract_job(job: dict) -> dict:
     try:
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="edgeml-cache-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="job-", dir=job["work"]) as tmp:
             src = canonical_copy(Path(job["video"]), tuple(job["size"]), tmp)
             clips = video_clips(src, clip_len=job["clip_len"], grid=job["grid"], accumulate=job["accumulate"])
     except EdgeMLError as e:
@@ -237,8 +258,10 @@ def _extract_job(job: dict) -> dict:
                       "reason": f"no GOP with {job['clip_len']} P-frames (video too short for the clip length)"}
         else:
             arrays = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
-            write_bytes(out, save(arrays, metadata={"video": job["rel"], "clips": str(len(clips))}))
-            return {"video": job["rel"], "status": "ok", "clips": len(clips)}
+            data = save(arrays, metadata={"video": job["rel"], "clips": str(len(clips))})
+            write_bytes(out, data)
+            digest = hashlib.sha256(data).hexdigest()
+            return {"video": job["rel"], "status": "ok", "clips": len(clips), "sha256": digest}
     write_json(marker, status)
     return status
 
@@ -251,14 +274,24 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     Per video: one clip per GOP (its I-frame + first `clip_len` P-steps), stored in compact dtypes in
     `shards/<name>.safetensors`: iframe uint8 [C,3,H,W], mv int16 [C,T,2,H/g,W/g], residual int16 [C,T,3,H,W],
     frames uint8 [C,T+1,3,H,W]. Videos of another size are re-encoded canonically to `size` first. `index.json`
-    lists classes, settings, the shards per split, and the broken/skipped videos with reasons.
+    lists classes, settings, the shards per split (each with its sha256, verified by `ClipDataset`), and the
+    broken/skipped videos with reasons. The cache may not be, hold, or sit inside `source_dir`: the source stays
+    untouched.
     """
+    from edgeml.video.codec import check_size
     from edgeml.video.mv import GRIDS
 
     source, cache = Path(source_dir), Path(cache_dir)
     if grid not in GRIDS:
         raise DataError(f"grid must be one of {GRIDS}, got {grid}")
+    if clip_len < 1:
+        raise DataError(f"clip_len must be >= 1, got {clip_len}")
+    check_size(size)
     layout, classes, items = scan_layout(source, split)
+    refuse_overwrite(cache, [source, *(v for v, _, _ in items)], flag="CACHE")
+    if source.resolve() in cache.resolve().parents:
+        raise DataError("the cache folder is inside the source folder", path=cache,
+                        fix="build the cache outside the folder of videos, so the source stays as it is")
     mirror = read_mirror(source, classes)
     settings = {"format": FORMAT_VERSION, "source": str(source.resolve()), "layout": layout, "split": split,
                 "clip_len": clip_len, "grid": grid, "size": list(size), "accumulate": accumulate}
@@ -270,6 +303,9 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     (cache / "status").mkdir(exist_ok=True)
     for stale in [*(cache / "shards").glob(".*.tmp"), *(cache / "status").glob(".*.tmp")]:
         stale.unlink(missing_ok=True)  # half-written by a killed build; the finished files are complete (atomic)
+    work = cache / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)  # re-encodes of a killed build
+    work.mkdir()
     write_json(settings_path, settings)
 
     jobs, reused = [], 0
@@ -286,16 +322,22 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
             write_json(marker, {"video": rel, "status": "skipped", "reason": f"class {cls!r} not in the class list"})
             continue
         jobs.append({"video": str(video), "rel": rel, "shard": str(shard), "marker": str(marker), "size": list(size),
-                     "clip_len": clip_len, "grid": grid, "accumulate": accumulate})
-    results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
+                     "clip_len": clip_len, "grid": grid, "accumulate": accumulate, "work": str(work)})
+    try:
+        results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
-    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused, mirror=mirror)
+    digests = {r["video"]: r["sha256"] for r in results if r["status"] == "ok"}
+    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused, mirror=mirror,
+                        digests=digests)
 
 
 def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int,
-                 mirror: dict[str, list[int]]) -> Path:
+                 mirror: dict[str, list[int]], digests: dict[str, str]) -> Path:
+    """index.json; a shard this build did not write (a resumed one) is hashed here."""
     from safetensors import safe_open
 
     splits: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
@@ -304,14 +346,15 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
         if shard.is_file():
             with safe_open(str(shard), "np") as f:
                 n = int(f.metadata()["clips"])
-            splits[s].append({"video": rel, "shard": f"shards/{shard.name}", "clips": n, "label": classes.index(cls)})
+            splits[s].append({"video": rel, "shard": f"shards/{shard.name}", "clips": n, "label": classes.index(cls),
+                              "sha256": digests.get(rel) or sha256_file(shard)})
         elif marker.is_file():
             problems.append(read_json(marker))
     h, w = settings["size"]
     meta = {"clip_len": settings["clip_len"], "grid": settings["grid"], "size": [h, w],
             "accumulate": "iframe" if settings["accumulate"] else "previous", "warp": "nearest",
             "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped", "mirror": mirror}
-    index = {"format": FORMAT_VERSION, "meta": meta, "settings": settings, "classes": classes, "splits": splits,
+    index = {"format": INDEX_FORMAT, "meta": meta, "settings": settings, "classes": classes, "splits": splits,
              "clips": {s: sum(e["clips"] for e in v) for s, v in splits.items()},
              "broken": [p for p in problems if p["status"] == "broken"],
              "skipped": [p for p in problems if p["status"] == "skipped"],
@@ -338,30 +381,43 @@ class ClipDataset:
         if not index_path.is_file():
             raise DataError("no clip cache here (index.json missing)", path=self.root,
                             fix="build it with `edgeml data build SOURCE CACHE` (a killed build resumes)")
-        index = read_json(index_path)
+        index = read_index(self.root)
         self.classes: list[str] = index["classes"]
         self.meta: dict = index["meta"]
         self.split = split
         self.mirror: dict[str, list[int]] = self.meta.get("mirror", {}) if augment else {}
-        self._items = [(e["shard"], i, e["label"], v) for v, e in enumerate(index["splits"][split])
-                       for i in range(e["clips"])]
+        entries = index["splits"][split]
+        self._digests = {e["shard"]: e["sha256"] for e in entries}
+        self._items = [(e["shard"], i, e["label"], v) for v, e in enumerate(entries) for i in range(e["clips"])]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._verified: set[str] = set()
         self._max_open = max_open
 
     def __len__(self) -> int:
         return len(self._items)
 
     def _shard(self, rel: str) -> dict[str, np.ndarray]:
+        """The arrays of one shard; its bytes are checked against the index's sha256 the first time it is opened."""
         if rel not in self._cache:
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load
 
             if len(self._cache) >= self._max_open:
                 self._cache.pop(next(iter(self._cache)))
+            path = self.root / rel
+            fix = "delete it and re-run `edgeml data build` into this cache (it rebuilds only what is missing)"
             try:
-                self._cache[rel] = load_file(str(self.root / rel))
+                data = path.read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read clip shard ({e.strerror or e})", path=path, fix=fix) from None
+            if rel not in self._verified:
+                if hashlib.sha256(data).hexdigest() != self._digests[rel]:
+                    raise DataError("clip shard does not match the sha256 in index.json (corrupt or changed)",
+                                    path=path, fix=fix)
+                self._verified.add(rel)
+            try:
+                self._cache[rel] = load(data)
             except Exception as e:  # noqa: BLE001 - a damaged shard is a data error with the file named
-                raise DataError(f"cannot read clip shard ({e})", path=self.root / rel,
-                                fix="delete it and re-run the build (it resumes)") from e
+                raise DataError(f"cannot read clip shard ({e})", path=path, fix=fix) from None
         return self._cache[rel]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -379,6 +435,37 @@ class ClipDataset:
 
     def labels(self) -> list[int]:
         return [lab for _, _, lab, _ in self._items]
+
+
+def read_index(root: Path) -> dict:
+    """A clip cache's index.json, checked before use: its shard paths stay inside the cache, every shard has a
+    sha256, labels name a class. DataError naming the problem otherwise (an index of format 1 has no checksums)."""
+    path = root / "index.json"
+    index = read_json(path)
+    rebuild = "re-run `edgeml data build SOURCE CACHE` into this cache (finished shards are kept and hashed)"
+    if not isinstance(index, dict):
+        raise DataError("index.json is not a JSON object", path=path, fix=rebuild)
+    if index.get("format") == 1:
+        raise DataError("clip cache index without shard checksums (built by an older edgeml)", path=path, fix=rebuild)
+    if index.get("format") != INDEX_FORMAT:
+        raise DataError(f"unknown clip cache index format {index.get('format')!r}", path=path, fix=rebuild)
+    classes, splits = index.get("classes"), index.get("splits")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or not isinstance(
+            index.get("meta"), dict) or not isinstance(splits, dict):
+        raise DataError("index.json lacks classes, meta or splits", path=path, fix=rebuild)
+    for split in SPLIT_NAMES:
+        entries = splits.setdefault(split, [])
+        if not isinstance(entries, list):
+            raise DataError(f"index.json: splits.{split} is not a list", path=path, fix=rebuild)
+        for e in entries:
+            ok = (isinstance(e, dict) and isinstance(e.get("shard"), str) and isinstance(e.get("sha256"), str)
+                  and type(e.get("clips")) is int and e["clips"] >= 0 and type(e.get("label")) is int
+                  and 0 <= e["label"] < len(classes))
+            if not ok:
+                raise DataError(f"index.json: a {split} entry lacks shard, sha256, clips or a valid label: {e!r:.120}",
+                                path=path, fix=rebuild)
+            confined(root, e["shard"], what="shard path in index.json")
+    return index
 
 
 def cache_summary(cache_dir: str | os.PathLike) -> str:

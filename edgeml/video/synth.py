@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeml.errors import DataError
 from edgeml.io import read_json, write_json, write_text
+from edgeml.video.codec import MAX_SIDE
 from edgeml.video.datasets import parallel_map
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "zoom_in", "zoom_out")
@@ -164,8 +165,8 @@ def make_synth_dataset(out_dir: str | os.PathLike, *, per_class: int = 48, size:
                 "frames": frames, "fps": fps, "gop": gop, "codec": "mpeg4"}
     if per_class < 3:
         raise DataError(f"per_class must be >= 3 (one video per split at least), got {per_class}")
-    if size[0] % 2 or size[1] % 2 or min(size) < 32:
-        raise DataError(f"size {size} must be even and at least 32x32")
+    if size[0] % 2 or size[1] % 2 or min(size) < 32 or max(size) > MAX_SIDE:
+        raise DataError(f"size {size} must be even, at least 32x32 and at most {MAX_SIDE}x{MAX_SIDE}")
     meta_path = out / "synth.json"
     if meta_path.is_file():
         meta = read_json(meta_path)

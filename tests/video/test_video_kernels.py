@@ -279,3 +279,104 @@ def test_accumulate_residual_warp_cuda_twins_match_cpu(rng, grid):
     for a, b in zip(_C.p_step_cuda(rows, cur, ref, prev, grid, True), _C.p_step(rows, cur, ref, prev, grid, True),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------- strided / fractional
+
+
+def fractional_field(rng: np.random.Generator, height: int, width: int, grid: int, reach: int = 12) -> np.ndarray:
+    """Vectors in quarter pixels of both signs, none whole: floor and truncation toward zero differ on every
+    negative source offset (e.g. v = +1.25 reads x - 1.25, floor -> x - 2, truncation -> x - 1)."""
+    shape = (2, -(-height // grid), -(-width // grid))
+    whole = rng.integers(-reach, reach + 1, shape)
+    frac = rng.choice([0.25, 0.5, 0.75], shape)
+    return (whole + frac).astype(np.float32)
+
+
+def strided(planes: list[np.ndarray], step: int) -> list[np.ndarray]:
+    """The same samples as views with a column stride of `step` bytes (a packed-pixel layout)."""
+    out = []
+    for p in planes:
+        buf = np.zeros((p.shape[0], p.shape[1] * step), np.uint8)
+        buf[:, ::step] = p
+        out.append(buf[:, ::step])
+    return out
+
+
+@pytest.mark.parametrize("grid", [1, 4, 8])
+def test_residual_and_warp_on_packed_rgb_follow_a_nonzero_field(rng, grid):
+    """Packed RGB channels (column stride 3) take the generic strided path; it must apply the field like the
+    planar path does."""
+    from edgeml.video.mv import packed_planes
+
+    h, w = 29, 43
+    cur, ref = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2))
+    field = random_field(rng, h, w, grid, reach=6)
+    assert np.abs(field).max() > 0
+    warped = warp_reference(packed_planes(ref), field, grid)
+    assert not np.array_equal(warped, ref.transpose(2, 0, 1))  # the field really moves samples
+    np.testing.assert_array_equal(_C.warp(packed_planes(ref), field, grid), warped)
+    np.testing.assert_array_equal(_C.residual(packed_planes(cur), packed_planes(ref), field, grid),
+                                  cur.transpose(2, 0, 1).astype(np.int16) - warped)
+
+
+@pytest.mark.parametrize(("cur_step", "ref_step"), [(2, 2), (1, 3), (4, 1)])
+def test_residual_on_strided_yuv420_matches_planar(rng, cur_step, ref_step):
+    """Strided views of subsampled chroma (and mixed strided/planar pairs) give the planar numbers exactly."""
+    h, w, grid = 37, 50, 4
+    cur, ref = yuv420(rng, h, w), yuv420(rng, h, w)
+    field = random_field(rng, h, w, grid, reach=9)
+    want = upsample(cur) - warp_reference(ref, field, grid).astype(np.int16)
+    np.testing.assert_array_equal(_C.residual(strided(cur, cur_step), strided(ref, ref_step), field, grid), want)
+    np.testing.assert_array_equal(_C.warp(strided(ref, ref_step), field, grid), warp_reference(ref, field, grid))
+
+
+@pytest.mark.parametrize("grid", [1, 4, 8])
+def test_fractional_vectors_are_floored_in_residual_and_warp(rng, grid):
+    h, w = 33, 47
+    cur, ref = yuv420(rng, h, w, pad=3), yuv420(rng, h, w)
+    field = fractional_field(rng, h, w, grid)
+    warped = warp_reference(ref, field, grid)  # np.floor of x - v
+    np.testing.assert_array_equal(_C.warp(ref, field, grid), warped)
+    np.testing.assert_array_equal(_C.residual(cur, ref, field, grid), upsample(cur) - warped.astype(np.int16))
+    rgb_cur, rgb_ref = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2))
+    from edgeml.video.mv import packed_planes
+
+    np.testing.assert_array_equal(_C.warp(packed_planes(rgb_ref), field, grid),
+                                  warp_reference(packed_planes(rgb_ref), field, grid))
+
+
+def test_a_fractional_vector_reads_the_floored_source_pixel():
+    """v = +0.5 at x reads x - 0.5 -> floor x - 1 (truncation toward zero would read x itself)."""
+    ref = [np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)]
+    field = np.full((2, 4, 4), 0.5, np.float32)
+    got = _C.warp(ref, field, 4)[0]
+    ys, xs = np.mgrid[0:16, 0:16]
+    np.testing.assert_array_equal(got, ref[0][np.maximum(ys - 1, 0), np.maximum(xs - 1, 0)])
+    field[:] = -0.5  # reads x + 0.5 -> floor x (the same pixel)
+    np.testing.assert_array_equal(_C.warp(ref, field, 4)[0], ref[0])
+
+
+@pytest.mark.parametrize("grid", [1, 4])
+def test_accumulate_with_fractional_vectors_matches_numpy_reference(rng, grid):
+    h, w = 37, 53
+    field, prev = fractional_field(rng, h, w, grid), fractional_field(rng, h, w, grid, reach=30)
+    np.testing.assert_array_equal(_C.accumulate_mvs(field, prev, h, w, grid),
+                                  accumulate_reference(field, prev, h, w, grid))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("grid", [1, 4])
+def test_cuda_twins_match_cpu_on_strided_planes_and_fractional_vectors(rng, grid):
+    from edgeml.video.mv import packed_planes
+
+    h, w = 41, 58
+    field, prev = fractional_field(rng, h, w, grid), fractional_field(rng, h, w, grid, reach=30)
+    np.testing.assert_array_equal(_C.accumulate_mvs_cuda(field, prev, h, w, grid),
+                                  _C.accumulate_mvs(field, prev, h, w, grid))
+    cur, ref = yuv420(rng, h, w, pad=3), yuv420(rng, h, w)
+    np.testing.assert_array_equal(_C.residual_cuda(cur, ref, field, grid), _C.residual(cur, ref, field, grid))
+    rgb_cur, rgb_ref = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2))
+    cur3, ref3 = packed_planes(rgb_cur), packed_planes(rgb_ref)
+    np.testing.assert_array_equal(_C.residual_cuda(cur3, ref3, field, grid), _C.residual(cur3, ref3, field, grid))
+    np.testing.assert_array_equal(_C.warp_cuda(ref3, field, grid), _C.warp(ref3, field, grid))
