@@ -1,4 +1,10 @@
-"""video_spiking: a spiking compressed-domain action recognizer (DESIGN §4).
+"""video_spiking: a spiking compressed-domain action recognizer (docs/architecture.md §4).
+
+Sizes: tiny | small | base (the 64-px synthetic-clip models: a 3-conv I-frame CNN) and, for real footage,
+s112 | m224 (built for 112x112 and 224x224 inputs: a MobileNetV2 I-frame trunk, wider spiking streams and
+transformer, P/I-tokens pooled to fixed 4x4 grids by one exportable AveragePool whatever the feature-map side).
+Pass the resolution with the size (`size="m224", height=224, width=224`); any height/width whose feature maps are
+at least the token grids works.
 
 Inputs, exactly as `ClipDataset` yields them (batched):
     iframe   [B, 3, H, W]        RGB 0..255
@@ -25,15 +31,20 @@ import torch
 from torch import nn
 
 from edgeml.errors import ConfigError, InputError
+from edgeml.models.video_baselines import conv_bn_relu6, mobilenet_v2_trunk
 from edgeml.nn.mixer import MixerBlock, TransformerBlock
 from edgeml.nn.spiking import LIF, SpikingTemporalModulator
 from edgeml.registry import register_model
 
-# stem: I-frame CNN / first spiking conv width; dim: token width; tokens: P-token grid side per step.
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"stem": 8, "dim": 32, "depth": 1, "heads": 2, "i_grid": 2, "p_grid": 2},
-    "small": {"stem": 16, "dim": 64, "depth": 2, "heads": 4, "i_grid": 4, "p_grid": 2},
-    "base": {"stem": 32, "dim": 128, "depth": 4, "heads": 4, "i_grid": 4, "p_grid": 4},
+# stem: I-frame CNN / first spiking conv width; dim: token width; i_grid/p_grid: I- and P-token grid sides.
+# encoder: "cnn3" (three stride-2 convs, the 64-px sizes) or "mobilenet_v2" (MobileNetV2 1.0 up to its 320-channel
+# stage, then a 1x1 conv to dim: an I-frame trunk for natural images).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"stem": 8, "dim": 32, "depth": 1, "heads": 2, "i_grid": 2, "p_grid": 2, "encoder": "cnn3"},
+    "small": {"stem": 16, "dim": 64, "depth": 2, "heads": 4, "i_grid": 4, "p_grid": 2, "encoder": "cnn3"},
+    "base": {"stem": 32, "dim": 128, "depth": 4, "heads": 4, "i_grid": 4, "p_grid": 4, "encoder": "cnn3"},
+    "s112": {"stem": 32, "dim": 192, "depth": 2, "heads": 4, "i_grid": 4, "p_grid": 4, "encoder": "mobilenet_v2"},
+    "m224": {"stem": 48, "dim": 256, "depth": 4, "heads": 8, "i_grid": 4, "p_grid": 4, "encoder": "mobilenet_v2"},
 }
 MV_SCALE = 16.0  # pixels -> roughly unit range
 RESIDUAL_SCALE = 32.0
@@ -41,6 +52,27 @@ RESIDUAL_SCALE = 32.0
 
 def _conv_bn(cin: int, cout: int, stride: int = 2) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+def _strided(side: int, stride: int) -> int:
+    """Output side of a 3x3 conv with padding 1 and `stride`."""
+    return (side - 1) // stride + 1
+
+
+def _grid_pool(h: int, w: int, grid: int, what: str) -> nn.AvgPool2d:
+    """[N, C, h, w] -> [N, C, grid, grid] as one AveragePool (exports at any opset, unlike adaptive pooling to a
+    non-divisor): kernel = stride = ceil(side / grid), zero padding left out of the means where grid does not
+    divide the side (e.g. 7 -> 4: windows of 1, 2, 2, 2 rows)."""
+    kernel, pad = [], []
+    for side in (h, w):
+        k = -(-side // grid)
+        p = -(-(grid * k - side) // 2)
+        if p > k // 2 or (side + 2 * p - k) // k + 1 != grid:
+            raise ConfigError(f"the {what} feature map ({h}x{w}) cannot be pooled to a {grid}x{grid} token grid",
+                              fix="use a larger height/width or a smaller grid")
+        kernel.append(k)
+        pad.append(p)
+    return nn.AvgPool2d(tuple(kernel), tuple(kernel), tuple(pad), count_include_pad=False)
 
 
 def _spiking_input(seq: nn.Sequential) -> nn.Sequential:
@@ -105,9 +137,17 @@ class VideoSpiking(nn.Module):
         lif = dict(tau=tau, theta=theta, reset=reset, surrogate=surrogate, slope=slope, beta=beta,
                    trace_decay=trace_decay)
 
-        self.iframe_encoder = nn.Sequential(
-            _conv_bn(3, stem), nn.ReLU(), _conv_bn(stem, 2 * stem), nn.ReLU(), _conv_bn(2 * stem, dim), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(self.i_grid))
+        if s["encoder"] == "mobilenet_v2":
+            trunk, c_trunk = mobilenet_v2_trunk(1.0)
+            ih, iw = height, width
+            for _ in range(5):  # the trunk's five stride-2 stages
+                ih, iw = _strided(ih, 2), _strided(iw, 2)
+            self.iframe_encoder = nn.Sequential(trunk, conv_bn_relu6(c_trunk, dim, 1),
+                                                _grid_pool(ih, iw, self.i_grid, "I-frame"))
+        else:
+            self.iframe_encoder = nn.Sequential(
+                _conv_bn(3, stem), nn.ReLU(), _conv_bn(stem, 2 * stem), nn.ReLU(), _conv_bn(2 * stem, dim),
+                nn.ReLU(), nn.AdaptiveAvgPool2d(self.i_grid))
         # Accumulated vectors (to the I-frame) say where a block has come from; their step-to-step change says how
         # it moves now. With motion_delta the previous field is part of the streaming state.
         self.motion_delta = motion_delta
@@ -119,7 +159,16 @@ class VideoSpiking(nn.Module):
         self.p_proj_motion = nn.Conv2d(dim, dim, 1)  # 1x1 projections of spikes: accumulations only
         self.p_proj_residual = nn.Conv2d(dim, dim, 1, bias=False)
         self.p_proj_motion.spike_input = self.p_proj_residual.spike_input = True
-        self.p_pool = nn.AdaptiveAvgPool2d(self.p_grid)
+        if s["encoder"] == "mobilenet_v2":
+            def p_side(side: int) -> int:
+                return _strided(_strided(side, p_stride), 2)
+
+            self.p_pool = _grid_pool(p_side(height // grid), p_side(width // grid), self.p_grid, "motion")
+            rh, rw = height // self.residual_scale, width // self.residual_scale
+            self.p_pool_residual = _grid_pool(p_side(rh), p_side(rw), self.p_grid, "residual")
+        else:
+            self.p_pool = nn.AdaptiveAvgPool2d(self.p_grid)
+            self.p_pool_residual = nn.AdaptiveAvgPool2d(self.p_grid)
 
         self.modality = nn.Parameter(torch.zeros(2, dim))
         self.time = nn.Parameter(torch.zeros(clip_len + 1, dim))  # I-frame at time 0, P-step t at t + 1
@@ -176,7 +225,8 @@ class VideoSpiking(nn.Module):
             mv = torch.cat([mv, mv - state[8]], 1)
         m_spk, *m_state = self.motion.step(mv, *state[:4])
         r_spk, *r_state = self.residual.step(self.residual_pool(residual_t / RESIDUAL_SCALE), *state[4:8])
-        p = self.p_pool(self.p_proj_motion(m_spk)) + self.p_pool(self.p_proj_residual(r_spk))  # [B, D, p, p]
+        p = (self.p_pool(self.p_proj_motion(m_spk))
+             + self.p_pool_residual(self.p_proj_residual(r_spk)))  # [B, D, p, p]
         return (p.flatten(2).transpose(1, 2), *m_state, *r_state, *extra)
 
     def stream_head(self, iframe: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
@@ -208,7 +258,8 @@ class VideoSpiking(nn.Module):
         m_spk = self.motion(mv).flatten(0, 1)
         r_in = self.residual_pool(residual.flatten(0, 1) / RESIDUAL_SCALE).unflatten(0, (b, t))
         r_spk = self.residual(r_in).flatten(0, 1)
-        p = self.p_pool(self.p_proj_motion(m_spk)) + self.p_pool(self.p_proj_residual(r_spk))  # [B*T, D, p, p]
+        p = (self.p_pool(self.p_proj_motion(m_spk))
+             + self.p_pool_residual(self.p_proj_residual(r_spk)))  # [B*T, D, p, p]
         return p.flatten(2).transpose(1, 2).unflatten(0, (b, t))
 
     def forward(self, iframe: torch.Tensor, mv: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -230,7 +281,7 @@ def _example_inputs(model: VideoSpiking, batch: int) -> tuple[torch.Tensor, ...]
                 description="Spiking compressed-domain action recognizer: I-frame CNN + spiking motion/residual "
                             "modulators (LIF, dynamic threshold), unified transformer, mixer block")
 def video_spiking(**config: Any) -> VideoSpiking:
-    """Build `VideoSpiking` (sizes tiny | small | base)."""
+    """Build `VideoSpiking` (sizes tiny | small | base at 64 px; s112 | m224 for real footage at 112 / 224 px)."""
     return VideoSpiking(**config)
 
 
