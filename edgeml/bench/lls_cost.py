@@ -93,6 +93,24 @@ def training_macs(model: nn.Module, mode: str, image_shape: tuple[int, int, int]
     return {"forward": forward, "backward": backward, "local_heads": heads, "total": forward + backward}
 
 
+def learning_signal_macs(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Per block, MACs per sample spent on delivering its learning signal, as the LLS paper counts it.
+
+    bp: the error travels from the loss back through every layer above the block's output (their input gradients);
+    local_learnable: a learnable local classifier on the pooled block output (forward, input and weight gradients,
+    3·K·D); lls: the fixed basis projection and its gradient (2·K·D); lls_m / lls_mxm add the modulation (3·K /
+    3·K²). The block's own weight gradient is the same in every method and not counted.
+    """
+    costs = layer_costs(model, image_shape)
+    rows = []
+    for i, block in enumerate(model.blocks):
+        k, d = block.rule.num_classes, block.feature_dim
+        last = max(n for n, c in enumerate(costs) if c.block == i)
+        rows.append({"block": i, "feature_dim": d, "bp": sum(c.macs for c in costs[last + 1:]),
+                     **{mode: _head_macs(mode, k, d) for mode in ("local_learnable", "lls", "lls_m", "lls_mxm")}})
+    return rows
+
+
 _PROBE = r"""
 import json, sys
 import psutil, torch

@@ -57,3 +57,19 @@ def test_fashion_mnist_benchmark_quick_run(tmp_path):
     result = json.loads(out.read_text())
     assert result["complete"] and [r["mode"] for r in result["results"]] == ["bp", "lls"]
     assert result["goals"]["memory_ratio"] > 1.0
+
+
+def test_learning_signal_macs_count_the_paths_each_rule_uses():
+    """SmallConv on 28x28: BP's signal for a block is every layer above it; LLS's is 2·K·D on the pooled width D."""
+    from edgeml.bench.lls_cost import learning_signal_macs
+
+    model = create_model("lls_smallconv")
+    costs = layer_costs(model, (1, 28, 28))
+    rows = learning_signal_macs(model, (1, 28, 28))
+    widths = [32 * 4 * 4, 64 * 2 * 2, 128 * 2 * 2, 512]
+    assert [r["feature_dim"] for r in rows] == widths
+    assert [r["lls"] for r in rows] == [2 * 10 * d for d in widths]
+    assert [r["local_learnable"] for r in rows] == [3 * 10 * d for d in widths]
+    assert rows[-1]["bp"] == 512 * 10  # only the classifier lies above the FC block
+    assert rows[0]["bp"] == sum(c.macs for c in costs[1:])  # everything above the first conv
+    assert rows[1]["lls_mxm"] - rows[1]["lls"] == 3 * 10 * 10
