@@ -1,6 +1,7 @@
 """The LLS paper's MAC comparison, counted: what each learning rule spends per sample to deliver every block's
 learning signal — backprop's backward pass through the layers above, a learnable local classifier, or LLS's fixed
-basis projection (edgeml.bench.lls_cost.learning_signal_macs) — for SmallConv (28x28 Fashion-MNIST, 32x32, 128x128) and VGG-8 (32x32, 128x128).
+basis projection (edgeml.bench.lls_cost.learning_signal_macs) — for SmallConv (28x28 Fashion-MNIST, 32x32,
+128x128) and VGG-8 (32x32, 128x128).
 
 The paper claims "up to 300x fewer MACs"; this script shows the per-block ratios BP / LLS and learnable / LLS and
 their maxima, so the claim can be read against the counts. A count, not a timing: the machine does not matter.
@@ -17,7 +18,8 @@ from edgeml.io import write_json
 from edgeml.registry import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lls_macs.json"
-NETS = [("lls_smallconv", 1, 28, 10), ("lls_smallconv", 3, 32, 10), ("lls_smallconv", 3, 128, 2), ("lls_vgg8", 3, 32, 10), ("lls_vgg8", 3, 128, 2)]
+NETS = [("lls_smallconv", 1, 28, 10), ("lls_smallconv", 3, 32, 10), ("lls_smallconv", 3, 128, 2),
+        ("lls_vgg8", 3, 32, 10), ("lls_vgg8", 3, 128, 2)]
 
 
 def main() -> None:
