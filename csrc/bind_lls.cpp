@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "bind_util.h"
 #include "lls/engine.h"
@@ -29,6 +30,27 @@ py::array_t<float> images_of(const lls::Engine& e, const py::object& obj) {
     throw py::value_error("x: batch of " + std::to_string(x.shape(0)) + " samples; the engine was sized for 1.." +
                           std::to_string(e.batch()));
   return x;
+}
+
+py::dict optimizer_dict(const lls::OptimizerSpec& o) {
+  py::dict d;
+  d["name"] = o.name;
+  d["lr"] = o.lr;
+  d["momentum"] = o.momentum;
+  d["dampening"] = o.dampening;
+  d["nesterov"] = o.nesterov;
+  d["weight_decay"] = o.weight_decay;
+  d["betas"] = py::make_tuple(o.beta1, o.beta2);
+  d["eps"] = o.eps;
+  return d;
+}
+
+// An error message as a Python str: bytes of a hostile header that are not UTF-8 are replaced, not a new
+// UnicodeDecodeError raised in place of the PackError.
+py::str utf8_message(const char* text) {
+  PyObject* str = PyUnicode_DecodeUTF8(text, static_cast<Py_ssize_t>(std::strlen(text)), "replace");
+  if (!str) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(str);
 }
 
 struct EngineHandle {
@@ -159,9 +181,9 @@ void bind_lls(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const lls::PackError& e) {
-      py::set_error(pack_error, e.what());
+      py::set_error(pack_error, utf8_message(e.what()));
     } catch (const lls::ArenaError& e) {
-      py::set_error(arena_error, e.what());
+      py::set_error(arena_error, utf8_message(e.what()));
     }
   });
 
@@ -211,6 +233,15 @@ void bind_lls(py::module_& m) {
              return out;
            },
            py::arg("name"), "A float32 tensor of the pack (flat copy).")
+      .def("state",
+           [](const EngineHandle& h, const std::string& name, int which) {
+             auto v = h.engine.state(name, which);
+             py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           },
+           py::arg("name"), py::arg("which") = 0,
+           "Optimizer state of a trainable tensor (flat copy): 0 = SGD momentum / AdamW exp_avg, 1 = exp_avg_sq.")
       .def("set",
            [](EngineHandle& h, const std::string& name, const py::object& obj) {
              auto a = require<float>(obj, "values", {-1});
@@ -227,6 +258,8 @@ void bind_lls(py::module_& m) {
       .def_property_readonly("arena_peak", [](const EngineHandle& h) { return h.engine.arena_peak(); })
       .def_property_readonly("trainable_tensors", [](const EngineHandle& h) { return h.engine.trainable_tensors(); })
       .def_property_readonly("optimizer", [](const EngineHandle& h) { return h.engine.optimizer().name; })
+      .def_property_readonly("optimizer_spec", [](const EngineHandle& h) { return optimizer_dict(h.engine.optimizer()); },
+                             "The optimizer the engine steps with (the pack's, with the run's overrides).")
       .def_property_readonly("trainable_blocks", [](const EngineHandle& h) {
         std::vector<int> out;
         for (size_t i = 0; i < h.engine.blocks().size(); ++i)
@@ -237,6 +270,8 @@ void bind_lls(py::module_& m) {
   m.def("lls_read_pack_header",
         [](const std::string& path) { return lls::read_pack(path).header_text; }, py::arg("path"),
         "Validate a pack with the C++ reader and return its header JSON text.");
+  m.def("lls_optimizer_defaults", [] { return optimizer_dict(lls::OptimizerSpec{}); },
+        "The C++ engine's optimizer defaults (what a pack header without those fields trains with).");
   m.def("lls_basis",
         [](int classes, int dim, const std::string& waveform) {
           if (classes < 1 || dim < 1) throw py::value_error("classes and dim must be positive");

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -18,6 +19,7 @@ class Arena {
   static constexpr size_t kAlign = 64;
   Arena() = default;
   explicit Arena(size_t capacity) : capacity_(capacity) {
+    if (capacity_ > static_cast<size_t>(-1) / 4) throw std::bad_alloc();  // capacity_ + kAlign must not wrap
     if (capacity_ > 0) {
       buf_.reset(static_cast<uint8_t*>(::operator new(capacity_ + kAlign)));
       base_ = buf_.get() + (kAlign - reinterpret_cast<uintptr_t>(buf_.get()) % kAlign) % kAlign;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdint>
 #include <fstream>
 #include <iterator>
 
@@ -46,6 +47,10 @@ std::vector<uint32_t> idx_dims(const std::string& path, const std::vector<uint8_
   uint64_t count = 1;
   for (int i = 0; i < nd; ++i) {
     dims.push_back(be32(f.data() + 4 + 4 * i));
+    // Checked before multiplying: a wrapped product could match the file size and index out of bounds.
+    if (dims.back() < 1 || dims.back() > INT32_MAX || dims.back() > f.size() / count)
+      throw PackError(path + ": IDX dimension " + std::to_string(i) + " is " + std::to_string(dims.back()) +
+                      ", which the file size cannot hold (truncated or corrupt)");
     count *= dims.back();
   }
   if (f.size() != 4u + 4u * nd + count)

@@ -1,12 +1,52 @@
 #include "lls/engine.h"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstring>
 #include <map>
+#include <new>
 
 namespace edgeml::lls {
 
 namespace {
+
+// Bounds of every number read from a pack header, checked before any arithmetic so that a hostile (but
+// CRC-valid) pack is a PackError, never a division by zero, an integer overflow or a huge allocation.
+constexpr long kMaxExtent = 1L << 24;           // one dimension, channel count, stride, padding, class count
+constexpr long kMaxElements = 1L << 28;         // values of one sample's activation / im2col matrix / basis
+
+long in_range(long v, long lo, long hi, const std::string& what) {
+  if (v < lo || v > hi)
+    throw std::runtime_error(what + " must lie in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                             std::to_string(v));
+  return v;
+}
+
+long int_field(const Json& j, const std::string& key, long fallback, long lo, long hi, const std::string& where) {
+  return in_range(j.int_or(key, fallback), lo, hi, where + " '" + key + "'");
+}
+
+// A finite number in [lo, hi] (open at lo when lo_open).
+double num_field(const Json& j, const std::string& key, double fallback, double lo, double hi, bool lo_open,
+                 const std::string& where) {
+  const double v = j.num_or(key, fallback);
+  if (!std::isfinite(v) || v < lo || v > hi || (lo_open && v == lo))
+    throw std::runtime_error(where + " '" + key + "' must be a finite number in " + (lo_open ? "(" : "[") +
+                             std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
+  return v;
+}
+
+// a * b (* c), refused beyond kMaxElements (each factor is already within [0, kMaxExtent] or a checked product).
+long elements(std::initializer_list<long> dims, const std::string& what) {
+  long n = 1;
+  for (long d : dims) {
+    if (d < 0 || (d > 0 && n > kMaxElements / d))
+      throw std::runtime_error(what + " is too large (more than " + std::to_string(kMaxElements) + " values)");
+    n *= d;
+  }
+  return n;
+}
 
 OpKind parse_kind(const std::string& s) {
   if (s == "conv2d") return OpKind::Conv2d;
@@ -20,11 +60,13 @@ OpKind parse_kind(const std::string& s) {
   throw std::runtime_error("unsupported op '" + s + "'");
 }
 
-std::vector<long> pair_of(const Json& j, const std::string& key, long fallback) {
+std::vector<long> pair_of(const Json& j, const std::string& key, long fallback, long lo, long hi,
+                          const std::string& where) {
   if (!j.has(key) || j[key].is_null()) return {fallback, fallback};
   std::vector<long> v = j[key].ints();
   if (v.size() == 1) v.push_back(v[0]);
-  if (v.size() != 2) throw std::runtime_error("'" + key + "' must be one or two integers");
+  if (v.size() != 2) throw std::runtime_error(where + ": '" + key + "' must be one or two integers");
+  for (long x : v) in_range(x, lo, hi, where + " '" + key + "'");
   return v;
 }
 
@@ -38,15 +80,44 @@ void bias_grad(int batch, int c, int s, const float* gy, float* gb) {
 
 }  // namespace
 
+void read_optimizer(const Json& o, OptimizerSpec& spec) {
+  const std::string where = "optimizer";
+  spec.name = o.str_or("name", spec.name);
+  if (spec.name != "sgd" && spec.name != "adamw")
+    throw std::runtime_error("unknown optimizer '" + spec.name + "' (expected sgd or adamw)");
+  spec.lr = static_cast<float>(num_field(o, "lr", spec.lr, 0.0, 1e6, true, where));
+  spec.momentum = static_cast<float>(num_field(o, "momentum", spec.momentum, 0.0, 1.0, false, where));
+  spec.dampening = static_cast<float>(num_field(o, "dampening", spec.dampening, 0.0, 1.0, false, where));
+  spec.weight_decay = static_cast<float>(num_field(o, "weight_decay", spec.weight_decay, 0.0, 1e6, false, where));
+  spec.eps = static_cast<float>(num_field(o, "eps", spec.eps, 0.0, 1.0, true, where));
+  if (o.has("nesterov") && !o["nesterov"].is_null()) spec.nesterov = o["nesterov"].boolean();
+  if (o.has("betas") && !o["betas"].is_null()) {
+    const Json& betas = o["betas"];
+    if (betas.kind() != Json::Kind::Array || betas.size() != 2)
+      throw std::runtime_error("optimizer 'betas' must be two numbers");
+    for (size_t i = 0; i < 2; ++i) {
+      const double v = betas[i].num();
+      if (!std::isfinite(v) || v < 0.0 || v >= 1.0)
+        throw std::runtime_error("optimizer 'betas' must lie in [0, 1), got " + std::to_string(v));
+    }
+    spec.beta1 = static_cast<float>(betas[0].num());
+    spec.beta2 = static_cast<float>(betas[1].num());
+  }
+  if (spec.nesterov && (spec.momentum == 0.0f || spec.dampening != 0.0f))
+    throw std::runtime_error("optimizer: nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)");
+}
+
 Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path), header_text_(pack.header_text),
                                                                    table_(pack.tensors), batch_(options.batch) {
-  if (batch_ <= 0) throw std::runtime_error("batch must be positive, got " + std::to_string(batch_));
+  if (batch_ <= 0) throw PackError("batch must be positive, got " + std::to_string(batch_));
+  if (options.train_last == 0)
+    throw PackError(path_ + ": training the last 0 blocks trains nothing; train at least the last block");
   std::map<std::string, int> by_name;
   for (size_t i = 0; i < table_.size(); ++i) {
     Param p;
     p.name = table_[i].name;
-    p.numel = table_[i].numel();
-    p.rows = table_[i].shape.empty() ? 1 : static_cast<int>(table_[i].shape[0]);
+    p.numel = table_[i].numel();  // read_pack bounded it by the data section
+    p.rows = table_[i].shape.empty() ? 1 : static_cast<int>(std::min<long>(table_[i].shape[0], INT_MAX));
     by_name[p.name] = static_cast<int>(i);
     params_.push_back(p);
   }
@@ -57,38 +128,40 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
     const Json& in = h["input"];
     input_shape_ = in["shape"].ints();
     if (input_shape_.size() != 3) throw std::runtime_error("input.shape must be [C, H, W]");
-    scale_ = static_cast<float>(in.num_or("scale", 1.0));
+    for (long d : input_shape_) in_range(d, 1, kMaxExtent, "input.shape");
+    elements({input_shape_[0], input_shape_[1], input_shape_[2]}, "input.shape");
+    scale_ = static_cast<float>(num_field(in, "scale", 1.0, 0.0, 1e6, true, "input"));
     for (long c = 0; c < input_shape_[0]; ++c) {
-      mean_.push_back(in.has("mean") ? static_cast<float>(in["mean"][static_cast<size_t>(c)].num()) : 0.0f);
-      std_.push_back(in.has("std") ? static_cast<float>(in["std"][static_cast<size_t>(c)].num()) : 1.0f);
+      const double mean = in.has("mean") ? in["mean"][static_cast<size_t>(c)].num() : 0.0;
+      const double sd = in.has("std") ? in["std"][static_cast<size_t>(c)].num() : 1.0;
+      if (!std::isfinite(mean) || !std::isfinite(sd) || !(std::fabs(sd) > 1e-12))
+        throw std::runtime_error("input mean/std must be finite and std non-zero");
+      mean_.push_back(static_cast<float>(mean));
+      std_.push_back(static_cast<float>(sd));
     }
-    classes_ = static_cast<int>(h["num_classes"].integer());
+    classes_ = static_cast<int>(in_range(h["num_classes"].integer(), 1, 1L << 16, "num_classes"));
     const Json& b = h["basis"];
     basis_spec.k = classes_;
     basis_spec.waveform = b.str_or("waveform", "square");
     if (basis_spec.waveform != "square" && basis_spec.waveform != "sine")
       throw std::runtime_error("basis waveform '" + basis_spec.waveform + "' is not square or sine");
-    basis_spec.f_min = b.num_or("f_min", 50.0);
-    basis_spec.f_max = b.num_or("f_max", 512.0);
-    basis_spec.n_offset = static_cast<int>(b.int_or("n_offset", 0));
-    const Json& o = h["optimizer"];
-    opt_.name = o.str_or("name", "sgd");
-    opt_.lr = static_cast<float>(o.num_or("lr", 0.01));
-    opt_.momentum = static_cast<float>(o.num_or("momentum", 0.9));
-    opt_.dampening = static_cast<float>(o.num_or("dampening", 0.0));
-    opt_.weight_decay = static_cast<float>(o.num_or("weight_decay", 0.0));
-    opt_.nesterov = o.has("nesterov") && o["nesterov"].boolean();
-    if (o.has("betas")) {
-      opt_.beta1 = static_cast<float>(o["betas"][0].num());
-      opt_.beta2 = static_cast<float>(o["betas"][1].num());
-    }
-    opt_.eps = static_cast<float>(o.num_or("eps", 1e-8));
+    basis_spec.f_min = num_field(b, "f_min", 50.0, -1e9, 1e9, false, "basis");
+    basis_spec.f_max = num_field(b, "f_max", 512.0, -1e9, 1e9, false, "basis");
+    basis_spec.n_offset = static_cast<int>(int_field(b, "n_offset", 0, 0, kMaxExtent, "basis"));
+    // The pack's optimizer; absent fields take OptimizerSpec's defaults (the same as edgeml.lls.pack).
+    if (h.has("optimizer") && !h["optimizer"].is_null()) read_optimizer(h["optimizer"], opt_);
 
     auto param_of = [&](const Json& j, const std::string& key) -> int {
       if (!j.has(key) || j[key].is_null()) return -1;
       auto it = by_name.find(j[key].str());
       if (it == by_name.end()) throw std::runtime_error("tensor '" + j[key].str() + "' is not in the pack");
       return it->second;
+    };
+    // Only conv/linear weights may be stored as int8; every other tensor is read as float32.
+    auto float_param = [&](int p, const std::string& what) {
+      if (p >= 0 && table_[p].dtype != DType::F32)
+        throw std::runtime_error(what + " '" + params_[p].name + "' must be float32");
+      return p;
     };
     auto expect_numel = [&](int p, long numel, const std::string& what) {
       if (p >= 0 && params_[p].numel != numel)
@@ -99,12 +172,15 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
     int c = static_cast<int>(input_shape_[0]), hh = static_cast<int>(input_shape_[1]),
         ww = static_cast<int>(input_shape_[2]);
     const Json& jb = h["blocks"];
+    if (jb.kind() != Json::Kind::Array) throw std::runtime_error("'blocks' must be a list");
     for (size_t bi = 0; bi < jb.size(); ++bi) {
       const Json& jbk = jb[bi];
       Block blk;
       blk.name = jbk.str_or("name", "block" + std::to_string(bi));
-      for (size_t oi = 0; oi < jbk["ops"].size(); ++oi) {
-        const Json& jo = jbk["ops"][oi];
+      const Json& jops = jbk["ops"];
+      if (jops.kind() != Json::Kind::Array) throw std::runtime_error(blk.name + ": 'ops' must be a list");
+      for (size_t oi = 0; oi < jops.size(); ++oi) {
+        const Json& jo = jops[oi];
         Op op;
         op.kind = parse_kind(jo["op"].str());
         op.in_c = c, op.in_h = hh, op.in_w = ww;
@@ -112,20 +188,25 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
         switch (op.kind) {
           case OpKind::Conv2d: {
             op.param[0] = param_of(jo, "weight");
-            op.param[1] = param_of(jo, "bias");
+            op.param[1] = float_param(param_of(jo, "bias"), where + " bias");
             if (op.param[0] < 0) throw std::runtime_error(where + ": missing weight");
             const std::vector<long>& ws = table_[op.param[0]].shape;
             if (ws.size() != 4) throw std::runtime_error(where + ": weight must be [out, in/groups, kh, kw]");
-            const auto st = pair_of(jo, "stride", 1), pd = pair_of(jo, "padding", 0);
-            const int groups = static_cast<int>(jo.int_or("groups", 1));
-            op.conv = {c, static_cast<int>(ws[0]), hh, ww, static_cast<int>(ws[2]), static_cast<int>(ws[3]),
-                       static_cast<int>(st[0]), static_cast<int>(st[1]), static_cast<int>(pd[0]),
-                       static_cast<int>(pd[1]), groups};
-            if (groups <= 0 || c % groups || ws[0] % groups || ws[1] * groups != c)
+            for (long d : ws) in_range(d, 1, kMaxExtent, where + " weight shape");
+            const auto st = pair_of(jo, "stride", 1, 1, kMaxExtent, where);
+            const auto pd = pair_of(jo, "padding", 0, 0, kMaxExtent, where);
+            const int groups = static_cast<int>(int_field(jo, "groups", 1, 1, kMaxExtent, where));
+            if (c % groups || ws[0] % groups || ws[1] * groups != c)
               throw std::runtime_error(where + ": weight " + std::to_string(ws[1]) + " in-channels x " +
                                        std::to_string(groups) + " groups does not match the input's " +
                                        std::to_string(c) + " channels");
-            if (op.conv.ho() <= 0 || op.conv.wo() <= 0) throw std::runtime_error(where + ": output would be empty");
+            if (hh + 2 * pd[0] < ws[2] || ww + 2 * pd[1] < ws[3])
+              throw std::runtime_error(where + ": the kernel is larger than the padded input");
+            op.conv = {c, static_cast<int>(ws[0]), hh, ww, static_cast<int>(ws[2]), static_cast<int>(ws[3]),
+                       static_cast<int>(st[0]), static_cast<int>(st[1]), static_cast<int>(pd[0]),
+                       static_cast<int>(pd[1]), groups};
+            elements({ws[0], op.conv.ho(), op.conv.wo()}, where + " output");
+            elements({ws[1], ws[2], ws[3], op.conv.ho(), op.conv.wo()}, where + " im2col matrix");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = op.conv.cout, op.out_h = op.conv.ho(), op.out_w = op.conv.wo();
             max_scratch_ = std::max(max_scratch_, op.conv.scratch());
@@ -133,42 +214,48 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
           }
           case OpKind::Linear: {
             op.param[0] = param_of(jo, "weight");
-            op.param[1] = param_of(jo, "bias");
+            op.param[1] = float_param(param_of(jo, "bias"), where + " bias");
             if (op.param[0] < 0) throw std::runtime_error(where + ": missing weight");
             const std::vector<long>& ws = table_[op.param[0]].shape;
             if (ws.size() != 2 || ws[1] != static_cast<long>(op.in_size()))
               throw std::runtime_error(where + ": weight must be [out, " + std::to_string(op.in_size()) + "]");
+            in_range(ws[0], 1, kMaxElements, where + " weight rows");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = static_cast<int>(ws[0]);
             break;
           }
           case OpKind::BatchNorm:
-            op.param[0] = param_of(jo, "weight");
-            op.param[1] = param_of(jo, "bias");
-            op.param[2] = param_of(jo, "running_mean");
-            op.param[3] = param_of(jo, "running_var");
+            op.param[0] = float_param(param_of(jo, "weight"), where + " tensor");
+            op.param[1] = float_param(param_of(jo, "bias"), where + " tensor");
+            op.param[2] = float_param(param_of(jo, "running_mean"), where + " tensor");
+            op.param[3] = float_param(param_of(jo, "running_var"), where + " tensor");
             if (op.param[2] < 0 || op.param[3] < 0) throw std::runtime_error(where + ": needs running statistics");
             for (int k = 0; k < 4; ++k) expect_numel(op.param[k], c, where + " tensor");
-            op.eps = static_cast<float>(jo.num_or("eps", 1e-5));
+            op.eps = static_cast<float>(num_field(jo, "eps", 1e-5, 0.0, 1.0, true, where));
             op.out_c = c, op.out_h = hh, op.out_w = ww;
             break;
           case OpKind::LeakyReLU:
-            op.slope = jo["op"].str() == "relu" ? 0.0f : static_cast<float>(jo.num_or("slope", 0.01));
+            op.slope = jo["op"].str() == "relu" ? 0.0f
+                                                : static_cast<float>(num_field(jo, "slope", 0.01, -1e6, 1e6, false, where));
             op.out_c = c, op.out_h = hh, op.out_w = ww;
             break;
           case OpKind::MaxPool:
           case OpKind::AvgPool: {
-            const int k = static_cast<int>(jo["kernel"].ints()[0]);
-            const int s = static_cast<int>(jo.has("stride") && !jo["stride"].is_null() ? jo["stride"].ints()[0] : k);
+            const int k = static_cast<int>(in_range(jo["kernel"].integer(), 1, kMaxExtent, where + " 'kernel'"));
+            const int s = jo.has("stride") && !jo["stride"].is_null()
+                              ? static_cast<int>(in_range(jo["stride"].integer(), 1, kMaxExtent, where + " 'stride'"))
+                              : k;
             if (jo.int_or("padding", 0) != 0) throw std::runtime_error(where + ": padded pooling is not supported");
+            if (k > hh || k > ww) throw std::runtime_error(where + ": the kernel is larger than the input");
             op.pool = {c, hh, ww, k, s};
-            if (k <= 0 || s <= 0 || op.pool.ho() <= 0 || op.pool.wo() <= 0)
-              throw std::runtime_error(where + ": kernel/stride do not fit the input");
             op.out_c = c, op.out_h = op.pool.ho(), op.out_w = op.pool.wo();
             break;
           }
           case OpKind::AdaptiveAvgPool: {
-            const auto sz = pair_of(jo, "size", 1);
+            const auto sz = pair_of(jo, "size", 1, 1, kMaxExtent, where);
+            // The bins are computed as i * in / out in int: keep those products in range.
+            if (sz[0] * hh > INT_MAX / 2 || sz[1] * ww > INT_MAX / 2)
+              throw std::runtime_error(where + ": output size too large for the input");
             op.out_c = c, op.out_h = static_cast<int>(sz[0]), op.out_w = static_cast<int>(sz[1]);
             break;
           }
@@ -176,6 +263,7 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
             op.out_c = c * hh * ww, op.out_h = 1, op.out_w = 1;
             break;
         }
+        elements({op.out_c, op.out_h, op.out_w}, where + " output");
         c = op.out_c, hh = op.out_h, ww = op.out_w;
         max_act_ = std::max({max_act_, op.in_size(), op.out_size()});
         blk.ops.push_back(op);
@@ -186,28 +274,31 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
         throw std::runtime_error(blk.name + ": tap out of range");
       const Json& jl = jbk["local"];
       const Op& t = blk.ops[blk.tap];
+      const std::string where = blk.name + " local";
       blk.head.mode = parse_mode(jl.str_or("mode", "lls"));
       blk.head.c = t.out_c, blk.head.h = t.out_h, blk.head.w = t.out_w;
-      blk.head.pool = static_cast<int>(jl.int_or("pool", 1));
+      blk.head.pool = static_cast<int>(int_field(jl, "pool", 1, 0, kMaxExtent, where));
       blk.head.k = classes_;
-      blk.head.temperature = static_cast<float>(jl.num_or("temperature", 1.0));
-      blk.head.label_smoothing = static_cast<float>(jl.num_or("label_smoothing", 0.0));
+      blk.head.temperature = static_cast<float>(num_field(jl, "temperature", 1.0, 0.0, 1e6, true, where));
+      blk.head.label_smoothing = static_cast<float>(num_field(jl, "label_smoothing", 0.0, 0.0, 1.0, false, where));
       if (blk.head.mode == LocalMode::CE && static_cast<int>(t.out_size()) != classes_)
         throw std::runtime_error(blk.name + ": a 'ce' head needs " + std::to_string(classes_) + " outputs");
       if (blk.head.pool > 0 && t.out_h * t.out_w > 1 && (t.out_h < blk.head.pool || t.out_w < blk.head.pool))
         throw std::runtime_error(blk.name + ": local pool size larger than the block output");
-      blk.m = param_of(jl, "m");
-      blk.mm = param_of(jl, "M");
+      elements({classes_, blk.head.dim()}, blk.name + " local basis");
+      blk.m = float_param(param_of(jl, "m"), blk.name + " m");
+      blk.mm = float_param(param_of(jl, "M"), blk.name + " M");
       if (blk.head.mode == LocalMode::LLS_M && blk.m < 0) throw std::runtime_error(blk.name + ": lls_m needs m");
       if (blk.head.mode == LocalMode::LLS_MXM && blk.mm < 0) throw std::runtime_error(blk.name + ": lls_mxm needs M");
       expect_numel(blk.m, classes_, blk.name + " m");
       expect_numel(blk.mm, static_cast<long>(classes_) * classes_, blk.name + " M");
-      blk.trainable = jbk.has("trainable") && jbk["trainable"].boolean();
+      blk.trainable = jbk.has("trainable") && !jbk["trainable"].is_null() && jbk["trainable"].boolean();
       blocks_.push_back(blk);
     }
     if (blocks_.empty()) throw std::runtime_error("the pack has no blocks");
-    if (c * hh * ww != classes_)
-      throw std::runtime_error("the last block gives " + std::to_string(c * hh * ww) + " outputs, not num_classes");
+    if (static_cast<long>(c) * hh * ww != classes_)
+      throw std::runtime_error("the last block gives " + std::to_string(static_cast<long>(c) * hh * ww) +
+                               " outputs, not num_classes");
 
     // Which tensors train: the pack's per-block "train" list (default: every parameter up to the tap).
     if (options.train_last >= 0) {
@@ -247,28 +338,48 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
       for (int j = 0; j <= blk.tap; ++j) g = std::max({g, blk.ops[j].in_size(), blk.ops[j].out_size()});
       max_grad_ = std::max(max_grad_, g);
     }
+    if (!options.optimizer.empty()) {
+      if (options.optimizer != "sgd" && options.optimizer != "adamw")
+        throw std::runtime_error("unknown optimizer '" + options.optimizer + "' (expected sgd or adamw)");
+      opt_.name = options.optimizer;
+    }
+    if (!(options.lr < 0.0f)) {  // a negative lr means "the pack's"; NaN is refused here
+      if (!std::isfinite(options.lr) || options.lr <= 0.0f)
+        throw std::runtime_error("the learning rate must be a finite number > 0, got " + std::to_string(options.lr));
+      opt_.lr = options.lr;
+    }
+    for (size_t i = 0; i < table_.size(); ++i)
+      if (table_[i].dtype == DType::I8) {
+        auto it = by_name.find(table_[i].name + ".scale");
+        if (it == by_name.end() || table_[it->second].dtype != DType::F32 ||
+            params_[it->second].numel != params_[i].rows)
+          throw std::runtime_error("int8 tensor '" + table_[i].name + "' has no matching float32 '.scale' tensor");
+        if (table_[i].shape.empty() || table_[i].shape[0] > INT_MAX || params_[i].numel > kMaxElements)
+          throw std::runtime_error("int8 tensor '" + table_[i].name + "' is too large to dequantise");
+        max_deq_ = std::max(max_deq_, static_cast<size_t>(params_[i].numel));
+      }
   } catch (const PackError&) {
     throw;
   } catch (const std::exception& e) {
     throw PackError(path_ + ": " + e.what());
   }
-  if (!options.optimizer.empty()) opt_.name = options.optimizer;
-  if (options.lr >= 0.0f) opt_.lr = options.lr;
-  if (opt_.name != "sgd" && opt_.name != "adamw")
-    throw PackError(path_ + ": unknown optimizer '" + opt_.name + "' (expected sgd or adamw)");
-  for (size_t i = 0; i < table_.size(); ++i)
-    if (table_[i].dtype == DType::I8) {
-      auto it = by_name.find(table_[i].name + ".scale");
-      if (it == by_name.end() || params_[it->second].numel != params_[i].rows)
-        throw PackError(path_ + ": int8 tensor '" + table_[i].name + "' has no matching '.scale' tensor");
-      max_deq_ = std::max(max_deq_, static_cast<size_t>(params_[i].numel));
-    }
 
   result_.losses.reserve(blocks_.size());
   Arena sizing = Arena::sizing();
-  carve(sizing);
+  try {
+    carve(sizing);
+  } catch (const ArenaError&) {
+    throw PackError(path_ + ": the pack needs more engine memory than can be addressed (corrupt shapes?)");
+  }
   required_ = sizing.used();
-  arena_ = Arena(options.arena_bytes ? options.arena_bytes : required_);
+  const size_t capacity = options.arena_bytes ? options.arena_bytes : required_;
+  try {
+    arena_ = Arena(capacity);
+  } catch (const std::bad_alloc&) {
+    throw ArenaError("cannot allocate an arena of " + std::to_string(capacity) + " bytes (the pack needs " +
+                     std::to_string(required_) + " for batch " + std::to_string(batch_) +
+                     "); use a smaller batch or a smaller net");
+  }
   carve(arena_);
 
   // Fill: weights from the pack, zeroed optimizer state, the bases of trainable LLS heads.
@@ -492,6 +603,7 @@ const StepResult& Engine::train_step(const float* x, const int32_t* labels, int 
   int last = -1;
   for (size_t i = 0; i < blocks_.size(); ++i)
     if (blocks_[i].trainable) last = static_cast<int>(i);
+  if (last < 0) throw std::runtime_error("no block is trainable: a step would train nothing (pass train_last >= 1)");
   StepResult& res = result_;
   res.losses.clear();  // capacity reserved at load: no allocation here
   const float* cur = x;
@@ -539,6 +651,18 @@ std::vector<float> Engine::get(const std::string& name) const {
     if (p.name == name) {
       if (!p.value) throw std::runtime_error("tensor '" + name + "' is int8");
       return std::vector<float>(p.value, p.value + p.numel);
+    }
+  throw std::runtime_error("no tensor '" + name + "' in the pack");
+}
+
+std::vector<float> Engine::state(const std::string& name, int which) const {
+  if (which < 0 || which >= opt_.states())
+    throw std::runtime_error("optimizer '" + opt_.name + "' keeps " + std::to_string(opt_.states()) +
+                             " state buffer(s), not " + std::to_string(which + 1));
+  for (const Param& p : params_)
+    if (p.name == name) {
+      if (!p.state[which]) throw std::runtime_error("tensor '" + name + "' is not trainable");
+      return std::vector<float>(p.state[which], p.state[which] + p.numel);
     }
   throw std::runtime_error("no tensor '" + name + "' in the pack");
 }

@@ -58,11 +58,16 @@ struct Block {
   std::vector<int32_t*> argmax;
 };
 
+// Reads a pack header's "optimizer" object into `spec` (absent fields keep spec's values), range-checking every
+// field (name sgd|adamw, lr finite > 0, momentum/dampening in [0, 1], betas in [0, 1), eps > 0); throws
+// std::runtime_error naming the field.
+void read_optimizer(const Json& o, OptimizerSpec& spec);
+
 struct EngineOptions {
   int batch = 32;             // largest batch a step/forward accepts
   size_t arena_bytes = 0;     // 0: exactly what the pack needs; else this size (too small -> ArenaError at load)
-  int train_last = -1;        // -1: the pack's trainable flags; N >= 0: train exactly the last N blocks
-  float lr = -1.0f;           // < 0: the pack's optimizer lr
+  int train_last = -1;        // -1: the pack's trainable flags; N >= 1: train exactly the last N blocks (0: error)
+  float lr = -1.0f;           // < 0: the pack's optimizer lr; else finite > 0
   std::string optimizer;      // empty: the pack's optimizer; else "sgd" | "adamw"
 };
 
@@ -93,6 +98,8 @@ class Engine {
 
   // Copy a tensor out/in by pack name (float32 tensors only); throws when missing or of another size.
   std::vector<float> get(const std::string& name) const;
+  // Optimizer state `which` of a trainable tensor (0: SGD momentum buffer / AdamW exp_avg, 1: AdamW exp_avg_sq).
+  std::vector<float> state(const std::string& name, int which) const;
   void set(const std::string& name, const std::vector<float>& values);
   // Normalises uint8 images ([n,H,W,C] when hwc, else [n,C,H,W]) with the pack's input mean/std into out.
   void normalise(const uint8_t* images, int n, bool hwc, float* out) const;

@@ -5,8 +5,12 @@
 // optionally, t10k-* (held-out data for the accuracy before/after; else the training data is used).
 // Prints one JSON line with accuracy before/after, step latency, peak RSS and arena size; exit 2 on bad input.
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,13 +37,50 @@ struct Args {
   bool quiet = false;
 };
 
-[[noreturn]] void usage(const std::string& problem) {
-  std::fprintf(stderr,
-               "edgeml-finetune: error: %s\nusage: edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] "
-               "[--epochs E] [--batch B] [--lr LR] [--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] "
-               "[--seed S] [--quiet]\n",
-               problem.c_str());
+const char kUsage[] =
+    "usage: edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] [--epochs E] [--batch B] [--lr LR] "
+    "[--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--quiet]";
+
+// Error text on one line: control characters (a newline inside a hostile pack's tensor name) become '?'.
+std::string one_line(const std::string& text) {
+  std::string out(text);
+  for (char& ch : out)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7F) ch = '?';
+  return out;
+}
+
+[[noreturn]] void fail(const std::string& problem) {
+  std::fprintf(stderr, "edgeml-finetune: error: %s\n", one_line(problem).c_str());
   std::exit(2);
+}
+
+[[noreturn]] void usage(const std::string& problem) { fail(problem + " (" + kUsage + ")"); }
+
+// The whole of `v` as an integer in [lo, hi] (std::stol alone accepts "12abc" and wraps "-1" for unsigned).
+long parse_int(const std::string& k, const std::string& v, long lo, long hi) {
+  size_t used = 0;
+  long x = 0;
+  try {
+    x = std::stol(v, &used);
+  } catch (const std::logic_error&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size() || x < lo || x > hi)
+    usage(k + " takes an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + v + "'");
+  return x;
+}
+
+float parse_positive(const std::string& k, const std::string& v) {
+  size_t used = 0;
+  float x = 0.0f;
+  try {
+    x = std::stof(v, &used);
+  } catch (const std::logic_error&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size() || !std::isfinite(x) || x <= 0.0f)
+    usage(k + " takes a finite number > 0, got '" + v + "'");
+  return x;
 }
 
 Args parse(int argc, char** argv) {
@@ -50,39 +91,60 @@ Args parse(int argc, char** argv) {
       a.quiet = true;
       continue;
     }
-    if (k == "--help" || k == "-h") usage("help requested");
+    if (k == "--help" || k == "-h") {
+      std::printf("%s\n", kUsage);
+      std::exit(0);
+    }
     if (i + 1 >= argc) usage("missing value after " + k);
     const std::string v = argv[++i];
-    try {
-      if (k == "--pack") a.pack = v;
-      else if (k == "--data") a.data = v;
-      else if (k == "--out") a.out = v;
-      else if (k == "--blocks") a.blocks = v;
-      else if (k == "--epochs") a.epochs = std::stoi(v);
-      else if (k == "--batch") a.batch = std::stoi(v);
-      else if (k == "--lr") a.lr = std::stof(v);
-      else if (k == "--optimizer") a.optimizer = v;
-      else if (k == "--arena-bytes") a.arena_bytes = static_cast<size_t>(std::stoull(v));
-      else if (k == "--max-steps") a.max_steps = std::stoi(v);
-      else if (k == "--seed") a.seed = static_cast<unsigned>(std::stoul(v));
-      else usage("unknown option " + k);
-    } catch (const std::logic_error&) {
-      usage("bad value '" + v + "' for " + k);
-    }
+    if (k == "--pack") a.pack = v;
+    else if (k == "--data") a.data = v;
+    else if (k == "--out") a.out = v;
+    else if (k == "--blocks") a.blocks = v;
+    else if (k == "--epochs") a.epochs = static_cast<int>(parse_int(k, v, 1, 1000000));
+    else if (k == "--batch") a.batch = static_cast<int>(parse_int(k, v, 1, 65536));
+    else if (k == "--lr") a.lr = parse_positive(k, v);
+    else if (k == "--optimizer") a.optimizer = v;
+    else if (k == "--arena-bytes") a.arena_bytes = static_cast<size_t>(parse_int(k, v, 0, 1L << 40));
+    else if (k == "--max-steps") a.max_steps = static_cast<int>(parse_int(k, v, 0, INT32_MAX));
+    else if (k == "--seed") a.seed = static_cast<unsigned>(parse_int(k, v, 0, UINT32_MAX));
+    else usage("unknown option " + k);
   }
   if (a.pack.empty() || a.data.empty() || a.out.empty()) usage("--pack, --data and --out are required");
-  if (a.epochs < 1 || a.batch < 1) usage("--epochs and --batch must be positive");
+  if (!a.optimizer.empty() && a.optimizer != "sgd" && a.optimizer != "adamw")
+    usage("--optimizer takes sgd or adamw, got '" + a.optimizer + "'");
   return a;
 }
 
 int parse_blocks(const std::string& spec) {
   if (spec.empty()) return -1;
-  if (spec.rfind("last:", 0) != 0) usage("--blocks takes last:N");
-  try {
-    return std::stoi(spec.substr(5));
-  } catch (const std::logic_error&) {
-    usage("--blocks takes last:N");
+  if (spec.rfind("last:", 0) != 0) usage("--blocks takes last:N, got '" + spec + "'");
+  return static_cast<int>(parse_int("--blocks last:N", spec.substr(5), 1, 100000));
+}
+
+// The output must not be an input: the same path, the same inode (a hard link or a symlink to it), or a folder.
+// Checked before anything is read or written, so a refused run leaves every file as it was.
+void refuse_overwrite(const Args& a) {
+  struct stat out_st;
+  if (::stat(a.out.c_str(), &out_st) != 0) return;  // a new file: it cannot be an input
+  if (S_ISDIR(out_st.st_mode)) fail(a.out + ": --out is a folder; give the path of the output pack");
+  std::vector<std::string> inputs = {a.pack};
+  for (const char* split : {"train", "t10k"})
+    for (const char* kind : {"-images-idx3-ubyte", "-images-idx4-ubyte", "-labels-idx1-ubyte"})
+      inputs.push_back(a.data + "/" + split + kind);
+  char* out_real = ::realpath(a.out.c_str(), nullptr);
+  for (const std::string& in : inputs) {
+    struct stat in_st;
+    if (::stat(in.c_str(), &in_st) != 0) continue;
+    char* in_real = ::realpath(in.c_str(), nullptr);
+    const bool same_path = out_real && in_real && std::strcmp(out_real, in_real) == 0;
+    std::free(in_real);
+    if (same_path || (in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino)) {
+      std::free(out_real);
+      fail(a.out + ": --out is the input " + in + "; write the output to another path");
+    }
   }
+  std::free(out_real);
 }
 
 // Peak RSS of this program: VmHWM (per address space, so a parent's memory before exec does not count),
@@ -147,6 +209,7 @@ double accuracy(Engine& e, const ImageSet& s, std::vector<uint8_t>& staging, std
 
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
+  refuse_overwrite(a);
   try {
     Pack pack = read_pack(a.pack);
     EngineOptions opt;
@@ -211,8 +274,9 @@ int main(int argc, char** argv) {
         first_loss, last_loss, peak_rss_kb(), engine.arena_capacity(), engine.trainable_tensors().size(),
         a.out.c_str());
     return 0;
+  } catch (const std::bad_alloc&) {
+    fail("out of memory (the pack or the data is larger than this device can hold; try a smaller --batch)");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "edgeml-finetune: error: %s\n", e.what());
-    return 2;
+    fail(e.what());
   }
 }

@@ -169,8 +169,10 @@ double Json::num() const {
 }
 
 long Json::integer() const {
-  double v = num();
-  if (v != std::floor(v)) throw std::runtime_error("pack header: expected an integer");
+  const double v = num();
+  // Beyond 2^53 a double no longer holds every integer (and beyond 2^63 the cast is undefined).
+  if (!std::isfinite(v) || v != std::floor(v) || std::fabs(v) > 9007199254740992.0)
+    throw std::runtime_error("pack header: expected an integer of magnitude <= 2^53");
   return static_cast<long>(v);
 }
 

@@ -5,9 +5,11 @@
 
 namespace edgeml::lls {
 
+// The defaults are the pack schema's (edgeml.lls.pack.DEFAULT_OPTIMIZER; a test keeps the two equal): a pack
+// whose header leaves a field out trains the same in Python and C++.
 struct OptimizerSpec {
-  std::string name = "sgd";  // "sgd" | "adamw"
-  float lr = 0.01f, momentum = 0.9f, dampening = 0.0f, weight_decay = 0.0f;
+  std::string name = "adamw";  // "sgd" | "adamw"
+  float lr = 1e-3f, momentum = 0.9f, dampening = 0.0f, weight_decay = 0.0f;
   bool nesterov = false;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   int states() const { return name == "adamw" ? 2 : (momentum != 0.0f ? 1 : 0); }  // state buffers per tensor

@@ -52,7 +52,7 @@ std::string json_escape(const std::string& s) {
 
 long TensorInfo::numel() const {
   long n = 1;
-  for (long d : shape) n *= d;
+  for (long d : shape) n *= d;  // read_pack bounds every dim and the product by the data section
   return n;
 }
 
@@ -119,7 +119,7 @@ Pack read_pack(const std::string& path) {
   try {
     pack.header = Json::parse(pack.header_text);
     const Json& table = pack.header["tensors"];
-    for (const std::string& name : table.keys()) {
+    for (const std::string& name : table.keys()) try {
       const Json& e = table[name];
       TensorInfo t;
       t.name = name;
@@ -127,13 +127,27 @@ Pack read_pack(const std::string& path) {
       if (dt == "f32") t.dtype = DType::F32;
       else if (dt == "i8") t.dtype = DType::I8;
       else throw PackError(path + ": tensor '" + name + "' has unsupported dtype '" + dt + "'");
+      if (e["shape"].kind() != Json::Kind::Array)
+        throw PackError(path + ": tensor '" + name + "' has no shape list" + fix);
       t.shape = e["shape"].ints();
-      t.offset = static_cast<uint64_t>(e["offset"].integer());
-      t.nbytes = static_cast<uint64_t>(e["nbytes"].integer());
-      if (t.nbytes != static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype) || t.offset % kPackAlign != 0 ||
-          t.offset + t.nbytes > data_len)
+      const long offset = e["offset"].integer(), nbytes = e["nbytes"].integer();
+      // Every dim >= 1 and the element count bounded by the data section before anything multiplies them.
+      uint64_t count = 1;
+      bool ok = offset >= 0 && nbytes >= 0 && t.shape.size() <= 8;
+      for (size_t k = 0; ok && k < t.shape.size(); ++k) {
+        ok = t.shape[k] >= 1 && static_cast<uint64_t>(t.shape[k]) <= data_len / dtype_size(t.dtype) / count;
+        if (ok) count *= static_cast<uint64_t>(t.shape[k]);
+      }
+      t.offset = static_cast<uint64_t>(offset);
+      t.nbytes = static_cast<uint64_t>(nbytes);
+      if (!ok || t.nbytes != count * dtype_size(t.dtype) || t.offset % kPackAlign != 0 || t.offset > data_len ||
+          t.nbytes > data_len - t.offset)
         throw PackError(path + ": tensor '" + name + "' has an inconsistent shape/offset/size" + fix);
       pack.tensors.push_back(t);
+    } catch (const PackError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw PackError(path + ": tensor '" + name + "': " + e.what() + fix);
     }
   } catch (const PackError&) {
     throw;

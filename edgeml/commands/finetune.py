@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+
+from edgeml.commands._args import finite_float, nonneg_int, positive_float, positive_int
+
+
+def block_spec(text: str) -> str:
+    """`last:N` (N >= 1) or `all`: the engine trains a tail of the net, and at least one block."""
+    text = text.strip()
+    if text != "all" and not re.fullmatch(r"last:[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"expected last:N or all, got {text!r}")
+    if text != "all" and int(text[5:]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} trains no block; use last:1 or more")
+    return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,28 +35,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="write --pack from this `edgeml train` checkpoint first")
     p.add_argument("--data", required=True, help="data set name or folder (IDX, VWW COCO folder, CIFAR)")
     p.add_argument("--out", required=True, help="output pack")
-    p.add_argument("--blocks", default="last:2", help="blocks to train: last:N (the classifier counts as one)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the pack's)")
+    p.add_argument("--blocks", type=block_spec, default="last:2",
+                   help="blocks to train: last:N (N >= 1; the classifier counts as one) or all")
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the pack's)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the pack's")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most this many test samples")
-    p.add_argument("--brightness", type=float, default=0.0, help="photometric shift applied to the data")
-    p.add_argument("--contrast", type=float, default=1.0, help="photometric shift applied to the data")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many training samples")
+    p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on at most this many test samples")
+    p.add_argument("--brightness", type=finite_float, default=0.0, help="photometric shift applied to the data")
+    p.add_argument("--contrast", type=positive_float, default=1.0, help="photometric shift applied to the data")
     p.add_argument("--quantize-frozen", action="store_true",
                    help="with --checkpoint: store frozen blocks' weights as int8")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeml.lls.device import finetune
+    import os
+    from pathlib import Path
 
+    from edgeml.errors import InputError
+    from edgeml.lls.device import finetune
+    from edgeml.paths import refuse_overwrite
+
+    refuse_overwrite(args.out, [args.pack, args.checkpoint, args.data])
     if args.checkpoint:
         from edgeml.lls.pack import pack_from_checkpoint
 
+        # --pack is an output here: it must not replace the checkpoint or the data, and the data must exist
+        # before anything is written.
+        refuse_overwrite(args.pack, [args.checkpoint, args.data], flag="--pack")
+        if os.sep in args.data and not Path(args.data).exists():
+            raise InputError("data folder not found", path=args.data, fix="check the --data path")
         pack_from_checkpoint(args.checkpoint, args.pack, train_blocks=args.blocks,
                              quantize_frozen=args.quantize_frozen)
     result = finetune(args.pack, args.data, args.out, model=args.model, blocks=args.blocks, epochs=args.epochs,

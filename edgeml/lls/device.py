@@ -67,10 +67,13 @@ class DeviceEngine:
         return self._e.forward(self._check(x))
 
     def save(self, path: str | PathLike) -> Path:
-        """Write the fine-tuned pack atomically (never over the input pack by accident: pass a new path)."""
+        """Write the fine-tuned pack atomically (never over the input pack: same path, hard link or symlink)."""
+        from edgeml.paths import refuse_overwrite
+
         path = Path(path)
-        if path.resolve() == self.path.resolve():
-            raise InputError("refusing to overwrite the input pack", path=path, fix="write to another --out path")
+        refuse_overwrite(path, [self.path])
+        if path.is_dir():
+            raise InputError("the output is a folder", path=path, fix="give the path of the output pack")
         path.parent.mkdir(parents=True, exist_ok=True)
         core = _core()
         try:
@@ -89,16 +92,19 @@ def block_optimizers(model: Any, blocks: list[int], spec: dict[str, Any]) -> dic
     """One torch optimizer per trainable block index (len(model.blocks) = the classifier), as in the pack."""
     import torch
 
+    from edgeml.lls.pack import check_optimizer
+
+    spec = check_optimizer(spec)  # the pack schema's defaults for absent fields, as the engine reads them
     out = {}
     for i in blocks:
         module = model.blocks[i] if i < len(model.blocks) else model.classifier
         params = list(module.parameters())
         if spec["name"] == "adamw":
-            out[i] = torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec.get("betas", (0.9, 0.999))),
-                                       eps=spec.get("eps", 1e-8), weight_decay=spec.get("weight_decay", 0.0))
+            out[i] = torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"],
+                                       weight_decay=spec["weight_decay"])
         else:
-            out[i] = torch.optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.9),
-                                     weight_decay=spec.get("weight_decay", 0.0))
+            out[i] = torch.optim.SGD(params, lr=spec["lr"], momentum=spec["momentum"], dampening=spec["dampening"],
+                                     nesterov=spec["nesterov"], weight_decay=spec["weight_decay"])
     return out
 
 
@@ -213,15 +219,23 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
     import time
 
     from edgeml.lls.pack import parse_blocks, read_pack
+    from edgeml.paths import refuse_overwrite
 
-    header = read_pack(pack).header  # validates (checksum, version) before anything else
+    refuse_overwrite(out, [pack, data])  # before anything is read, trained or written
+    if Path(out).is_dir():
+        raise InputError("--out is a folder", path=out, fix="give the path of the output pack")
+    header = read_pack(pack).header  # validates (checksum, version, every field) before anything else
     if model is not None and header.get("model") not in (None, model):
         raise InputError(f"the pack holds model {header.get('model')!r}, not {model!r}", path=pack,
                          fix=f"pass --model {header.get('model')} or the pack of {model}")
     n_blocks = len(header["blocks"])
-    train_last = len(parse_blocks(blocks, n_blocks))
+    chosen = parse_blocks(blocks, n_blocks)
+    train_last = len(chosen)
     if train_last == 0:
-        raise InputError("no block to train", fix="pass --blocks last:N with N >= 1")
+        raise InputError(f"--blocks {blocks} trains no block", fix="pass --blocks last:N with N >= 1")
+    if chosen != list(range(n_blocks - train_last, n_blocks)):
+        raise InputError(f"--blocks {blocks}: the engine trains the last blocks of the net, not {chosen}",
+                         fix="pass --blocks last:N or all")
     engine = open_engine(pack, batch, arena_bytes=arena_bytes, train_last=train_last, lr=lr, optimizer=optimizer)
     image_size = int(engine.input_shape[1])
     x_train, y_train = _dataset_arrays(data, "train", image_size, limit, seed)

@@ -14,6 +14,7 @@ Precision: float32. With `quantize_frozen=True` the conv/linear weights of FROZE
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -32,7 +33,15 @@ VERSION = 1
 ALIGN = 64
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header_len, data_len
 ENGINE_MODES = ("lls", "lls_m", "lls_mxm")
-DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+# The schema's optimizer defaults: the C++ engine's OptimizerSpec holds the same values (a test keeps them equal),
+# so a header that leaves a field out trains identically in both.
+DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+                     "momentum": 0.9, "dampening": 0.0, "nesterov": False}
+OPTIMIZERS = ("sgd", "adamw")
+OPS = ("conv2d", "linear", "batchnorm", "leaky_relu", "relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")
+LOCAL_MODES = (*ENGINE_MODES, "ce")
+MAX_EXTENT = 1 << 24  # one dimension, channel count, stride, padding (as csrc/lls/engine.cpp)
+MAX_ELEMENTS = 1 << 28  # values of one sample's input
 _FIX = "write it again with edgeml.lls.pack.write_pack"
 
 
@@ -242,6 +251,155 @@ def write_pack_raw(path: str | PathLike, header: dict[str, Any], tensors: dict[s
     return Path(path)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """Range checks of one pack header; every failure is a CheckpointError naming the pack and the field."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, problem: str) -> None:
+        raise CheckpointError(problem, path=self.path, fix=_FIX)
+
+    def obj(self, value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"{what} must be a JSON object")
+        return value
+
+    def int(self, value: Any, lo: int, hi: int, what: str) -> int:
+        if not _is_int(value) or not lo <= value <= hi:
+            self.fail(f"{what} must be an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def ints(self, value: Any, lo: int, hi: int, what: str, count: tuple[int, ...] = (1, 2)) -> list[int]:
+        values = value if isinstance(value, list) else [value]
+        if len(values) not in count:
+            self.fail(f"{what} must be {' or '.join(map(str, count))} integers, got {value!r}")
+        return [self.int(v, lo, hi, what) for v in values]
+
+    def num(self, value: Any, lo: float, hi: float, what: str, *, lo_open: bool = False) -> float:
+        if not _is_num(value) or not lo <= value <= hi or (lo_open and value == lo):
+            self.fail(f"{what} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+        return float(value)
+
+
+def check_optimizer(spec: Any, path: str | PathLike = "optimizer") -> dict[str, Any]:
+    """A pack's optimizer with the schema defaults filled in, every field range-checked (as the C++ engine)."""
+    c = _Checker(Path(path))
+    spec = {**DEFAULT_OPTIMIZER, **{k: v for k, v in c.obj(spec or {}, "'optimizer'").items() if v is not None}}
+    if spec["name"] not in OPTIMIZERS:
+        c.fail(f"unknown optimizer {spec['name']!r} (expected sgd or adamw)")
+    c.num(spec["lr"], 0.0, 1e6, "optimizer 'lr'", lo_open=True)
+    c.num(spec["momentum"], 0.0, 1.0, "optimizer 'momentum'")
+    c.num(spec["dampening"], 0.0, 1.0, "optimizer 'dampening'")
+    c.num(spec["weight_decay"], 0.0, 1e6, "optimizer 'weight_decay'")
+    c.num(spec["eps"], 0.0, 1.0, "optimizer 'eps'", lo_open=True)
+    if not isinstance(spec["nesterov"], bool):
+        c.fail("optimizer 'nesterov' must be true or false")
+    betas = spec["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_is_num(b) and 0 <= b < 1 for b in betas):
+        c.fail(f"optimizer 'betas' must be two numbers in [0, 1), got {betas!r}")
+    if spec["nesterov"] and (spec["momentum"] == 0 or spec["dampening"] != 0):
+        c.fail("optimizer: nesterov needs momentum > 0 and dampening 0")
+    return spec
+
+
+def _check_tensor_table(c: _Checker, table: Any, data_len: int) -> None:
+    for name, e in c.obj(table, "'tensors'").items():
+        e = c.obj(e, f"tensor {name!r}")
+        size = {"f32": 4, "i8": 1}.get(e["dtype"]) if isinstance(e.get("dtype"), str) else None
+        shape, offset, nbytes = e.get("shape"), e.get("offset"), e.get("nbytes")
+        if size is None or not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 1
+                                                                                    for d in shape):
+            c.fail(f"tensor {name!r} has an unsupported dtype or a shape that is not a list of integers >= 1")
+        # Python integers do not overflow: the product is exact before it is compared with the file.
+        if not (_is_int(offset) and _is_int(nbytes) and offset >= 0 and offset % ALIGN == 0
+                and nbytes == math.prod(shape) * size and offset + nbytes <= data_len):
+            c.fail(f"tensor {name!r} has an inconsistent dtype/shape/offset")
+
+
+def _check_graph(c: _Checker, header: dict[str, Any]) -> None:
+    """Field ranges of the graph (shapes, strides, kernels, heads); shape consistency is the engine's check."""
+    table = header["tensors"]
+    inp = c.obj(header.get("input"), "'input'")
+    shape = c.ints(inp.get("shape"), 1, MAX_EXTENT, "input 'shape'", count=(3,))
+    if math.prod(shape) > MAX_ELEMENTS:
+        c.fail(f"input 'shape' {shape} is too large")
+    c.num(inp.get("scale", 1.0), 0.0, 1e6, "input 'scale'", lo_open=True)
+    for key in ("mean", "std"):
+        if key in inp and (not isinstance(inp[key], list) or len(inp[key]) < shape[0]
+                           or not all(_is_num(v) for v in inp[key]) or (key == "std" and 0 in inp[key])):
+            c.fail(f"input {key!r} must hold {shape[0]} finite numbers (std non-zero)")
+    c.int(header.get("num_classes"), 1, 1 << 16, "'num_classes'")
+    basis = c.obj(header.get("basis"), "'basis'")
+    if basis.get("waveform", "square") not in ("square", "sine"):
+        c.fail(f"basis waveform {basis.get('waveform')!r} is not square or sine")
+    for key in ("f_min", "f_max"):
+        if basis.get(key) is not None:
+            c.num(basis[key], -1e9, 1e9, f"basis {key!r}")
+    if basis.get("n_offset") is not None:
+        c.int(basis["n_offset"], 0, MAX_EXTENT, "basis 'n_offset'")
+    if header.get("optimizer") is not None:
+        check_optimizer(header["optimizer"], c.path)
+    blocks = header.get("blocks")
+    if not isinstance(blocks, list) or not blocks:
+        c.fail("'blocks' must be a non-empty list")
+    for bi, block in enumerate(blocks):
+        block = c.obj(block, f"block {bi}")
+        ops = block.get("ops")
+        if not isinstance(ops, list) or not ops:
+            c.fail(f"block {bi}: 'ops' must be a non-empty list")
+        for oi, op in enumerate(ops):
+            op = c.obj(op, f"block {bi} op {oi}")
+            where = f"block {bi} op {oi} ({op.get('op')})"
+            if op.get("op") not in OPS:
+                c.fail(f"{where}: unsupported op")
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if op.get(key) is not None and (not isinstance(op[key], str) or op[key] not in table):
+                    c.fail(f"{where}: tensor {op[key]!r} is not in the pack")
+            kind = op["op"]
+            if kind in ("conv2d", "linear") and op.get("weight") is None:
+                c.fail(f"{where}: missing weight")
+            if kind == "conv2d":
+                for key, lo in (("stride", 1), ("padding", 0)):
+                    if op.get(key) is not None:
+                        c.ints(op[key], lo, MAX_EXTENT, f"{where} {key!r}")
+                c.int(op.get("groups", 1), 1, MAX_EXTENT, f"{where} 'groups'")
+            elif kind in ("maxpool", "avgpool"):
+                c.int(op.get("kernel"), 1, MAX_EXTENT, f"{where} 'kernel'")
+                if op.get("stride") is not None:
+                    c.int(op["stride"], 1, MAX_EXTENT, f"{where} 'stride'")
+                if op.get("padding", 0) != 0:
+                    c.fail(f"{where}: padded pooling is not supported")
+            elif kind == "adaptive_avgpool":
+                c.ints(op.get("size", 1), 1, MAX_EXTENT, f"{where} 'size'")
+            elif kind == "batchnorm":
+                if op.get("running_mean") is None or op.get("running_var") is None:
+                    c.fail(f"{where}: needs running statistics")
+                c.num(op.get("eps", 1e-5), 0.0, 1.0, f"{where} 'eps'", lo_open=True)
+            elif kind == "leaky_relu":
+                c.num(op.get("slope", 0.01), -1e6, 1e6, f"{where} 'slope'")
+        c.int(block.get("tap", len(ops) - 1), 0, len(ops) - 1, f"block {bi} 'tap'")
+        local = c.obj(block.get("local"), f"block {bi} 'local'")
+        if local.get("mode", "lls") not in LOCAL_MODES:
+            c.fail(f"block {bi}: local mode {local.get('mode')!r} is not one of {LOCAL_MODES}")
+        c.int(local.get("pool") or 0, 0, MAX_EXTENT, f"block {bi} local 'pool'")
+        c.num(local.get("temperature", 1.0), 0.0, 1e6, f"block {bi} local 'temperature'", lo_open=True)
+        c.num(local.get("label_smoothing", 0.0), 0.0, 1.0, f"block {bi} local 'label_smoothing'")
+        for key in ("m", "M"):
+            if local.get(key) is not None and (not isinstance(local[key], str) or local[key] not in table):
+                c.fail(f"block {bi}: local {key!r} tensor {local[key]!r} is not in the pack")
+        if not isinstance(block.get("trainable", False), bool):
+            c.fail(f"block {bi}: 'trainable' must be true or false")
+
+
 def read_pack(path: str | PathLike) -> Pack:
     """Read and validate a pack (magic, version, size, CRC-32, header, tensor table); never modifies it."""
     path = Path(path)
@@ -252,6 +410,8 @@ def read_pack(path: str | PathLike) -> Pack:
     if len(raw) < PREAMBLE.size or raw[:8] != MAGIC:
         raise CheckpointError("not an edgeml LLS pack (bad magic or shorter than the preamble)", path=path, fix=_FIX)
     _, version, _, header_len, data_len = PREAMBLE.unpack_from(raw)
+    if version == 0:
+        raise CheckpointError("pack format version 0 is invalid", path=path, fix=_FIX)
     if version > VERSION:
         raise CheckpointError(f"pack format version {version} is newer than this edgeml ({VERSION})", path=path,
                               fix="update edgeml to read it")
@@ -265,21 +425,26 @@ def read_pack(path: str | PathLike) -> Pack:
     if stored != zlib.crc32(raw[: data_off + data_len]):
         raise CheckpointError("checksum mismatch (the pack was modified or corrupted)", path=path, fix=_FIX)
     try:
-        header = json.loads(raw[PREAMBLE.size: PREAMBLE.size + header_len])
-        table = header["tensors"]
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"unreadable pack header ({e})", path=path, fix=_FIX) from None
+        header = json.loads(raw[PREAMBLE.size: PREAMBLE.size + header_len], parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"unreadable pack header ({' '.join(str(e).split())[:200]})", path=path,
+                              fix=_FIX) from None
+    c = _Checker(path)
+    c.obj(header, "the pack header")
     if header.get("format") != FORMAT:
-        raise CheckpointError("header 'format' is not edgeml-lls-pack", path=path, fix=_FIX)
+        c.fail("header 'format' is not edgeml-lls-pack")
+    _check_tensor_table(c, header.get("tensors"), data_len)
+    _check_graph(c, header)
     tensors = {}
-    for name, e in table.items():
-        dtype = {"f32": np.dtype("<f4"), "i8": np.dtype("i1")}.get(e.get("dtype"))
-        count = int(np.prod(e["shape"], dtype=np.int64))
-        if dtype is None or e["nbytes"] != count * dtype.itemsize or e["offset"] + e["nbytes"] > data_len:
-            raise CheckpointError(f"tensor {name!r} has an inconsistent dtype/shape/offset", path=path, fix=_FIX)
+    for name, e in header["tensors"].items():
+        dtype = np.dtype("<f4") if e["dtype"] == "f32" else np.dtype("i1")
         start = data_off + e["offset"]
-        tensors[name] = np.frombuffer(raw, dtype, count, start).reshape(e["shape"]).copy()
+        tensors[name] = np.frombuffer(raw, dtype, math.prod(e["shape"]), start).reshape(e["shape"]).copy()
     return Pack(header, tensors)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a pack may hold")
 
 
 def load_pack_weights(model: Any, pack: Pack) -> Any:

@@ -114,7 +114,7 @@ def test_input_pack_never_modified_and_output_atomic(pack, tmp_path):
     digest = sha256_file(path)
     engine = open_engine(path, 4)
     engine.train_step(np.zeros((4, 1, 28, 28), np.float32), np.array([1, 2, 3, 4]))
-    with pytest.raises(InputError, match="refusing to overwrite"):
+    with pytest.raises(InputError, match="is the input"):
         engine.save(path)
     out = engine.save(tmp_path / "out.pack")
     assert sha256_file(path) == digest
@@ -155,3 +155,32 @@ def test_pack_from_an_edgeml_train_checkpoint(tmp_path):
     assert p.trainable_blocks == [12, 13, 14]
     np.testing.assert_array_equal(p.tensors["blocks.5.head"], model.state_dict()["blocks.5.head"].numpy())
     assert open_engine(tmp_path / "vww.pack", 2).trainable_blocks == [12, 13, 14]
+
+
+def test_optimizer_defaults_are_the_same_in_python_and_cpp():
+    """One schema: the C++ OptimizerSpec defaults equal edgeml.lls.pack.DEFAULT_OPTIMIZER field by field."""
+    from edgeml.lls.pack import DEFAULT_OPTIMIZER
+
+    cpp = _C.lls_optimizer_defaults()
+    assert set(cpp) == set(DEFAULT_OPTIMIZER)
+    for key, value in DEFAULT_OPTIMIZER.items():
+        expected = value if isinstance(value, (str, bool)) else np.float32(value)
+        got = cpp[key] if isinstance(value, (str, bool)) else np.float32(cpp[key])
+        np.testing.assert_array_equal(got, expected, err_msg=key)
+
+
+@pytest.mark.parametrize("optimizer", [None, {}, {"name": "sgd"}, {"lr": 0.02, "betas": [0.8, 0.99]}])
+def test_a_pack_without_optimizer_fields_trains_the_same_in_python_and_cpp(pack, tmp_path, optimizer):
+    """The engine's optimizer for a header missing fields = the Python reader's (check_optimizer) reading."""
+    from edgeml.lls.pack import check_optimizer, write_pack_raw
+
+    full = read_pack(pack[0])
+    header = {k: v for k, v in full.header.items() if k != "optimizer"}
+    if optimizer is not None:
+        header["optimizer"] = optimizer
+    path = write_pack_raw(tmp_path / "sparse.pack", header, full.tensors)
+    python = check_optimizer(read_pack(path).header.get("optimizer"))
+    cpp = open_engine(path, 2).optimizer_spec
+    assert cpp["name"] == python["name"] and cpp["nesterov"] == python["nesterov"]
+    for key in ("lr", "momentum", "dampening", "weight_decay", "eps", "betas"):
+        np.testing.assert_array_equal(np.float32(cpp[key]), np.float32(python[key]), err_msg=key)

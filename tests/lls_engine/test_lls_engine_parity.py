@@ -181,3 +181,43 @@ def test_forward_matches_pytorch_eval(tmp_path):
     with torch.no_grad():
         expected = model((x + 1) / 2)
     assert rel_err(engine.forward(x.numpy()), expected.numpy()) <= 1e-4
+
+
+# Every optimizer the engine supports (sgd with and without momentum, nesterov, dampening, weight decay; adamw).
+OPTIMIZERS = {
+    "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.0},
+    "sgd_momentum": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+    "sgd_nesterov": {"name": "sgd", "lr": 0.05, "momentum": 0.8, "nesterov": True},
+    "sgd_dampening": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "dampening": 0.5},
+    "adamw": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+}
+TORCH_STATE = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_three_steps_match_pytorch_weights_and_optimizer_state(tmp_path, optimizer):
+    """After 3 steps the weights AND the optimizer state (momentum buffers, Adam moments) equal torch.optim's."""
+    spec = OPTIMIZERS[optimizer]
+    model = build("pooling", "lls_mxm")
+    engine = open_engine(write_pack(tmp_path / "p.pack", model, train_blocks="all", optimizer=spec), 6)
+    n_blocks = len(model.blocks) + 1
+    optimizers = block_optimizers(model, list(range(n_blocks)), spec)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):  # a fresh batch each step: a state that never accumulates shows from step 2 on
+        x = model.scale_input(torch.rand(6, 2, 14, 14, generator=g))
+        labels = torch.randint(0, 5, (6,), generator=g)
+        np.testing.assert_allclose(engine.train_step(x.numpy(), labels.numpy()),
+                                   torch_lls_step(model, x, labels, optimizers), rtol=1e-5)
+    params = dict(model.named_parameters())
+    state_names = TORCH_STATE[spec["name"]] if spec.get("momentum", 0.9) or spec["name"] == "adamw" else ()
+    assert sorted(engine.trainable_tensors) == sorted(params)
+    for name, p in params.items():
+        state = next((o.state[p] for o in optimizers.values() if p in o.state), {})
+        assert rel_err(engine.get(name).reshape(p.shape), p.detach().numpy()) <= 1e-4, name
+        for which, key in enumerate(state_names):
+            ref = state[key].numpy()
+            assert np.abs(ref).max() > 0, f"{name} {key}: the reference state is zero"
+            assert rel_err(engine.state(name, which).reshape(p.shape), ref) <= 1e-4, f"{name} {key}"
+    if not state_names:
+        with pytest.raises(RuntimeError, match="keeps 0 state"):
+            engine.state("classifier.weight", 0)
