@@ -82,7 +82,7 @@ def run_model(name: str, size: str, cache: Path, out: Path, args: argparse.Names
     console.print(f"[bold]{name} ({size})[/]: training {args.epochs} epochs")
     t0 = time.perf_counter()
     result = train(model, cache, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   threads=args.threads, progress=not args.no_progress, max_minutes=args.budget_min)
+                   force=True, threads=args.threads, progress=not args.no_progress, max_minutes=args.budget_min)
     train_s = time.perf_counter() - t0
     model = create_model(name, checkpoint=out / "best.safetensors")
     spec = model_spec(name)

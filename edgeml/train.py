@@ -15,12 +15,15 @@ optimizers of local learning stay in sync the same way end-to-end training does.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import glob
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeml.errors import CheckpointError, ConfigError, DataError
-from edgeml.io import load_checkpoint, save_checkpoint, write_text
+from edgeml.errors import CheckpointError, ConfigError, DataError, InputError
+from edgeml.io import load_checkpoint, remove_stale_temps, save_checkpoint, write_text
+from edgeml.paths import refuse_overwrite
 
 LAST, BEST, METRICS = "last.safetensors", "best.safetensors", "metrics.jsonl"
+OUTPUTS = (LAST, BEST, METRICS)  # every file a run writes into its folder
 
 
 # --------------------------------------------------------------------------------------------- learners
@@ -215,7 +220,7 @@ def open_split(task: str, data: Any, split: str, **opts: Any) -> torch.utils.dat
 
         path = Path(data)
         if not path.is_dir():
-            raise DataError("clip cache folder not found", path=path,
+            raise DataError("not a clip cache folder" if path.exists() else "clip cache folder not found", path=path,
                             fix="build one with `edgeml data build VIDEOS_DIR CACHE_DIR`")
         if not any(path.iterdir()):
             raise DataError("clip cache folder is empty", path=path,
@@ -368,17 +373,71 @@ def model_name_of(model: nn.Module) -> str:
 
 
 def _check_resume(out: Path, name: str) -> tuple[dict, dict] | None:
+    """(tensors, meta) of `out/last.safetensors`, None if there is none; its run state is type-checked."""
     path = out / LAST
     if not path.is_file():
         return None
-    return load_checkpoint(path, expect_model=name)
+    tensors, meta = load_checkpoint(path, expect_model=name)
+    # (key, types, smallest value, required): what resume reads from the metadata
+    for key, kinds, low, required in (("epoch", int, 0, True), ("best_epoch", int, -1, False),
+                                      ("best_top1", (int, float), -1, False)):
+        value = meta.get(key)
+        if value is None and not required:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < low:
+            raise CheckpointError(f"checkpoint metadata {key!r} is {value!r}, not what a run writes", path=path,
+                                  fix="start over with --force")
+    return tensors, meta
+
+
+def _is_own_temp(name: str) -> bool:
+    """Whether `name` is a temp file `atomic_write` makes for one of the run's outputs."""
+    return any(fnmatch.fnmatchcase(name, f".{glob.escape(o)}.*.tmp") for o in OUTPUTS)
+
+
+def _check_run_folder(out: Path, data: Any, *, resume: bool, force: bool) -> None:
+    """Refuse an `out` that is a file, is not writable, holds the data, or is a run folder that is not empty
+    while neither `resume` nor `force` says what to do with it. Reads only."""
+    if resume and force:
+        raise InputError("--resume and --force contradict each other", fix="pass one of them")
+    if out.exists() and not out.is_dir():
+        raise InputError("--out is not a folder", path=out, fix="pass a folder for the checkpoints")
+    if not isinstance(data, Mapping) and Path(data).exists():
+        refuse_overwrite(out, [data])
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise InputError("--out cannot be created or written", path=existing, fix="choose a writable folder")
+    if resume or force or not out.is_dir():
+        return
+    if any(not _is_own_temp(p.name) for p in out.iterdir()):
+        raise InputError("run folder is not empty", path=out,
+                         fix="pass --resume to continue its run, or --force to start over (replaces its "
+                             f"{', '.join(OUTPUTS)})")
+
+
+def _restores_torch_threads(fn: Callable[..., dict]) -> Callable[..., dict]:
+    """Run `fn` and put torch's thread count back as it was, whatever `threads=` set meanwhile."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict:
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    return wrapper
+
+
+@_restores_torch_threads
 
 
 def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: int, batch_size: int, lr: float,
           mode: str | None = None, seed: int = 0, resume: bool = False, workers: int = 0,
           device: str | None = None, progress: bool = True, model_name: str | None = None,
           data_opts: dict | None = None, stop_after_steps: int | None = None, threads: int | None = None,
-          max_minutes: float | None = None, **config: Any) -> dict[str, Any]:
+          max_minutes: float | None = None, force: bool = False, **config: Any) -> dict[str, Any]:
     """Train `model` on `data`, checkpointing every epoch into `out`; returns the final metrics.
 
     `model`: an nn.Module from `create_model` or a registered name. `data`: a clip-cache folder (video), an image
@@ -388,10 +447,24 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
     CPU threads per process (default: torch's, or cores / processes under DDP — on a shared CPU, 1 thread avoids
     OpenMP threads stalling on each other). `max_minutes`: a wall-clock budget — no new epoch starts once it is
     spent (the finished epochs are checkpointed; `epochs_done` says how many ran).
+    A non-empty `out` needs `resume=True` (continue) or `force=True` (start over: its checkpoints and metrics are
+    replaced, nothing else is deleted); an `out` that is or holds `data` is refused either way. Temp files a killed
+    checkpoint write left beside the outputs are removed. Torch's process-wide thread count is restored on return
+    (a library call leaves no global state behind; under torchrun the process ends in `finish_distributed`).
     Returns {"model", "epochs_done", "best_epoch", "val", "test", "seconds", "checkpoint"}.
     """
     from edgeml.registry import create_model, model_spec
 
+    out = Path(out)
+    _check_run_folder(out, data, resume=resume, force=force)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
+    if (threads is not None and threads < 1) or workers < 0:
+        raise ConfigError(f"need threads >= 1 and workers >= 0, got threads={threads}, workers={workers}")
+    if mode not in (None, "bp"):
+        from edgeml.lls.rule import check_mode
+
+        check_mode(mode)
     distributed = _init_distributed()
     rank, world = _world()
     if threads is None and distributed:
@@ -402,7 +475,6 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
         model_name, model = model, create_model(model)
     name = model_name or model_name_of(model)
     spec = model_spec(name)
-    out = Path(out)
     if batch_size < world or epochs < 1:
         raise ConfigError(f"need epochs >= 1 and batch_size >= number of processes ({world})")
     dev = torch.device(device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
@@ -426,7 +498,13 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
     state = _check_resume(out, name) if resume else None
     if resume and state is None:
         raise CheckpointError(f"nothing to resume: no {LAST}", path=out, fix="run without --resume to start")
+    history_before = _read_history(out) if state is not None else []
 
+    if rank == 0:  # inputs checked: from here on the run folder is ours
+        remove_stale_temps(out, OUTPUTS)
+        if force:
+            for name_ in OUTPUTS:
+                (out / name_).unlink(missing_ok=True)
     model.to(dev)
     per_rank = batch_size // world
     steps = math.ceil(math.ceil(len(train_ds) / world) / per_rank)
@@ -440,7 +518,7 @@ def train(model: nn.Module | str, data: Any, out: str | os.PathLike, *, epochs: 
         _load_model_state(model, tensors, out / LAST)
         learner.load_state_dict({k[len("learner."):]: v for k, v in tensors.items() if k.startswith("learner.")})
         start_epoch, best_top1, best_epoch = meta["epoch"], meta.get("best_top1", -1.0), meta.get("best_epoch", -1)
-        history = [h for h in _read_history(out) if h.get("epoch", 0) <= start_epoch]
+        history = [h for h in history_before if h.get("epoch", 0) <= start_epoch]
 
     run_meta = {"model": name, "config": dict(getattr(model, "config", {})), "classes": classes, "mode": mode,
                 "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "world_size": world,
@@ -552,10 +630,18 @@ def _summary(record: dict) -> str:
 
 
 def _read_history(out: Path) -> list[dict]:
+    """The records of `out/metrics.jsonl` (none if it is missing); a malformed file is a CheckpointError."""
     path = out / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"metrics log is corrupt ({e})", path=path, fix="start over with --force") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch", 0), int) for r in records):
+        raise CheckpointError("metrics log lines must be JSON objects with an integer 'epoch'", path=path,
+                              fix="start over with --force")
+    return records
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
@@ -618,20 +704,35 @@ def data_config(ds: Any, defaults: dict[str, Any]) -> dict[str, Any]:
 def train_from_args(model: str, data: Any, out: str | os.PathLike, *, size: str | None = None,
                     overrides: dict | None = None, weight_decay: float | None = None, **kwargs: Any) -> dict:
     """What `edgeml train` does: build `model` for `data` (classes and clip geometry read from the data set;
-    on --resume the config comes from the checkpoint) and call `train`."""
-    from edgeml.registry import create_model, model_spec
+    on --resume the config comes from the checkpoint) and call `train`.
+
+    `overrides` (`--set`) are checked against the model's config keys and types before anything is read.
+    Like `train`, it restores torch's thread count on return; only the CLI process keeps `threads`.
+    """
+    from edgeml.registry import check_config, config_parameters, create_model, model_spec
 
     spec = model_spec(model)
     config: dict[str, Any] = dict(overrides or {})
+    check_config(model, config, source="--set")
     if size is not None:
+        if "size" not in config_parameters(model):
+            raise ConfigError(f"model {model!r} has no sizes", fix="leave out --size")
         config["size"] = size
     out = Path(out)
+    _check_run_folder(out, data, resume=kwargs.get("resume", False), force=kwargs.get("force", False))
     if kwargs.get("resume") and (out / LAST).is_file():
-        _, meta = load_checkpoint(out / LAST, expect_model=model)
+        _, meta = _check_resume(out, model)
+        try:
+            check_config(model, meta.get("config", {}), source="checkpoint config")
+        except ConfigError as e:
+            raise CheckpointError(e.problem, path=out / LAST, fix=e.fix) from None
         config = {**meta.get("config", {}), **config}
     elif spec.task in ("video", "image"):
         config = {**data_config(open_split(spec.task, data, "train", augment=False), spec.defaults), **config}
-    torch.manual_seed(kwargs.get("seed", 0))  # the initial weights are part of what the seed reproduces
+    seed = kwargs.get("seed", 0)
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    torch.manual_seed(seed)  # the initial weights are part of what the seed reproduces
     net = create_model(model, **config)
     learner_config = {} if weight_decay is None else {"weight_decay": weight_decay}
     return train(net, data, out, model_name=model, **learner_config, **kwargs)

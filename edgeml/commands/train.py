@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from pathlib import Path
+
+from edgeml.commands._args import nonneg_float, nonneg_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="clip cache folder (video) or data set name/folder (image)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and metrics")
     p.add_argument("--size", help="model size where the model has sizes (tiny | small | base)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="global batch size (default 32)")
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--weight-decay", type=nonneg_float, default=None, help="AdamW weight decay")
     p.add_argument("--mode", default=None, help="learning rule: bp (default) or an LLS mode (lls, lls_m, ...)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per process (default: torch's; 1 is fastest on a busy shared CPU)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    resume.add_argument("--force", action="store_true",
+                        help="start over in a non-empty OUT: replaces its checkpoints and metrics.jsonl (never "
+                             "anything else; an OUT holding --data is refused)")
     p.add_argument("--no-augment", action="store_true",
                    help="no training augmentation (default: the image set's own, e.g. crop + flip; for clip "
                         "caches, the mirrors the source's mirror.json lists, with their label swaps)")
@@ -42,27 +50,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _value(text: str) -> object:
+def _value(key: str, text: str) -> object:
+    """A `--set` value: JSON (numbers, true/false, null, lists) or else the text itself; never NaN/inf."""
+
+    def refuse(constant: str) -> float:
+        from edgeml.errors import InputError
+
+        raise InputError(f"--set {key}={text}: expected a finite number, got {constant}")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse,
+                          parse_float=lambda t: float(t) if math.isfinite(float(t)) else refuse(t))
     except json.JSONDecodeError:
         return text
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeml.errors import InputError
     from edgeml.train import finish_distributed, train_from_args
 
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            from edgeml.errors import InputError
-
+        if not sep or not key:
             raise InputError(f"--set {item!r} is not KEY=VALUE")
-        overrides[key] = _value(value)
+        overrides[key] = _value(key, value)
+    if Path(args.data).is_file():
+        raise InputError("--data is a file", path=args.data,
+                         fix="pass a folder (a clip cache or an image data set) or a data set name")
     result = train_from_args(args.model, args.data, args.out, size=args.size, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed,
-                             resume=args.resume, workers=args.workers, threads=args.threads,
+                             resume=args.resume, force=args.force, workers=args.workers, threads=args.threads,
                              progress=not args.no_progress, weight_decay=args.weight_decay, overrides=overrides,
                              data_opts={"augment": False} if args.no_augment else None)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports

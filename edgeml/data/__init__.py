@@ -69,6 +69,9 @@ def open_image_dataset(name_or_path: str | PathLike, split: str, **opts: Any) ->
             raise DataError("data set path not found", path=root,
                             fix=f"pass an existing folder or one of {', '.join(NAMES)} "
                                 f"(Fashion-MNIST: {_HOWTO['fashion-mnist']})")
+        if not root.is_dir():
+            raise DataError("data set path is a file, not a folder", path=root,
+                            fix=f"pass the folder that holds the data set or one of {', '.join(NAMES)}")
         kind = _kind_of_folder(root)
     if kind == "idx":
         classes = MNIST_CLASSES if key == "mnist" else FASHION_MNIST_CLASSES

@@ -51,8 +51,10 @@ def safe_load_pickle(path: str | PathLike) -> Any:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _names(values: list) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+def _names(values: Any, path: Path) -> list[str]:
+    if not isinstance(values, list | tuple) or not all(isinstance(v, bytes | str) for v in values):
+        raise DataError("label names must be a list of strings", path=path)
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
 
 
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +62,12 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or label_key not in batch:
         raise DataError(f"missing 'data' or '{label_key}' in the batch", path=path)
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = np.asarray(batch[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"expected uint8 data [N, 3072], got {data.dtype} {data.shape}", path=path)
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"expected a list of integer labels, got {labels.dtype} {labels.shape}", path=path)
+    labels = labels.astype(np.int64)
     if len(data) != len(labels):
         raise DataError(f"{len(data)} images but {len(labels)} labels", path=path)
     return data.reshape(-1, 3, 32, 32), labels
@@ -88,6 +93,7 @@ def cifar_dataset(root: str | PathLike, split: str, *, label: str = "fine",
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     meta = safe_load_pickle(meta_file) if meta_file.is_file() else {}
-    classes = _names(meta[names_key]) if names_key in meta else [str(i) for i in range(int(labels.max()) + 1)]
+    classes = _names(meta[names_key], meta_file) if names_key in meta \
+        else [str(i) for i in range(int(labels.max(initial=0)) + 1)]
     augment = split == "train" if augment is None else augment
     return ArrayImageDataset(images, labels, classes, augment=augment, source=str(root))

@@ -8,6 +8,7 @@ is a DataError naming the file.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from os import PathLike
 from pathlib import Path
@@ -47,7 +48,7 @@ def read_idx(path: str | PathLike) -> np.ndarray:
         raise DataError("IDX header is truncated", path=path)
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a hostile header cannot overflow the check
     if len(raw) - header != expected:
         raise DataError(f"IDX header announces shape {dims} ({expected} data bytes) but the file holds "
                         f"{len(raw) - header}", path=path, fix="the file is truncated or corrupt; get it again")
@@ -77,6 +78,11 @@ def load_idx_split(root: str | PathLike, split: str) -> tuple[np.ndarray, np.nda
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(f"expected images [N, H, W] and labels [N], got {images.shape} and {labels.shape}",
                         path=root)
+    if images.dtype != np.uint8 or labels.dtype.kind not in "iu":
+        raise DataError(f"expected uint8 images and integer labels, got {images.dtype} and {labels.dtype}",
+                        path=root, fix="pass MNIST-format files (images are unsigned bytes)")
+    if min(images.shape[1:]) < 1:
+        raise DataError(f"images of size {images.shape[1]}x{images.shape[2]}", path=img_path)
     if len(images) != len(labels):
         raise DataError(f"{len(images)} images but {len(labels)} labels", path=root,
                         fix=f"{img_path.name} and {lab_path.name} must come from the same release")
@@ -123,5 +129,6 @@ def idx_dataset(root: str | PathLike, split: str, *, classes: list[str] | None =
     """MNIST-format data set at `root`; train split augmented (crop pad 4 + flip, as the LLS paper) by default."""
     images, labels = load_idx_split(root, split)
     augment = split == "train" if augment is None else augment
-    return ArrayImageDataset(images[:, None], labels, classes or [str(i) for i in range(int(labels.max()) + 1)],
+    classes = classes or [str(i) for i in range(int(labels.max(initial=0)) + 1)]
+    return ArrayImageDataset(images[:, None], labels, classes,
                              augment=augment, source=str(root))

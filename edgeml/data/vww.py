@@ -9,6 +9,7 @@ COCO's `area` field is the object's mask area — `area="bbox"` uses the box `w 
 from __future__ import annotations
 
 import json
+import math
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,43 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgeml.errors import DataError
+from edgeml.errors import DataError, InputError
+from edgeml.paths import confined
 
 THRESHOLD = 0.005
 CLASSES = ["no person", "person"]
 
 
+def _number(value: Any, what: str) -> float:
+    """A finite number >= 0 from the annotations (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise DataError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _area(annotation: dict[str, Any], source: str) -> float:
     if source == "bbox":
-        _, _, w, h = annotation["bbox"]
-        return float(w) * float(h)
-    return float(annotation["area"])
+        box = annotation["bbox"]
+        if not isinstance(box, list) or len(box) != 4:
+            raise DataError(f"annotation {annotation.get('id')}: bbox must be [x, y, w, h], got {box!r}")
+        return _number(box[2], "bbox width") * _number(box[3], "bbox height")
+    return _number(annotation["area"], f"annotation {annotation.get('id')} area")
+
+
+def _image_areas(coco: dict[str, Any]) -> dict[int, float]:
+    """{image id: width x height} of the `images` list; ids unique, sizes positive."""
+    images = coco["images"]
+    if not isinstance(images, list):
+        raise DataError("'images' must be a list")
+    areas: dict[int, float] = {}
+    for img in images:
+        image_id = img["id"]
+        if image_id in areas:
+            raise DataError(f"image id {image_id!r} appears twice")
+        areas[image_id] = _number(img["width"], "image width") * _number(img["height"], "image height")
+        if areas[image_id] <= 0:
+            raise DataError(f"image {image_id!r} has an empty size {img['width']}x{img['height']}")
+    return areas
 
 
 def person_labels(coco: dict[str, Any], *, threshold: float = THRESHOLD, category: str = "person",
@@ -40,7 +67,7 @@ def person_labels(coco: dict[str, Any], *, threshold: float = THRESHOLD, categor
         if not ids:
             raise DataError(f"no category named {category!r} in the annotations",
                             fix="pass COCO instances annotations (they define the person category)")
-        images = {img["id"]: float(img["width"]) * float(img["height"]) for img in coco["images"]}
+        images = _image_areas(coco)
         labels = dict.fromkeys(images, 0)
         for ann in coco.get("annotations", []):
             image_id = ann["image_id"]
@@ -65,6 +92,13 @@ def _annotation_file(root: Path, split: str) -> Path:
                         "or its annotations/ subfolder")
 
 
+def _file_name(image: dict[str, Any]) -> str:
+    name = image.get("file_name")
+    if not isinstance(name, str):
+        raise DataError(f"image {image.get('id')!r} has no file_name string (got {name!r})")
+    return name
+
+
 class VWWDataset(Dataset):
     """COCO-format VWW split; item = {"image": float32 [3, size, size] in [0, 1], "label": int64 (1 = person)}."""
 
@@ -82,7 +116,11 @@ class VWWDataset(Dataset):
         except DataError as e:
             raise DataError(e.problem, path=self.annotations, fix=e.fix) from None
         self.images_dir = Path(images_dir)
-        self.items = [(self.images_dir / img["file_name"], labels[img["id"]]) for img in coco["images"]]
+        try:  # file names come from the annotations: they must stay inside the images folder
+            self.items = [(confined(self.images_dir, _file_name(img), what="image file_name"), labels[img["id"]])
+                          for img in coco["images"]]
+        except InputError as e:
+            raise DataError(e.problem, path=self.annotations, fix=e.fix) from None
         self.size, self.augment = size, augment
         self.classes = list(CLASSES)
         self.meta = {"in_channels": 3, "image_size": size, "num_classes": 2, "source": str(self.annotations)}

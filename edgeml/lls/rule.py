@@ -15,13 +15,15 @@ normalisation (as in the authors' `LocalLosses` mode). This is exactly the autho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeml.lls.basis import periodic_basis
+from edgeml.errors import ConfigError
+from edgeml.lls.basis import WAVEFORMS, periodic_basis
 
 MODES = ("bp", "lls", "lls_m", "lls_mxm", "local_learnable")
 LOCAL_MODES = ("lls", "lls_m", "lls_mxm", "local_learnable")
@@ -42,12 +44,18 @@ class LocalRule:
     def __post_init__(self) -> None:
         if self.mode not in LOCAL_MODES:
             raise ValueError(f"local rule mode must be one of {LOCAL_MODES}, got {self.mode!r}")
+        if self.waveform not in WAVEFORMS:
+            raise ValueError(f"waveform must be one of {WAVEFORMS}, got {self.waveform!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
 def check_mode(mode: str) -> str:
-    """`mode` if it is a known training mode, else a ValueError listing them."""
+    """`mode` if it is a known training mode, else a ConfigError listing them."""
     if mode not in MODES:
-        raise ValueError(f"training mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"unknown training mode {mode!r}", fix=f"choose one of: {', '.join(MODES)}")
     return mode
 
 

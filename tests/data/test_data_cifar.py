@@ -72,3 +72,32 @@ def test_malformed_batch_is_a_clear_error(tmp_path):
     _write(root / "test_batch", {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
     with pytest.raises(DataError, match="3072"):
         open_image_dataset(root, "test")
+
+
+@pytest.mark.parametrize("labels, problem", [
+    (["a", "b"], "integer labels"),
+    ([0.5, 1.7], "integer labels"),  # would be truncated to 0 and 1
+    ([[0], [1]], "integer labels"),
+    (None, "integer labels"),
+    ([0, 10], r"labels outside 0\.\.9"),
+    ([0, -1], r"labels outside 0\.\.9"),
+])
+def test_bad_labels_are_a_clear_error(tmp_path, labels, problem):
+    root = make_cifar10(tmp_path / "c")
+    _write(root / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+    with pytest.raises(DataError, match=problem):
+        open_image_dataset(root, "test")
+
+
+def test_label_names_that_are_not_a_list_of_strings_are_refused(tmp_path):
+    root = make_cifar10(tmp_path / "c")
+    _write(root / "batches.meta", {b"label_names": 3})
+    with pytest.raises(DataError, match="label names"):
+        open_image_dataset(root, "test")
+
+
+def test_truncated_batch_is_a_clear_error(tmp_path):
+    root = make_cifar10(tmp_path / "c")
+    (root / "test_batch").write_bytes((root / "test_batch").read_bytes()[:100])
+    with pytest.raises(DataError, match="not a plain CIFAR pickle"):
+        open_image_dataset(root, "test")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,36 @@ def test_real_fashion_mnist():
     train, test = open_image_dataset("fashion-mnist", "train"), open_image_dataset("fashion-mnist", "test")
     assert (len(train), len(test)) == (60000, 10000)
     assert train.classes[9] == "ankle boot" and test.labels.bincount().tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("images, problem", [
+    (np.zeros((12, 28, 28), np.int32), "uint8 images"),  # another dtype would be cast silently
+    (np.zeros((12, 0, 28), np.uint8), "size 0x28"),
+    (np.zeros((12, 1, 28, 28), np.uint8), r"images \[N, H, W\]"),
+])
+def test_images_of_the_wrong_kind_are_refused(tmp_path, images, problem):
+    root = make_idx_folder(tmp_path / "d", gz=False)
+    (root / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+    with pytest.raises(DataError, match=problem):
+        open_image_dataset(root, "train")
+
+
+def test_header_dimensions_whose_product_overflows_int64_are_refused(tmp_path):
+    # 2^31 x 2^31 x 4 = 2^64 wraps to 0 in int64, which an empty payload would match; Python ints do not wrap
+    (tmp_path / "x").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**31, 4))
+    with pytest.raises(DataError, match="announces shape"):
+        read_idx(tmp_path / "x")
+
+
+def test_label_outside_the_classes_is_refused(tmp_path):
+    root = make_idx_folder(tmp_path / "d", gz=False)
+    (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(12, 10, np.uint8)))  # Fashion-MNIST: 0..9
+    with pytest.raises(DataError, match=r"labels outside 0\.\.9"):
+        open_image_dataset(root, "train")
+
+
+def test_empty_split_without_class_names_is_an_empty_dataset(tmp_path):
+    from edgeml.data.idx import idx_dataset
+
+    root = make_idx_folder(tmp_path / "d", n_train=0, gz=False)
+    assert len(idx_dataset(root, "train")) == 0  # the trainer then says "no samples"
