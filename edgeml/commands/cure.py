@@ -3,6 +3,45 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from edgeml.commands._args import positive_float
+
+
+def _text(text: str) -> str:
+    """A non-empty string (a concept, an input name)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty string")
+    return text
+
+
+def _template(text: str) -> str:
+    from edgeml.cure.embed import check_template
+    from edgeml.errors import InputError
+
+    try:
+        return check_template(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
+def _existing(text: str) -> Path:
+    """A file or folder that exists."""
+    if not text or not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}")
+    return Path(text)
+
+
+def _destination(text: str) -> Path:
+    """An output path whose parent is (or can become) a folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty path")
+    parent = Path(text).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{parent} is a file, not a folder")
+    return Path(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,21 +54,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pipeline folder, a safetensors state dict, or an ONNX UNet (external data kept, only the edited bytes "
         "rewritten). Writes a new model plus a JSON edit report; the input is never modified.",
     )
-    p.add_argument("--model", required=True, help="diffusers folder, .safetensors file, .onnx file or ONNX folder")
-    p.add_argument("--forget", action="append", default=[], required=True, help="concept to erase (repeatable)")
-    p.add_argument("--retain", action="append", default=[], help="concept to keep intact (repeatable)")
-    p.add_argument("--alpha", type=float, default=2.0, help="energy expansion α (2 objects/styles, 5 explicit)")
+    p.add_argument("--model", type=_existing, required=True,
+                   help="diffusers folder, .safetensors file, .onnx file or ONNX folder")
+    p.add_argument("--forget", type=_text, action="append", default=[], required=True,
+                   help="concept to erase (repeatable)")
+    p.add_argument("--retain", type=_text, action="append", default=[], help="concept to keep intact (repeatable)")
+    p.add_argument("--alpha", type=positive_float, default=2.0,
+                   help="energy expansion α > 0 (2 objects/styles, 5 explicit)")
     p.add_argument("--method", choices=("cure", "uce"), default="cure", help="cure (default) or the UCE baseline")
     p.add_argument("--format", dest="fmt", choices=("onnx", "diffusers", "safetensors"), help="default: detected")
-    p.add_argument("--text-encoder", help="text encoder folder or .onnx (default: the pipeline's text_encoder/)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: beside the text encoder, or CLIP BPE)")
-    p.add_argument("--template", action="append", dest="templates", help='prompt template with {} (repeatable), '
-                   'default: "{}", "a photo of {}", "a painting of {}", ...')
+    p.add_argument("--text-encoder", type=_existing,
+                   help="text encoder folder or .onnx (default: the pipeline's text_encoder/)")
+    p.add_argument("--tokenizer", type=_existing,
+                   help="tokenizer folder (default: beside the text encoder, or CLIP BPE)")
+    p.add_argument("--template", type=_template, action="append", dest="templates",
+                   help='prompt template with {} (repeatable), default: "{}", "a photo of {}", "a painting of {}", ...')
     p.add_argument("--aggregation", choices=("mean", "eot", "last", "all"),
                    help="token aggregation (default: mean for cure, last for uce)")
-    p.add_argument("--text-input", help="name of the ONNX UNet's text input (default: encoder_hidden_states)")
-    p.add_argument("--out", required=True, help="new folder (onnx, diffusers) or .safetensors file")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--text-input", type=_text,
+                   help="name of the ONNX UNet's text input (default: encoder_hidden_states)")
+    p.add_argument("--out", type=_destination, required=True, help="new folder (onnx, diffusers) or .safetensors file")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (never an input)")
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeml.errors import CheckpointError
+
 # Storage dtypes of weights we edit (ONNX TensorProto data types and safetensors dtype strings).
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, 1: np.float32, 10: np.float16,
                 11: np.float64}
@@ -23,7 +25,8 @@ def read_range(path: Path, offset: int, count: int, dtype) -> np.ndarray:
         f.seek(offset)
         data = f.read(count * np.dtype(dtype).itemsize)
     if len(data) != count * np.dtype(dtype).itemsize:
-        raise EOFError(f"{path}: wanted {count * np.dtype(dtype).itemsize} bytes at {offset}, file is shorter")
+        raise CheckpointError(f"wanted {count * np.dtype(dtype).itemsize} bytes at {offset}, the file is shorter",
+                              path=path)
     return np.frombuffer(data, dtype=dtype).copy()
 
 
@@ -52,7 +55,8 @@ def copy_with_patches(src: Path, dst: Path, patches: list[tuple[int, bytes]]) ->
             pos = 0
             for offset, data in sorted(patches, key=lambda p: p[0]):
                 if offset < pos or offset + len(data) > size:
-                    raise ValueError(f"{src}: patch at {offset} (+{len(data)} bytes) overlaps another or the end")
+                    raise CheckpointError(f"tensor bytes at {offset} (+{len(data)}) overlap another edited tensor "
+                                          "or the end of the file", path=src)
                 _copy_range(fi.fileno(), fo.fileno(), pos, offset - pos)
                 view = memoryview(data)
                 while view:  # unbuffered writes may be partial
@@ -75,7 +79,7 @@ def _copy_range(fd_in: int, fd_out: int, offset: int, count: int) -> None:
         if sent == 0:  # sendfile unsupported here (or EOF): fall back to read/write
             data = os.pread(fd_in, min(count, 1 << 24), offset)
             if not data:
-                raise EOFError(f"source ended {count} bytes early")
+                raise CheckpointError(f"the file ended {count} bytes early (changed while being copied?)")
             sent = os.write(fd_out, data)
         offset += sent
         count -= sent

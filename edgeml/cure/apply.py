@@ -9,6 +9,7 @@ modules in memory, keys ending in `attn2.to_k.weight` / `attn2.to_v.weight` on d
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import struct
@@ -56,24 +57,92 @@ def edit_module(module: nn.Module, edit: LowRankEdit, *, report: bool = True) ->
     return [tensor_report(n, weights[n], stats[n]) for n in layers] if report else []
 
 
-def _safetensors_header(path: Path) -> tuple[dict, int]:
+# safetensors' own loader refuses headers over 100 MB; a header length past that is hostile or corrupt.
+MAX_HEADER_BYTES = 100 << 20
+# Bits per element of every safetensors dtype (the sub-byte float formats included).
+ITEM_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64,
+             "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F6_E2M3": 6,
+             "F6_E3M2": 6, "F4": 4, "C64": 64}
+EDITABLE_DTYPES = ("F32", "F16", "F64", "BF16")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """(tensor entries, `__metadata__`, data start) of a safetensors file, every field checked before use.
+
+    Checked: the length field against the file, UTF-8 JSON object, metadata str -> str, each entry's dtype,
+    shape (ints >= 0) and data_offsets (inside the data, non-overlapping, as long as dtype × shape says).
+    """
+    path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise CheckpointError("not a safetensors file (shorter than its header)", path=path)
         n = struct.unpack("<Q", raw)[0]
+        if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"not a safetensors file (header length {n} does not fit the file)", path=path)
         head = f.read(n)
     try:
         header = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError("not a safetensors file (bad header)", path=path) from None
-    return header, 8 + n
+    except (ValueError, RecursionError):
+        raise CheckpointError("not a safetensors file (header is not UTF-8 JSON)", path=path) from None
+    if not isinstance(header, dict):
+        raise CheckpointError("not a safetensors file (header is not a JSON object)", path=path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError("safetensors __metadata__ must map strings to strings", path=path)
+    data_size = size - 8 - n
+    spans = []
+    for key, info in header.items():
+        bad = _entry_problem(info, data_size)
+        if bad:
+            raise CheckpointError(f"tensor {key!r}: {bad}", path=path, fix="the file is corrupt; re-save it")
+        spans.append((*info["data_offsets"], key))
+    end = 0
+    for start, stop, key in sorted(spans):
+        if start < end and stop > start:
+            raise CheckpointError(f"tensor {key!r} overlaps another tensor's bytes", path=path)
+        end = max(end, stop)
+    return header, meta, 8 + n
+
+
+def _entry_problem(info, data_size: int) -> str | None:
+    """Why a header entry is unusable, or None."""
+    if not isinstance(info, dict):
+        return "entry is not a JSON object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in ITEM_BITS:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        return f"shape {shape!r} is not a list of integers >= 0"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size):
+        return f"data_offsets {offsets!r} are not inside the {data_size} data bytes"
+    if 8 * (offsets[1] - offsets[0]) != math.prod(shape) * ITEM_BITS[dtype]:
+        return f"{offsets[1] - offsets[0]} data bytes do not hold a {dtype} tensor of shape {shape}"
+    return None
+
+
+def safetensors_kv_entries(path: Path) -> tuple[dict[str, dict], int]:
+    """({key: header entry}, data start) of the cross-attention K/V weights, each checked to be an editable 2-D
+    float tensor (header only: nothing else is read)."""
+    header, _, base = read_safetensors_header(path)
+    kv = {k: info for k, info in header.items() if CROSS_KV_KEY.search(k)}
+    for k, info in kv.items():
+        if info["dtype"] not in EDITABLE_DTYPES:
+            raise InputError(f"{k}: dtype {info['dtype']} is not supported (F32, F16, F64, BF16)", path=path)
+        if len(info["shape"]) != 2:
+            raise CheckpointError(f"{k}: shape {info['shape']} is not a 2-D weight", path=path)
+    return kv, base
 
 
 def safetensors_kv_keys(path: Path) -> list[str]:
     """Cross-attention K/V weight keys in a safetensors file (header only)."""
-    header, _ = _safetensors_header(path)
-    return [k for k in header if k != "__metadata__" and CROSS_KV_KEY.search(k)]
+    return list(safetensors_kv_entries(path)[0])
 
 
 def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -> list[dict]:
@@ -84,21 +153,15 @@ def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise InputError("safetensors file not found", path=src)
-    header, base = _safetensors_header(src)
-    keys = [k for k in header if k != "__metadata__" and CROSS_KV_KEY.search(k)]
+    kv, base = safetensors_kv_entries(src)
+    keys = list(kv)
     if not keys:
         raise InputError("no cross-attention K/V weights (keys ending in attn2.to_k.weight / attn2.to_v.weight)",
                          path=src, fix="pass the UNet weights of a text-conditioned diffusion model")
-    size = src.stat().st_size
     weights, spans = {}, {}
-    for k in keys:
-        info = header[k]
-        if info["dtype"] not in NUMPY_DTYPES and info["dtype"] != "BF16":
-            raise InputError(f"{k}: dtype {info['dtype']} is not supported", path=src)
-        start, end = info["data_offsets"]
-        if base + end > size:
-            raise CheckpointError(f"{k} points past the end of the file (truncated?)", path=src)
-        count = int(np.prod(info["shape"]))
+    for k, info in kv.items():
+        start = info["data_offsets"][0]
+        count = math.prod(info["shape"])
         if info["dtype"] == "BF16":
             raw = read_range(src, base + start, count, np.uint16)
             t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)

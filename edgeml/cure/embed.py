@@ -14,7 +14,9 @@ token is its own row). Flattening padding and the constant BOS token gives a nea
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +63,20 @@ def _max_length(tok, default: int = 77) -> int:
     return default if n is None or n > 4096 else int(n)
 
 
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' progress bars off for the block, restored after (process-wide state)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 class TransformersTextEncoder:
     """A transformers text model + tokenizer from local folders; last hidden states [B, L, d]."""
 
@@ -68,8 +84,16 @@ class TransformersTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(Path(tokenizer_dir or model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(Path(tokenizer_dir or model_dir), local_files_only=True)
+            with _quiet_progress():  # its progress bar on stderr would break the CLI's one-line error contract
+                # use_safetensors: a pickled pytorch_model.bin is refused, never unpickled.
+                model = AutoModel.from_pretrained(self.model_dir, local_files_only=True, use_safetensors=True).eval()
+        except (OSError, ValueError, KeyError) as e:  # transformers' errors for a broken or foreign folder
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot load the text encoder or its tokenizer: {first}", path=self.model_dir,
+                             fix="pass --text-encoder / --tokenizer folders saved by transformers (safetensors)"
+                             ) from None
         self.model = getattr(model, "text_model", model)  # a full CLIPModel: use its text tower
         self.width = int(self.model.config.hidden_size)
         positions = getattr(self.model.config, "max_position_embeddings", None) or 4096
@@ -96,7 +120,11 @@ class OnnxTextEncoder:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise InputError("ONNX text encoder not found", path=self.path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
+            raise InputError(f"onnxruntime cannot load the text encoder ({type(e).__name__})", path=self.path,
+                             fix="pass an ONNX text encoder (input_ids -> last_hidden_state)") from None
         self.tokenizer = tokenizer
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         out = self.session.get_outputs()
@@ -183,7 +211,11 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None) -> 
     if onnx_file is not None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True) if tokenizer else clip_tokenizer()
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True) if tokenizer else clip_tokenizer()
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"cannot load the tokenizer ({type(e).__name__})", path=tokenizer,
+                             fix="pass --tokenizer with a folder saved by transformers") from None
         return OnnxTextEncoder(onnx_file, tok)
     if not (p / "config.json").is_file():
         raise InputError("no text encoder here (no config.json, text_encoder/ or model.onnx)", path=p,
@@ -212,8 +244,23 @@ def aggregate(tokens: TokenStates, mode: str = "mean") -> np.ndarray:
     return np.stack(rows)
 
 
+def check_template(template: str) -> str:
+    """A prompt template holds `{}` for the concept (or no braces pair: the concept is appended) and nothing
+    `str.format` would choke on; -> the template."""
+    if not template.strip():
+        raise InputError("empty prompt template", fix='use e.g. --template "a photo of {}"')
+    if "{}" in template:
+        try:
+            template.format("concept")
+        except (IndexError, KeyError, ValueError):
+            raise InputError(f"prompt template {template!r} may hold only `{{}}` between braces",
+                             fix='use e.g. --template "a photo of {}"') from None
+    return template
+
+
 def expand_prompts(concepts: list[str], templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES) -> list[str]:
     """Each concept through each template: ["van gogh"] × ("a photo of {}",) -> ["a photo of van gogh"]."""
+    templates = [check_template(t) for t in templates]
     return [t.format(c) if "{}" in t else f"{t} {c}" for c in concepts for t in templates]
 
 

@@ -11,7 +11,8 @@ from edgeml.cure.embed import DEFAULT_TEMPLATES, TextEncoder, concept_embeddings
 from edgeml.cure.spectral import LowRankEdit, discriminative_projector
 from edgeml.cure.uce import uce_edit
 from edgeml.errors import InputError
-from edgeml.io import atomic_dir, write_json
+from edgeml.io import atomic_dir, remove_stale_temps, write_json
+from edgeml.paths import refuse_overwrite
 
 METHODS = ("cure", "uce")
 FORMATS = ("onnx", "diffusers", "safetensors")
@@ -62,21 +63,62 @@ def _default_text_encoder(model: Path, fmt: str, tokenizer: str | Path | None) -
     if fmt in ("diffusers", "onnx") and model.is_dir() and (model / "text_encoder").is_dir():
         return load_text_encoder(model, tokenizer)
     if fmt == "safetensors":
-        from edgeml.io import _read_metadata
+        from edgeml.cure.apply import read_safetensors_header
 
-        with open(model, "rb") as f:
-            head = f.read(8)
-            head += f.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
-        try:
-            meta = _read_metadata(head)
-        except ValueError:
-            meta = {}
+        _, meta, _ = read_safetensors_header(model)
         if '"tiny_t2i"' in meta.get("edgeml", ""):
             from edgeml.models.tiny_t2i import MiniLMText  # causal MiniLM: the states the UNet was trained on
 
             return MiniLMText()
     raise InputError("no text encoder found next to the model", path=model,
                      fix="pass --text-encoder DIR_OR_ONNX (the one the UNet was trained with)")
+
+
+def model_inputs(model: Path, fmt: str, text_input: str | None = None) -> list[Path]:
+    """Every file or folder `erase` reads for `model`, each format checked (safetensors headers, ONNX graph and
+    external-data locations) before anything is written."""
+    if fmt == "safetensors":
+        from edgeml.cure.apply import safetensors_kv_entries
+
+        if not model.is_file():
+            raise InputError("a safetensors model must be a file", path=model)
+        safetensors_kv_entries(model)
+        return [model]
+    if fmt == "diffusers":
+        from edgeml.cure.apply import safetensors_kv_keys, unet_weight_files
+
+        files = unet_weight_files(model)
+        if not any([safetensors_kv_keys(f) for f in files]):  # a list: every header is checked
+            raise InputError("the UNet has no cross-attention K/V weights", path=model / "unet")
+        return [model, *files]
+    from edgeml.cure.onnx import onnx_unet_path, plan_onnx_edit
+
+    unet = onnx_unet_path(model)
+    _, data, _ = plan_onnx_edit(unet, text_input)
+    return [model, unet, *sorted({d.path for d in data.values()})]
+
+
+def check_output(out: Path, fmt: str, inputs: list[Path], *, force: bool) -> Path:
+    """Refuse an `out` (or its report) that is, holds or lies inside an input, or exists without `force`;
+    -> the report path. Runs before anything is written: `--force` never deletes an input."""
+    report = out.with_name(out.stem + ".cure.json") if fmt == "safetensors" else out / "cure_report.json"
+    refuse_overwrite(out, inputs)
+    refuse_overwrite(report, inputs, flag="--out's report")
+    inside = [p for p in inputs if p.is_dir() and p.resolve() in out.resolve().parents]
+    if inside:
+        raise InputError(f"--out lies inside the input folder {inside[0]}", path=out,
+                         fix="write the output outside the input folders")
+    if out.exists():
+        if not force:
+            raise InputError("output already exists", path=out, fix="choose a new --out path or pass --force")
+        if out.is_dir() == (fmt == "safetensors"):
+            kind = "a folder" if out.is_dir() else "a file"
+            raise InputError(f"--out is {kind}; the {fmt} output is {'a file' if fmt == 'safetensors' else 'a folder'}",
+                             path=out, fix="choose a new --out path")
+    if fmt == "safetensors" and report.exists() and not force:
+        raise InputError("the edit report beside --out already exists", path=report,
+                         fix="choose a new --out path or pass --force")
+    return report
 
 
 def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[str] | None = None, *,
@@ -96,10 +138,14 @@ def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[st
     fmt = fmt or detect_format(model)
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
-    if out.resolve() == model.resolve():
-        raise InputError("output would overwrite the input", path=out, fix="choose a new --out path")
-    if out.exists() and not force:
-        raise InputError("output already exists", path=out, fix="choose a new --out path or pass --force")
+    inputs = model_inputs(model, fmt, text_input)
+    extra = [Path(p) for p in (text_encoder, tokenizer) if p is not None]
+    for p in extra:
+        if not p.exists():
+            raise InputError("text encoder or tokenizer not found", path=p)
+    report_path = check_output(out, fmt, inputs + extra, force=force)
+    # Temp files/folders a killed earlier run left beside --out (and beside a safetensors output's report).
+    remove_stale_temps(out.parent, [out.name] + ([report_path.name] if fmt == "safetensors" else []))
     t0 = time.perf_counter()
     encoder = (load_text_encoder(text_encoder, tokenizer) if text_encoder
                else _default_text_encoder(model, fmt, tokenizer))
@@ -111,7 +157,6 @@ def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[st
         from edgeml.cure.apply import edit_safetensors_file
 
         rows = edit_safetensors_file(model, out, edit)
-        report_path = out.with_name(out.stem + ".cure.json")
     else:
         with atomic_dir(out, force=force) as tmp:
             if fmt == "diffusers":
@@ -120,7 +165,6 @@ def erase(model: str | Path, out: str | Path, forget: list[str], retain: list[st
                 rows = edit_diffusers_folder(model, tmp, edit)
             else:
                 rows = _edit_onnx_path(model, tmp, edit, text_input)
-            report_path = out / "cure_report.json"
     info["seconds"].update({"text_encoder_load": t_load, "edit_and_write": time.perf_counter() - t0})
     report = {"input": str(model), "output": str(out), "format": fmt, **info, "tensors_edited": len(rows),
               "tensors": rows}

@@ -12,6 +12,7 @@ and only the edited byte ranges are rewritten in the copy, so the edit costs abo
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from edgeml.cure._files import NUMPY_DTYPES, copy_with_patches, read_range
 from edgeml.cure.apply import tensor_report
 from edgeml.cure.spectral import LowRankEdit, apply_to_weights
 from edgeml.errors import CheckpointError, InputError
+from edgeml.io import write_bytes
+from edgeml.paths import confined
 
 TEXT_INPUTS = ("encoder_hidden_states", "text_embeds", "context")
 _ACTIVATION_PASS = {"Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
@@ -78,9 +81,11 @@ def find_text_kv_weights(model, text_input: str | None = None) -> list[KVWeight]
 
 def _trace_weight(tensor: str, producers: dict, inits: set) -> tuple[str, int]:
     flips = 0
-    while tensor not in inits:
+    for _ in range(len(producers) + 1):  # a hostile graph can loop Identity nodes into a cycle
+        if tensor in inits:
+            return tensor, flips
         node = producers.get(tensor)
-        if node is None or node.op_type not in _WEIGHT_PASS:
+        if node is None or node.op_type not in _WEIGHT_PASS or not node.input:
             what = "a graph input" if node is None else f"a {node.op_type} node"
             raise InputError(f"K/V weight {tensor!r} comes from {what}, not from an initializer",
                              fix="export the UNet with its weights as initializers")
@@ -90,7 +95,17 @@ def _trace_weight(tensor: str, producers: dict, inits: set) -> tuple[str, int]:
                 raise InputError(f"K/V weight {tensor!r} is transposed with perm {perm[0]}; only 2-D is supported")
             flips += 1
         tensor = node.input[0]
-    return tensor, flips
+    raise CheckpointError(f"K/V weight {tensor!r} is produced by a cycle of nodes", fix="re-export the model")
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    """Where one initializer's bytes live: `path` (confined to the model's folder), byte offset and length."""
+
+    location: str
+    path: Path
+    offset: int
+    length: int
 
 
 def _external_info(t) -> dict | None:
@@ -99,44 +114,76 @@ def _external_info(t) -> dict | None:
     return {e.key: e.value for e in t.external_data}
 
 
-def check_external_data(model, folder: Path) -> dict[str, int]:
-    """Every external-data file the graph references exists and is long enough -> {location: size}."""
-    sizes: dict[str, int] = {}
+def _byte_field(info: dict, key: str, default: int, name: str, path: Path) -> int:
+    text = info.get(key)
+    if text is None:
+        return default
+    if not text.isdigit():  # ints >= 0 only: no sign, no spaces, no "1e3"
+        raise CheckpointError(f"external data {key} {text!r} of initializer {name!r} is not an integer >= 0",
+                              path=path)
+    return int(text)
+
+
+def external_data(model, folder: Path, src: Path) -> dict[str, ExternalData]:
+    """{initializer: ExternalData} for every external initializer, checked before any data is read.
+
+    Locations are confined to `folder` (no absolute path, no `..`, no symlink out, not the graph file itself),
+    the files exist, and offset/length are integers >= 0 that end inside their file.
+    """
+    found: dict[str, ExternalData] = {}
+    sizes: dict[Path, int] = {}
     for t in model.graph.initializer:
         info = _external_info(t)
         if info is None:
             continue
         loc = info.get("location", "")
-        path = folder / loc
-        if not loc or not path.is_file():
+        path = confined(folder, loc, what=f"external data location of initializer {t.name!r}")
+        if not path.is_file():
             raise CheckpointError(f"external data file {loc!r} of initializer {t.name!r} is missing", path=folder,
                                   fix="keep the .onnx file beside its weights file(s) (weights.pb / model.onnx_data)")
-        size = sizes.setdefault(loc, path.stat().st_size)
-        offset, length = int(info.get("offset", 0)), int(info.get("length", size))
-        if offset + length > size:
+        if path.resolve() == src.resolve():
+            raise CheckpointError(f"external data of initializer {t.name!r} points at the graph file itself",
+                                  path=src)
+        size = sizes.setdefault(path, path.stat().st_size)
+        offset = _byte_field(info, "offset", 0, t.name, path)
+        length = _byte_field(info, "length", size - offset, t.name, path)
+        if offset > size or offset + length > size:
             raise CheckpointError(f"external data for {t.name!r} ends past {loc} ({offset + length} > {size} bytes)",
-                                  path=folder / loc, fix="the weights file is truncated; re-export the model")
-    return sizes
+                                  path=path, fix="the weights file is truncated; re-export the model")
+        found[t.name] = ExternalData(str(path.relative_to(folder)), path, offset, length)
+    return found
 
 
-def _read_initializer(t, folder: Path) -> np.ndarray:
-    from onnx import numpy_helper
-
-    info = _external_info(t)
-    if info is None:
-        return numpy_helper.to_array(t)
+def _check_initializer(t, data: ExternalData | None) -> None:
+    """An initializer to edit: float32/16/64, 2-D, and (when external) exactly as many bytes as its dims need."""
     if t.data_type not in NUMPY_DTYPES:
         raise InputError(f"initializer {t.name!r} has ONNX data type {t.data_type}; supported: float32/16/64")
-    count = int(np.prod(t.dims))
-    return read_range(folder / info["location"], int(info.get("offset", 0)), count,
-                      NUMPY_DTYPES[t.data_type]).reshape(tuple(t.dims))
+    if len(t.dims) != 2 or any(d < 0 for d in t.dims):
+        raise InputError(f"K/V weight {t.name!r} has dims {list(t.dims)}; expected a 2-D weight")
+    nbytes = math.prod(t.dims) * np.dtype(NUMPY_DTYPES[t.data_type]).itemsize
+    if data is not None and nbytes != data.length:
+        raise CheckpointError(f"initializer {t.name!r} dims {list(t.dims)} need {nbytes} bytes, its external data "
+                              f"has {data.length}", path=data.path)
 
 
-def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: str | None = None) -> list[dict]:
-    """Write `src` (an .onnx file and its external data) into the fresh folder `out_dir` with K/V weights edited.
+def _read_initializer(t, data: ExternalData | None) -> np.ndarray:
+    """A checked initializer's values (see `_check_initializer`)."""
+    from onnx import numpy_helper
 
-    Returns report rows. The graph is parsed once; external data files are copied and byte-patched.
-    """
+    if data is None:
+        try:
+            w = numpy_helper.to_array(t)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"initializer {t.name!r} is corrupt ({e})") from None
+        if w.shape != tuple(t.dims):
+            raise CheckpointError(f"initializer {t.name!r} holds {w.size} values, not dims {list(t.dims)}")
+        return w
+    count = math.prod(t.dims)
+    return read_range(data.path, data.offset, count, NUMPY_DTYPES[t.data_type]).reshape(tuple(t.dims))
+
+
+def load_graph(src: str | Path):
+    """(ONNX model without its weights, {initializer: ExternalData}) for an .onnx file, every location checked."""
     import onnx
 
     src = Path(src)
@@ -146,43 +193,57 @@ def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: 
         model = onnx.load(str(src), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError / ValidationError subclasses
         raise CheckpointError(f"not a readable ONNX model ({type(e).__name__})", path=src) from None
-    folder = src.parent
-    sizes = check_external_data(model, folder)
+    return model, external_data(model, src.parent, src)
+
+
+def plan_onnx_edit(src: str | Path, text_input: str | None = None):
+    """(model, {initializer: ExternalData}, {initializer: KVWeight}): everything `edit_onnx` will read, checked
+    without reading any weight."""
+    model, data = load_graph(src)
     targets = find_text_kv_weights(model, text_input)
     if not targets:
         raise InputError("no MatMul/Gemm weight is fed by the text embedding: the model has no cross-attention",
                          path=src, fix="pass a text-conditioned UNet")
     inits = {t.name: t for t in model.graph.initializer}
     chosen = {kv.initializer: kv for kv in targets}            # a weight shared by two nodes is edited once
+    for name in chosen:
+        _check_initializer(inits[name], data.get(name))
+    return model, data, chosen
+
+
+def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: str | None = None) -> list[dict]:
+    """Write `src` (an .onnx file and its external data) into the fresh folder `out_dir` with K/V weights edited.
+
+    Returns report rows. The graph is parsed once; external data files are copied and byte-patched.
+    """
+    from onnx import numpy_helper
+
+    src = Path(src)
+    model, data, chosen = plan_onnx_edit(src, text_input)
+    inits = {t.name: t for t in model.graph.initializer}
     # Every weight in W [out, in] orientation, edited in one batch exactly as the in-memory path does.
     weights = {}
     for name, kv in chosen.items():
-        w = _read_initializer(inits[name], folder)
-        if w.ndim != 2:
-            raise InputError(f"K/V weight {name!r} has shape {w.shape}; expected 2-D", path=src)
-        w = torch.from_numpy(np.array(w, copy=True))
+        w = torch.from_numpy(np.array(_read_initializer(inits[name], data.get(name)), copy=True))
         weights[name] = (w.T if kv.stored_transposed else w).contiguous()   # same memory layout as in a module
     edited, stats = apply_to_weights(edit, weights)
     patches: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
     rows = []
     for name, kv in chosen.items():
-        t = inits[name]
         after = edited[name].T if kv.stored_transposed else edited[name]
         layout = "in,out" if kv.stored_transposed else "out,in"
         rows.append({**tensor_report(name, weights[name], stats[name], layout=layout), "node": kv.node})
         new = np.ascontiguousarray(after.numpy())
-        info = _external_info(t)
-        if info is None:
-            from onnx import numpy_helper
-
-            t.CopyFrom(numpy_helper.from_array(new, name))
+        if name in data:
+            patches[data[name].location].append((data[name].offset, new.tobytes()))
         else:
-            patches[info["location"]].append((int(info.get("offset", 0)), new.tobytes()))
-    for loc in sizes:
-        copy_with_patches(folder / loc, out_dir / loc, patches.get(loc, []))
+            inits[name].CopyFrom(numpy_helper.from_array(new, name))
+    files = {d.location: d.path for d in data.values()}
+    for loc, path in files.items():
+        copy_with_patches(path, confined(out_dir, loc, what="external data location"), patches.get(loc, []))
     entry = model.metadata_props.add()
     entry.key, entry.value = "edgeml.cure", f"{len(rows)} cross-attention K/V initializers edited"
-    (out_dir / src.name).write_bytes(model.SerializeToString())
+    write_bytes(out_dir / src.name, model.SerializeToString())
     return rows
 
 
