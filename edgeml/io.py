@@ -51,19 +51,24 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete the `.{name}.*.tmp` siblings that a killed `atomic_write` / `atomic_dir` of `names` left in
-    `folder` (only those: other hidden files are not ours); returns what was removed."""
+    """Delete what a killed `atomic_write` / `atomic_dir` of `names` left in `folder`: the `.{name}.*.tmp` files and
+    folders, and the `.{name}.*.old` folders of a replacement whose new output is in place (an `.old` folder is kept
+    while `name` itself is missing: it then holds the only copy). Other hidden files are not ours; returns what was
+    removed."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for name in names:
-        for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
+        stale = list(folder.glob(f".{glob.escape(name)}.*.tmp"))
+        if (folder / name).exists():
+            stale += folder.glob(f".{glob.escape(name)}.*.old")
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
             else:
-                stale.unlink(missing_ok=True)
-            removed.append(stale)
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

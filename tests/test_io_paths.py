@@ -101,3 +101,25 @@ def test_os_errors_are_one_line(capsys, monkeypatch):
     parser._subparsers._group_actions[0].choices["info"].set_defaults(func=boom)
     assert cli.main(["info"]) == 2
     assert capsys.readouterr().err == "edgeml: error: /nope/out.bin: Permission denied\n"
+
+
+def test_stale_temps_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
+    from edgeml.io import remove_stale_temps
+
+    (tmp_path / "art").mkdir()
+    (tmp_path / ".art.x1.tmp").mkdir()  # a killed atomic_dir build
+    (tmp_path / ".art.x2.old").mkdir()  # a killed replacement whose new folder is in place
+    (tmp_path / ".out.bin.x3.tmp").write_bytes(b"half")
+    keep = [".notes.tmp", ".art.keep", ".other.x4.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("not ours")
+    removed = remove_stale_temps(tmp_path, ["art", "out.bin"])
+    assert sorted(p.name for p in removed) == [".art.x1.tmp", ".art.x2.old", ".out.bin.x3.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["art", *keep])
+
+
+def test_an_old_folder_holding_the_only_copy_is_kept(tmp_path):
+    from edgeml.io import remove_stale_temps
+
+    (tmp_path / ".art.x2.old").mkdir()  # killed between moving the old output away and moving the new one in
+    assert remove_stale_temps(tmp_path, ["art"]) == [] and (tmp_path / ".art.x2.old").is_dir()
