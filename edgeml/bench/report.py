@@ -260,13 +260,18 @@ th{background:#f3f3f3}figure{margin:1.5em 0}figure svg{max-width:100%;height:aut
 
 def write_report(results: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     """Read bench results (schema-checked) and write `out/report.md`, `out/index.html` and `out/plots/*.svg`."""
+    from edgeml.errors import InputError
+    from edgeml.paths import refuse_overwrite
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("--out is a file; the report is a folder", path=out, fix="pass a folder path")
+    refuse_overwrite(out / "report.md", results)
+    refuse_overwrite(out / "index.html", results)
     runs = [load_results(p) for p in results]
     if not runs:
-        from edgeml.errors import InputError
-
         raise InputError("no results files given", fix="pass one or more JSON files from `edgeml bench --out`")
     names = run_names(runs)
-    out = Path(out)
     plots = _plots(runs, names)
     for key, svg in plots.items():
         write_text(out / "plots" / f"{key}.svg", svg)

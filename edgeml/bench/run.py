@@ -13,11 +13,12 @@ Results are one JSON document with a schema name and version (`load_results` che
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from edgeml.bench.meters import MeterSet, open_meters
 from edgeml.bench.timing import cuda_event_timer, default_sync, host_timer, runtime_environment, throughput_sweep
 from edgeml.errors import InputError, MissingDependencyError
 from edgeml.io import read_json, write_json
+from edgeml.paths import refuse_overwrite
 
 SCHEMA = "edgeml.bench"
 SCHEMA_VERSION = 1
@@ -121,17 +123,39 @@ def _open_runtime(artefact: Path, backend: str, threads: int | None = None) -> A
 
 
 def set_threads(threads: int | None) -> None:
-    """Use `threads` CPU threads in torch, onnxruntime (per session) and TVM (its pool reads the env at start)."""
+    """Use `threads` CPU threads in torch and TVM (its pool reads the env at start), process-wide and for good.
+
+    For entry points (scripts, the CLI); library code uses `cpu_threads`, which restores both afterwards.
+    """
     if threads is None:
         return
-    if threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
     import os
 
     import torch
 
     torch.set_num_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """`set_threads(threads)` inside the block; torch's thread count and TVM_NUM_THREADS are restored after it."""
+    import os
+
+    import torch
+
+    before, tvm_env = torch.get_num_threads(), os.environ.get("TVM_NUM_THREADS")
+    try:
+        set_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if tvm_env is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = tvm_env
 
 
 def _export_to(model: str, target: str, out: Path, checkpoint: str | Path | None, random_init: bool) -> Path:
@@ -251,7 +275,8 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
 
     `input="data"` decodes `videos` files from `data` end to end and times the model on their clips;
     `input="random"` times the model only, on random tensors. `threads` fixes the CPU threads of every backend
-    (recorded; on a shared machine 1 thread avoids the collapse of spinning thread pools). `out` writes the JSON.
+    (recorded; on a shared machine 1 thread avoids the collapse of spinning thread pools) for this call only:
+    torch's thread count and TVM_NUM_THREADS are restored when it returns. `out` writes the JSON.
     """
     check_backend(backend)
     if input not in ("data", "random"):
@@ -260,10 +285,18 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
         raise InputError("--input data needs --data DIR (a folder of videos)")
     if videos < 1:
         raise InputError(f"--videos must be >= 1, got {videos}")
+    if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise InputError(f"need --repeats >= 1, --warmup >= 0 and batch sizes >= 1, got repeats={repeats}, "
+                         f"warmup={warmup}, batch sizes={list(batch_sizes)}")
+    if out is not None:
+        if Path(out).is_dir():
+            raise InputError("--out is a folder; bench writes one JSON file", path=out,
+                             fix="pass a file path such as results.json")
+        inputs = [artefact, checkpoint, data]
+        inputs += [p for d in (artefact, data) if d is not None and Path(d).is_dir() for p in Path(d).rglob("*")]
+        refuse_overwrite(out, inputs)
     meters = meters if meters is not None else open_meters()
-    set_threads(threads)
-
-    with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
+    with cpu_threads(threads), tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
         given_artefact = artefact
         manifest, runtime, torch_model, artefact = _prepare(model, artefact, backend, target, checkpoint,
                                                             random_init, Path(tmp), threads)
@@ -296,6 +329,10 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
             clips_per_video = e2e["timing"]["clips"] / max(n_videos, 1)
         else:
             sample_feeds = random_feeds(model_name, config, 1)
+            if sorted(sample_feeds) != sorted(input_names):
+                raise InputError(f"the artefact's inputs {input_names} are not model {model_name!r}'s inputs "
+                                 f"{sorted(sample_feeds)}", path=artefact,
+                                 fix="re-export the model with `edgeml export`, or pass the matching --model")
             readings, clips_per_video = [], 1.0
 
         results["model_only"] = _model_only(runtime, sample_feeds, batch_sizes, warmup, repeats, max_seconds,
@@ -535,8 +572,21 @@ def _progress(enabled: bool, total: int, what: str) -> Callable[[int | None], No
 # ----------------------------------------------------------------------------------------------- results files
 
 
+# key -> type of a results document's parts that the report reads (checked when a results file is loaded)
+_RESULT_PARTS: dict[str, type | tuple[type, ...]] = {"input": str, "summary": dict, "model_only": dict,
+                                                     "energy": dict, "environment": dict,
+                                                     "end_to_end": (dict, type(None))}
+_SUMMARY_KEYS = ("videos_per_s", "video_latency_median_s", "clip_latency_median_s", "clip_latency_p99_s",
+                 "clips_per_s_best", "joules_per_video", "energy_label", "accuracy")
+
+
 def load_results(path: str | Path) -> dict:
-    """A results JSON written by `bench`; another schema or schema version is an InputError saying what to do."""
+    """A results JSON written by `bench`; a folder, a non-JSON file, another schema or schema version, or a
+    document missing the parts the report reads is an InputError saying what to do."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not a results file", path=path,
+                         fix="pass the JSON files written by `edgeml bench --out`")
     r = read_json(path)
     schema = r.get("schema") if isinstance(r, dict) else None
     if schema != SCHEMA:
@@ -546,4 +596,14 @@ def load_results(path: str | Path) -> dict:
         raise InputError(f"results schema version {r.get('schema_version')!r}, but this edgeml reads version "
                          f"{SCHEMA_VERSION}", path=path,
                          fix="re-run `edgeml bench` with this edgeml version, or report with the edgeml that wrote it")
+    bad = [k for k, kind in _RESULT_PARTS.items() if not isinstance(r.get(k), kind)]
+    bad += [f"summary.{k}" for k in _SUMMARY_KEYS if "summary" not in bad and k not in r["summary"]]
+    if "model_only" not in bad and not (isinstance(r["model_only"].get("batches"), list)
+                                        and all(isinstance(b, dict) for b in r["model_only"]["batches"])):
+        bad.append("model_only.batches")
+    if "energy" not in bad and not {"label", "method", "joules_per_video"} <= set(r["energy"]):
+        bad.append("energy.label/method/joules_per_video")
+    if bad:
+        raise InputError(f"results file lacks or mistypes {', '.join(bad)}", path=path,
+                         fix="pass files written by `edgeml bench --out` (unedited)")
     return r

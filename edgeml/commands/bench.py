@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgeml.commands._args import nonneg_int, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,14 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="random", choices=["data", "random"],
                    help="'data': real videos end to end (needs --data); 'random': model only on random tensors")
     p.add_argument("--data", help="folder of videos (class sub-folders give labels for accuracy)")
-    p.add_argument("--videos", type=int, default=8, help="number of videos for --input data (default 8)")
-    p.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated model-only batch sizes")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, help="CPU threads for every backend (default: each library's own)")
+    p.add_argument("--videos", type=positive_int, default=8, help="number of videos for --input data (default 8)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 2, 4, 8),
+                   help="comma-separated model-only batch sizes, each >= 1 (default 1,2,4,8)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs per batch size (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed runs per batch size (default 20)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for every backend (default: each library's own)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     p.set_defaults(func=run)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4), each an integer >= 1."""
+    sizes = tuple(positive_int(b.strip()) for b in text.split(",") if b.strip())
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return sizes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,16 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from edgeml.bench.report import print_summary
     from edgeml.bench.run import bench
-    from edgeml.errors import InputError
-
-    try:
-        batches = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
-    except ValueError:
-        raise InputError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     results = bench(model=args.model, artefact=args.artefact, backend=args.backend, target=args.target,
                     input=args.input, data=args.data, videos=args.videos, checkpoint=args.checkpoint,
-                    random_init=args.random_init, batch_sizes=batches, warmup=args.warmup, repeats=args.repeats,
-                    threads=args.threads, out=args.out, progress=not args.json)
+                    random_init=args.random_init, batch_sizes=args.batch_sizes, warmup=args.warmup,
+                    repeats=args.repeats, threads=args.threads, out=args.out, progress=not args.json)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

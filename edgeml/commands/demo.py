@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgeml.commands._args import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="working folder for data, checkpoints, exports, results")
     p.add_argument("--report", default="report", help="folder for index.html and report.md (default ./report)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the demo's setting)")
-    p.add_argument("--threads", type=int, help="CPU threads for training and every backend (default 1)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: the demo's setting)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for training and every backend (default 1)")
     p.add_argument("--force", action="store_true", help="re-run every step even when a cached output exists")
     p.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgeml.commands._args import nonneg_int, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,13 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights from `edgeml train` (.safetensors)")
     p.add_argument("--random-init", action="store_true", help="export random weights (latency work only)")
     p.add_argument("--data", help="the model's data set (clip cache for video models; image data set name or "
-                   "folder): real-input parity, int8 calibration and int8 accuracy")
+                   "folder): real-input parity, int8 calibration and int8 accuracy; without it, random inputs (never a "
+                   "folder named in the checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder (atomically)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the profile's)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset, 13..21 (default: the profile's)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead of a static batch")
-    p.add_argument("--calib-samples", type=int, default=64, help="int8 calibration samples (default 64)")
-    p.add_argument("--parity-samples", type=int, default=64, help="real samples for parity (default 64)")
-    p.add_argument("--tune-trials", type=int, default=0,
+    p.add_argument("--calib-samples", type=positive_int, default=64, help="int8 calibration samples (default 64)")
+    p.add_argument("--parity-samples", type=positive_int, default=64, help="real samples for parity (default 64)")
+    p.add_argument("--tune-trials", type=nonneg_int, default=0,
                    help="TVM MetaSchedule trials, split evenly over the conv/matmul kernels and measured on this "
                         "machine (host targets only; 0 = no tuning). Untuned conv/matmul kernels are naive loops; "
                         "benchmarks/export_latency.py measures video_spiking with 1024 trials (~13 min on 2 cores)")

@@ -83,11 +83,6 @@ def _preprocessing(task: str, config: dict[str, Any], dataset: Any) -> dict[str,
     return pre
 
 
-def _default_data(weights: dict[str, Any]) -> Path | None:
-    d = weights.get("meta", {}).get("data")
-    return Path(d) if isinstance(d, str) and Path(d).is_dir() else None
-
-
 class _Steps:
     """A rich progress bar over the export steps (transient), or plain log lines when `progress` is off."""
 
@@ -123,26 +118,40 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
     """Export registered `model` for `target` into folder `out`; returns `out`.
 
     `data`: the model's data set (clip cache for video, image data set name/folder) for real-input parity, int8
-    calibration (train split) and int8-vs-fp32 accuracy (test split); without it the checkpoint's recorded data
-    folder is used if present, else random inputs (recorded as such). Bad inputs raise EdgeMLError subclasses
-    before anything is written; a failure during the build leaves no folder behind.
+    calibration (train split) and int8-vs-fp32 accuracy (test split); without it random inputs are used (recorded
+    as such) -- never a folder named in the checkpoint's metadata, so the result does not depend on what happens
+    to exist on this machine. Bad inputs (an `out` that is or holds the checkpoint or the data included) raise
+    EdgeMLError subclasses before anything is written; a failure during the build leaves no folder behind, and
+    temp folders a killed export left beside `out` are removed by the next export to it.
     """
     import torch
 
     from edgeml.export.targets import load_profile
-    from edgeml.io import atomic_dir
+    from edgeml.io import atomic_dir, remove_stale_temps
     from edgeml.registry import create_model, model_spec
 
     log = log or (lambda s: None)
     spec = model_spec(model)
     profile = load_profile(target)
+    from edgeml.export.targets import OPSET_RANGE
+    from edgeml.paths import refuse_overwrite
+
     out = Path(out)
-    if out.exists() and not force:
-        raise InputError("output folder already exists", path=out, fix="pass --force to replace it")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError("checkpoint not found (or not a file)", path=checkpoint,
+                         fix="pass the .safetensors file `edgeml train` wrote")
+    refuse_overwrite(out, [checkpoint, data if data is not None and Path(data).exists() else None,
+                           shipped_checkpoint(model) if checkpoint is None and not random_init else None])
+    if out.exists() and not (force and out.is_dir()):
+        raise InputError("output folder already exists" if out.is_dir() else "--out is a file, not a folder",
+                         path=out, fix="pass --force to replace it" if out.is_dir() else "pass a folder path")
+    if opset is not None and not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        raise InputError(f"--opset {opset} is outside the supported range {OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
     opset = opset or profile.opset
-    if profile.wants_tensorrt and opset > int(profile.tensorrt.get("max_opset", opset)):
-        raise InputError(f"opset {opset} exceeds TensorRT {profile.tensorrt['version']}'s max opset "
-                         f"{profile.tensorrt['max_opset']}", fix=f"use --opset {profile.tensorrt['max_opset']}")
+    trt_max = profile.tensorrt.max_opset if profile.wants_tensorrt and profile.tensorrt else None
+    if trt_max is not None and opset > trt_max:
+        raise InputError(f"opset {opset} exceeds TensorRT {profile.tensorrt.version}'s max opset {trt_max}",
+                         fix=f"use --opset {trt_max}")
     weights = resolve_weights(model, checkpoint, random_init)
     if weights["source"] == "random-init":
         torch.manual_seed(0)
@@ -151,8 +160,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
         net = create_model(model, checkpoint=weights["checkpoint"])
     net = net.eval()
     config = {**spec.defaults, **weights["meta"].get("config", {})}
-    data = Path(data) if data is not None else _default_data(weights)
-    datasets = _open_data(spec.task, data) if data is not None else {}
+    datasets = _open_data(spec.task, Path(data)) if data is not None else {}
 
     from edgeml.export import onnx as ox
     from edgeml.export import quantize
@@ -164,6 +172,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
     n_steps = 4 + streaming + ("fp16" in profile.precisions) + ("int8" in profile.precisions) + \
         profile.wants_tvm + profile.wants_tensorrt
     t_start = time.perf_counter()
+    remove_stale_temps(out.parent, [out.name])  # what a killed export to `out` left (kill -9 skips all cleanup)
     with atomic_dir(out, force=force) as tmp, _Steps(n_steps, progress, log) as steps, torch.no_grad():
         from edgeml.io import save_checkpoint, sha256_file, write_json
 
@@ -172,7 +181,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
         steps.step(f"ONNX opset {opset} ({model}, batch {profile.batch}{', dynamic' if dynamic_batch else ''})")
         onnx_notes = ox.export_onnx(net, example, tmp / "model.onnx", input_names=names, output_names=outs,
                                     opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
-                                    max_opset=profile.tensorrt.get("max_opset") if profile.wants_tensorrt else None)
+                                    max_opset=trt_max)
         if onnx_notes["opset"] != opset:
             log(f"[export] the TorchScript exporter could not express an op: used the dynamo exporter at opset "
                 f"{onnx_notes['opset']}")
@@ -205,7 +214,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
                              "calibration_data": calib_note}
             backends["onnxruntime"]["files"]["int8"] = "model.int8.onnx"
         if profile.wants_tensorrt:
-            steps.step(f"TensorRT {profile.tensorrt['version']} op check + build_engine.sh")
+            steps.step(f"TensorRT {profile.tensorrt.version} op check + build_engine.sh")
             if (tmp / "model.int8.onnx").is_file():
                 trt.check_ops(tmp / "model.int8.onnx", profile)
             io = ox.graph_io(tmp / "model.onnx")
@@ -221,7 +230,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
             backends["tensorrt"]["engine_note"] = ("built here" if plan else
                                                    "tensorrt not importable here: run build_engine.sh on the device")
         if profile.wants_tvm:
-            steps.step(f"TVM build for {profile.tvm['target']}" + (f", tuning {tune_trials} trials"
+            steps.step(f"TVM build for {profile.tvm.target}" + (f", tuning {tune_trials} trials"
                                                                    if tune_trials else ""))
             from edgeml.export import tvm as tvmx
 
@@ -252,6 +261,7 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
         manifest["checksums"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
                                  if p.is_file()}
         write_json(tmp / "manifest.json", manifest)
+    remove_stale_temps(out.parent, [out.name])  # a `.old` kept above held the only copy until now
     log(f"[export] wrote {out}")
     return out
 
@@ -290,11 +300,12 @@ def _parity_report(net: Any, art: Path, names: list[str], outs: list[str], feeds
     from edgeml.export.runtime import OrtRuntime, TorchRuntime, TvmRuntime
 
     torch_rt = TorchRuntime(net, names, outs)
-    runners = {"ort": OrtRuntime(art / "model.onnx", "ort")}
+    level = profile.onnxruntime.graph_optimization_level
+    runners = {"ort": OrtRuntime(art / "model.onnx", "ort", graph_optimization_level=level)}
     if (art / "model.fp16.onnx").is_file():
-        runners["ort-fp16"] = OrtRuntime(art / "model.fp16.onnx", "ort-fp16")
+        runners["ort-fp16"] = OrtRuntime(art / "model.fp16.onnx", "ort-fp16", graph_optimization_level=level)
     if (art / "model.int8.onnx").is_file():
-        runners["ort-int8"] = OrtRuntime(art / "model.int8.onnx", "ort-int8")
+        runners["ort-int8"] = OrtRuntime(art / "model.int8.onnx", "ort-int8", graph_optimization_level=level)
     tvm_info = backends.get("tvm")
     if tvm_info and tvm_info.get("runnable_here"):
         runners["tvm"] = TvmRuntime(art / "tvm" / "model.so", names, outs)

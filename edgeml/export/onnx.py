@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeml.errors import ExportError
+from edgeml.errors import ExportError, InputError
 
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                11: "float64"}
@@ -139,6 +139,44 @@ def _simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
     if not ok:
         return proto, {"simplified": False, "simplify_note": "onnxsim's own check failed; kept the original"}
     return check_and_infer(simplified), {"simplified": True, "simplify_note": f"onnxsim {onnxsim.__version__}"}
+
+
+def check_external_data(path: str | Path) -> list[Path]:
+    """The external-data files an ONNX file references, each confined to the file's folder (`edgeml.paths.confined`).
+
+    Read before any runtime or converter opens the model: a location that is absolute, holds `..` or is a symlink
+    leading out of the folder is an InputError, so a hostile model cannot make edgeml read a file elsewhere.
+    """
+    import onnx
+
+    from edgeml.paths import confined
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise InputError("ONNX model not found", path=path) from None
+    except Exception as e:  # protobuf DecodeError and friends
+        raise InputError(f"not a readable ONNX model ({type(e).__name__})", path=path) from None
+    files: dict[str, Path] = {}
+
+    def tensors(graph: Any) -> Any:
+        yield from graph.initializer
+        yield from (s.values for s in graph.sparse_initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                yield from ([a.t] if a.HasField("t") else [])
+                yield from a.tensors
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from tensors(sub)
+
+    for t in tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in t.external_data}.get("location", "")
+        if location not in files:
+            files[location] = confined(path.parent, location, what=f"external-data location of {t.name!r}")
+    return list(files.values())
 
 
 def graph_io(path: str | Path) -> dict[str, list[dict[str, Any]]]:

@@ -24,6 +24,9 @@ def to_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from edgeml.export.onnx import check_external_data
+
+    check_external_data(src)
     proto = onnx.load(str(src))
     try:
         half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
@@ -56,6 +59,9 @@ def to_int8_qdq(src: str | Path, dst: str | Path, calibration: Iterable[dict[str
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    from edgeml.export.onnx import check_external_data
+
+    check_external_data(src)
     feeds = list(calibration)
     if not feeds:
         raise ExportError("int8 quantization needs at least one calibration sample")

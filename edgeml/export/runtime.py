@@ -20,38 +20,59 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 _ONNX_FILES = {"ort": "model.onnx", "ort-fp16": "model.fp16.onnx", "ort-int8": "model.int8.onnx"}
+_ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}  # the profile's [onnxruntime] graph_optimization_level
 
 
 class TorchRuntime:
-    """A PyTorch module behind the Runtime interface (eager, inference mode, CPU unless `device`)."""
+    """A PyTorch module behind the Runtime interface (eager, inference mode, CPU unless `device`).
+
+    `threads`: torch's CPU threads during each `run` only; the process-wide setting is restored after the call.
+    """
 
     backend = "torch"
 
     def __init__(self, model: Any, input_names: Sequence[str], output_names: Sequence[str] = ("logits",),
-                 device: str = "cpu"):
+                 device: str = "cpu", threads: int | None = None):
         self.model = model.eval().to(device)
-        self.device = device
+        self.device, self.threads = device, threads
         self.input_names, self.output_names = list(input_names), list(output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        with torch.inference_mode():
-            out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device)
-                               for k in self.input_names])
+        before = torch.get_num_threads()
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                out = self.model(*[torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device)
+                                   for k in self.input_names])
+        finally:
+            if self.threads:
+                torch.set_num_threads(before)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().float().cpu().numpy() for o in outs]
 
 
 class OrtRuntime:
-    """onnxruntime InferenceSession (CPU provider unless `providers`)."""
+    """onnxruntime InferenceSession (CPU provider unless `providers`; the profile's graph optimization level).
+
+    The ONNX file's external-data locations are checked to stay inside its folder before the session opens it.
+    """
 
     def __init__(self, path: str | Path, backend: str = "ort", providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, graph_optimization_level: str = "all"):
         import onnxruntime as ort
 
+        from edgeml.export.onnx import check_external_data
+
+        if graph_optimization_level not in _ORT_LEVELS:
+            raise InputError(f"unknown onnxruntime graph_optimization_level {graph_optimization_level!r}",
+                             fix=f"use one of: {', '.join(_ORT_LEVELS)}")
+        check_external_data(path)
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[graph_optimization_level])
         if threads:
             opts.intra_op_num_threads = threads
         avail = ort.get_available_providers()
@@ -155,7 +176,11 @@ def _manifest(art: Path) -> dict:
 
 
 def open_runtime(artefact_dir: str | Path, backend: str, *, threads: int | None = None) -> Any:
-    """Open `backend` of the export folder `artefact_dir`; a backend the folder lacks is an InputError."""
+    """Open `backend` of the export folder `artefact_dir`; a backend the folder lacks is an InputError.
+
+    `threads` applies to this runtime only (an onnxruntime session option; torch threads during each `run`):
+    no process-wide setting is changed.
+    """
     art = Path(artefact_dir)
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}", fix=f"choose one of: {', '.join(BACKENDS)}")
@@ -165,18 +190,16 @@ def open_runtime(artefact_dir: str | Path, backend: str, *, threads: int | None 
     if backend == "torch":
         from edgeml.registry import create_model
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        return TorchRuntime(create_model(manifest["model"], checkpoint=art / "model.safetensors"), names, outs)
+        return TorchRuntime(create_model(manifest["model"], checkpoint=art / "model.safetensors"), names, outs,
+                            threads=threads)
     if backend in _ONNX_FILES:
         path = art / _ONNX_FILES[backend]
         if not path.is_file():
             raise InputError(f"this export has no {path.name} (backend {backend})", path=art,
                              fix="re-export for a target whose profile lists that precision")
-        providers = manifest.get("profile", {}).get("onnxruntime", {}).get("providers")
-        return OrtRuntime(path, backend, providers=providers, threads=threads)
+        ort_cfg = manifest.get("profile", {}).get("onnxruntime", {})
+        return OrtRuntime(path, backend, providers=ort_cfg.get("providers"), threads=threads,
+                          graph_optimization_level=ort_cfg.get("graph_optimization_level", "all"))
     if backend == "tvm":
         tvm_info = manifest.get("backends", {}).get("tvm")
         if not tvm_info:

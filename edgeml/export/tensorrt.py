@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeml.errors import ExportError
-from edgeml.export.targets import TargetProfile
+from edgeml.export.targets import TargetProfile, TensorRTSettings
+from edgeml.paths import confined
 
 # ONNX ops (default domain) the TensorRT 8.5 ONNX parser accepts.
 _TRT_85 = frozenset(
@@ -47,11 +48,18 @@ def supported_ops(version: str) -> frozenset[str]:
     return OP_SUPPORT[known[-1]]
 
 
+def _settings(profile: TargetProfile) -> TensorRTSettings:
+    if profile.tensorrt is None:
+        raise ExportError(f"target {profile.name} has no [tensorrt] table", path=profile.path)
+    return profile.tensorrt
+
+
 def check_ops(onnx_path: str | Path, profile: TargetProfile) -> dict[str, Any]:
     """Raise ExportError naming every op (and one node using it) that the profile's TensorRT cannot take."""
     import onnx
 
-    version = str(profile.tensorrt["version"])
+    trt = _settings(profile)
+    version = trt.version
     ok = supported_ops(version)
     proto = onnx.load(str(onnx_path), load_external_data=False)
     blocking: dict[str, str] = {}
@@ -61,7 +69,7 @@ def check_ops(onnx_path: str | Path, profile: TargetProfile) -> dict[str, Any]:
         if (domain != "ai.onnx" or node.op_type not in ok) and key not in blocking:
             blocking[key] = node.name or "(unnamed)"
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    max_opset = int(profile.tensorrt.get("max_opset", 99))
+    max_opset = trt.max_opset if trt.max_opset is not None else 99
     if opset is not None and opset > max_opset:
         raise ExportError(f"opset {opset} exceeds TensorRT {version}'s max opset {max_opset} ({profile.name})",
                           fix=f"export with --opset {max_opset} or lower")
@@ -89,28 +97,29 @@ def write_build_files(out_dir: str | Path, profile: TargetProfile, io: dict[str,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trt = profile.tensorrt
-    version = tuple(int(x) for x in str(trt["version"]).split(".")[:2])
-    common = [f"--memPoolSize=workspace:{int(trt.get('workspace_mib', 1024))}"]
+    trt = _settings(profile)
+    version = tuple(int(x) for x in trt.version.split(".")[:2])
+    common = [f"--memPoolSize=workspace:{trt.workspace_mib}"]
     if dynamic_batch:
         shapes = _shape_flag(io)
         common += [f"--minShapes={shapes}", f"--optShapes={shapes}", f"--maxShapes={shapes}"]
-    if int(trt.get("dla_core", -1)) >= 0:
-        common.append(f"--useDLACore={int(trt['dla_core'])}")
-        if trt.get("gpu_fallback", True):
+    if trt.dla_core >= 0:
+        common.append(f"--useDLACore={trt.dla_core}")
+        if trt.gpu_fallback:
             common.append("--allowGPUFallback")
-    if trt.get("timing_cache"):
-        common.append(f"--timingCacheFile={trt['timing_cache']}")
-    if version >= (8, 6) and "builder_optimization_level" in trt:
-        common.append(f"--builderOptimizationLevel={int(trt['builder_optimization_level'])}")
+    if trt.timing_cache:
+        confined(out_dir, trt.timing_cache, what="[tensorrt] timing_cache")
+        common.append(f"--timingCacheFile={trt.timing_cache}")
+    if version >= (8, 6) and trt.builder_optimization_level is not None:
+        common.append(f"--builderOptimizationLevel={trt.builder_optimization_level}")
     default = "fp16" if "fp16" in onnx_files else "int8" if "int8" in onnx_files else "fp32"
     cases = []
     for prec, flags in (("fp32", ""), ("fp16", "--fp16"), ("int8", "--int8 --fp16")):
         if prec in onnx_files:
             cases.append(f'  {prec}) ONNX="{onnx_files[prec]}"; FLAGS="{flags}" ;;')
     script = f"""#!/bin/sh
-# Build the TensorRT engine for profile {profile.name} (TensorRT {trt['version']}{
-    ', JetPack ' + str(trt['jetpack']) if trt.get('jetpack') else ''}) on the device.
+# Build the TensorRT engine for profile {profile.name} (TensorRT {trt.version}{
+    ', JetPack ' + trt.jetpack if trt.jetpack else ''}) on the device.
 # Usage: ./build_engine.sh [{'|'.join(onnx_files)}]   (default {default}); TRTEXEC=/path/to/trtexec to override.
 # int8 uses the QDQ model (explicit quantization: no calibration cache needed).
 set -eu
@@ -127,11 +136,10 @@ esac
     write_text(out_dir / "build_engine.sh", script)
     (out_dir / "build_engine.sh").chmod(0o755 | stat.S_IRUSR)
     shutil.copyfile(Path(__file__).with_name("trt_builder.py"), out_dir / "build_engine.py")
-    config = {"profile": profile.name, "tensorrt_version": str(trt["version"]), "onnx": onnx_files,
-              "default_precision": default, "workspace_mib": int(trt.get("workspace_mib", 1024)),
-              "dla_core": int(trt.get("dla_core", -1)), "gpu_fallback": bool(trt.get("gpu_fallback", True)),
-              "timing_cache": trt.get("timing_cache"),
-              "builder_optimization_level": trt.get("builder_optimization_level"), "trtexec_flags": common}
+    config = {"profile": profile.name, "tensorrt_version": trt.version, "onnx": onnx_files,
+              "default_precision": default, "workspace_mib": trt.workspace_mib, "dla_core": trt.dla_core,
+              "gpu_fallback": trt.gpu_fallback, "timing_cache": trt.timing_cache,
+              "builder_optimization_level": trt.builder_optimization_level, "trtexec_flags": common}
     write_json(out_dir / "build_config.json", config)
     return {"files": ["build_engine.sh", "build_engine.py", "build_config.json"], "default_precision": default,
             "trtexec_flags": common}
@@ -153,6 +161,7 @@ def build_here(out_dir: str | Path, precision: str | None = None) -> Path | None
     plan = out_dir / f"model.{precision}.plan"
     build_engine(str(out_dir / cfg["onnx"][precision]), str(plan), precision=precision,
                  workspace_mib=cfg["workspace_mib"], dla_core=cfg["dla_core"], gpu_fallback=cfg["gpu_fallback"],
-                 timing_cache=str(out_dir / cfg["timing_cache"]) if cfg.get("timing_cache") else None,
+                 timing_cache=str(confined(out_dir, cfg["timing_cache"], what="timing_cache"))
+                 if cfg.get("timing_cache") else None,
                  optimization_level=cfg.get("builder_optimization_level"))
     return plan

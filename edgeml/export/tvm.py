@@ -14,9 +14,12 @@ import io
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeml.errors import ExportError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from edgeml.export.targets import TVMSettings
 
 
 def import_tvm() -> Any:
@@ -61,6 +64,9 @@ def relax_module(onnx_path: str | Path) -> Any:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgeml.export.onnx import check_external_data
+
+    check_external_data(onnx_path)
     proto = onnx.load(str(onnx_path))
     try:
         mod = from_onnx(proto, keep_params_in_input=False)
@@ -69,23 +75,23 @@ def relax_module(onnx_path: str | Path) -> Any:
     return relax.transform.FastMathTransform()(relax.transform.DecomposeOpsForInference()(mod))
 
 
-def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *, tune_trials: int = 0,
+def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: TVMSettings, *, tune_trials: int = 0,
           log: Any = print) -> dict[str, Any]:
-    """Compile `onnx_path` for `tvm_cfg["target"]` into `out_dir`; returns the files written and build facts."""
+    """Compile `onnx_path` for the profile's `[tvm]` target into `out_dir`; returns the files and build facts."""
     tvm = import_tvm()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = make_target(tvm_cfg["target"])
-    if tune_trials > 0 and not tvm_cfg.get("host_runnable", False):
-        raise ExportError(f"MetaSchedule tuning measures on this machine; target {tvm_cfg['target']} is not it",
+    target = make_target(tvm_cfg.target)
+    if tune_trials > 0 and not tvm_cfg.host_runnable:
+        raise ExportError(f"MetaSchedule tuning measures on this machine; target {tvm_cfg.target} is not it",
                           fix="tune on the device itself, or drop --tune-trials for cross targets")
     mod = relax_module(onnx_path)
     t0 = time.perf_counter()
     tuned = None
     try:
         if tune_trials > 0:
-            tuned = _tune(mod, tvm_cfg["target"], out_dir / "tuning", tune_trials)
+            tuned = _tune(mod, tvm_cfg.target, out_dir / "tuning", tune_trials)
             mod = tuned["mod"]
         else:
             mod = _fuse(mod, target)
@@ -94,19 +100,19 @@ def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"TVM compile for {tvm_cfg['target']} failed: {str(e).splitlines()[0][:300]}") from e
-    info: dict[str, Any] = {"target": resolve_target(tvm_cfg["target"]),
+        raise ExportError(f"TVM compile for {tvm_cfg.target} failed: {str(e).splitlines()[0][:300]}") from e
+    info: dict[str, Any] = {"target": resolve_target(tvm_cfg.target),
                             "compile_s": round(time.perf_counter() - t0, 2),
                             "tuned": bool(tuned), "tune_trials": tune_trials, "files": []}
     if tuned:
         info.update(tune_tasks=tuned["tasks"], trials_per_task=tuned["trials_per_task"])
-    if tvm_cfg.get("host_runnable", False):
+    if tvm_cfg.host_runnable:
         ex.export_library(str(out_dir / "model.so"))
         info["files"].append("model.so")
     else:
         ex.export_library(str(out_dir / "model.tar"))
         info["files"].append("model.tar")
-        cxx = tvm_cfg.get("cross_compiler")
+        cxx = tvm_cfg.cross_compiler
         if cxx and shutil.which(cxx):
             from tvm.support import cc  # noqa: F401  (import check: cross_compiler lives here in 0.27)
 
@@ -117,8 +123,8 @@ def build(onnx_path: str | Path, out_dir: str | Path, tvm_cfg: dict[str, Any], *
         else:
             info["linker"] = None
             info["link_note"] = f"{cxx or 'no cross compiler'} not installed: link model.tar on the device"
-    info["runnable_here"] = bool(tvm_cfg.get("host_runnable", False))
-    log(f"[export] TVM built {', '.join(info['files'])} for {tvm_cfg['target']} in {info['compile_s']} s")
+    info["runnable_here"] = bool(tvm_cfg.host_runnable)
+    log(f"[export] TVM built {', '.join(info['files'])} for {tvm_cfg.target} in {info['compile_s']} s")
     return info
 
 

@@ -74,12 +74,15 @@ def _video_inputs(model: TinySpiking, batch: int) -> tuple:
 
 
 class TinyCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 16, det: bool = False):
+    """image [B,C,S,S] -> logits [B,classes]; `pool` > 1 keeps a pool x pool map for the head (learns faster)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 16, det: bool = False,
+                 pool: int = 1):
         super().__init__()
         self.image_size, self.in_channels, self.det = image_size, in_channels, det
         self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                                   nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+                                  nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(16 * pool * pool, num_classes))
 
     def forward(self, image):  # noqa: ANN001, ANN201
         y = self.body(image)

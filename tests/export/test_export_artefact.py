@@ -108,7 +108,9 @@ def test_open_runtime_backends_agree(tvm_x86: Path):
         rt = open_runtime(tvm_x86, backend)
         assert rt.input_names == ["iframe", "mv", "residual"]
         assert np.abs(rt.run(feeds)[0] - ref).max() <= 1e-4 * np.abs(ref).max()
-    assert np.argmax(open_runtime(tvm_x86, "ort-int8").run(feeds)[0]) is not None
+    fp32, int8 = open_runtime(tvm_x86, "ort").run(feeds)[0], open_runtime(tvm_x86, "ort-int8").run(feeds)[0]
+    assert np.argmax(int8) == np.argmax(fp32)
+    assert 0 < np.abs(int8 - fp32).max() <= 0.1 * np.abs(fp32).max()  # really quantized, yet close to fp32
     with pytest.raises(InputError, match="unknown backend"):
         open_runtime(tvm_x86, "openvino")
     with pytest.raises(InputError, match="no model.fp16.onnx"):
@@ -190,35 +192,54 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
         export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "c", checkpoint=ck)
 
 
-def _train_tiny_cnn(path: Path, steps: int = 250) -> None:
-    """A few hundred Adam steps of the tiny CNN on Fashion-MNIST: enough for ~70% accuracy, a real int8 test."""
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CNN (4x4-pooled head) after 600 Adam steps on Fashion-MNIST: ~77 % test top-1 (chance: 10 %).
+
+    Trained at one CPU thread, set here and restored after, with its own RNG streams: the result must not depend
+    on the thread count or RNG state earlier tests left behind (at a leaked count it trained to 39 % once).
+    """
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("Fashion-MNIST not installed")
     from edgeml.data import open_image_dataset
 
-    torch.manual_seed(0)
-    ds = open_image_dataset("fashion-mnist", "train")
-    model = export_tiny.TinyCNN(image_size=28)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
-    it = iter(loader)
-    for _ in range(steps):
-        b = next(it)
-        loss = torch.nn.functional.cross_entropy(model(b["image"]), b["label"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    path = tmp_path_factory.mktemp("fashion") / "cnn.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            ds = open_image_dataset("fashion-mnist", "train")
+            model = export_tiny.TinyCNN(image_size=28, pool=4)
+            opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+            loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(0))
+            it = iter(loader)
+            for _ in range(600):
+                b = next(it)
+                loss = torch.nn.functional.cross_entropy(model(b["image"]), b["label"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
-                    {"model": export_tiny.IMAGE, "config": {"image_size": 28}})
+                    {"model": export_tiny.IMAGE, "config": {"image_size": 28, "pool": 4}})
+    return path
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
-def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path):
-    ck = tmp_path / "cnn.safetensors"
-    _train_tiny_cnn(ck)
+def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path, fashion_cnn: Path):
+    ck = fashion_cnn
     out = export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "fm", checkpoint=ck, data="fashion-mnist",
                        calib_samples=64, parity_samples=64, eval_samples=400)
     rep = json.loads((out / "parity.json").read_text())
     acc = rep["accuracy_test_split"]
-    assert acc["ort"]["samples"] == 400 and acc["ort"]["top1"] > 40  # trained (chance is 10%)
+    assert acc["ort"]["samples"] == 400
+    assert acc["torch"]["top1"] >= 70 and acc["ort"]["top1"] >= 70, (acc["torch"], acc["ort"])  # trained for real
+    assert abs(acc["torch"]["top1"] - acc["ort"]["top1"]) <= 0.5  # fp32 ONNX classifies as PyTorch does
     drop = acc["ort"]["top1"] - acc["ort-int8"]["top1"]
     assert rep["summary"]["int8"]["pass"] and abs(drop) <= 1.5, (acc["ort"], acc["ort-int8"])
     assert rep["summary"]["ort_fp32"]["real_samples"] == 64 and rep["summary"]["ort_fp32"]["pass"]
