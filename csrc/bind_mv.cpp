@@ -1,4 +1,6 @@
 // pybind11 glue for csrc/mv (and its CUDA twins).
+#include <cstring>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -6,6 +8,7 @@
 #include "bind_util.h"
 #include "mv/accumulate.h"
 #include "mv/rasterise.h"
+#include "mv/resample.h"
 #include "mv/residual.h"
 #ifdef EDGEML_WITH_CUDA
 #include "cuda/cuda_api.h"
@@ -74,10 +77,18 @@ py::array_t<float> accumulate(const py::object& field_obj, const py::object& pre
   return out;
 }
 
-// A sequence of 2-D uint8 arrays (any positive strides) -> Plane views; the first one is full resolution and
-// sets (height, width); the others must be that size or subsampled by 2 per axis (rounded up).
+// Where the planes' memory is held during a call: numpy arrays, or buffer views of other objects (av.VideoPlane).
+struct Keep {
+  std::vector<py::array> arrays;
+  std::vector<std::unique_ptr<py::buffer_info>> buffers;
+};
+
+// A sequence of planes -> Plane views; each is a 2-D uint8 numpy array (any positive strides) or an object with the
+// buffer protocol and `width`, `height`, `line_size` attributes (an av.VideoPlane: the decoder's own memory, no
+// copy). The first one is full resolution and sets (height, width); the others must be that size or subsampled by
+// 2 per axis (rounded up).
 std::vector<edgeml::mv::Plane> planes_of(const py::sequence& seq, const char* name, int& height, int& width,
-                                         std::vector<py::array>& keep) {
+                                         Keep& keep) {
   if (seq.size() == 0 || seq.size() > 4) {
     throw py::value_error(std::string(name) + ": expected 1 to 4 planes, got " + std::to_string(seq.size()));
   }
@@ -85,16 +96,37 @@ std::vector<edgeml::mv::Plane> planes_of(const py::sequence& seq, const char* na
   for (size_t c = 0; c < seq.size(); ++c) {
     py::object o = seq[c];
     auto what = [&] { return std::string(name) + "[" + std::to_string(c) + "]"; };  // only built for errors
-    if (!py::isinstance<py::array>(o)) throw py::type_error(what() + ": expected a numpy array");
-    py::array a = py::reinterpret_borrow<py::array>(o);
-    if (!a.dtype().equal(py::dtype::of<uint8_t>())) {
-      throw py::type_error(what() + ": expected dtype uint8, got " + std::string(py::str(a.dtype())));
+    const uint8_t* data = nullptr;
+    int64_t row_stride = 0, col_stride = 1;
+    int h = 0, w = 0;
+    if (py::isinstance<py::array>(o)) {
+      py::array a = py::reinterpret_borrow<py::array>(o);
+      if (!a.dtype().equal(py::dtype::of<uint8_t>())) {
+        throw py::type_error(what() + ": expected dtype uint8, got " + std::string(py::str(a.dtype())));
+      }
+      if (a.ndim() != 2) {
+        throw py::value_error(what() + ": expected a 2-D plane, got shape " + edgeml::bind::shape_str(a));
+      }
+      if (a.strides(0) <= 0 || a.strides(1) <= 0) throw py::value_error(what() + ": strides must be positive");
+      h = static_cast<int>(a.shape(0));
+      w = static_cast<int>(a.shape(1));
+      data = static_cast<const uint8_t*>(a.data());
+      row_stride = a.strides(0);
+      col_stride = a.strides(1);
+      keep.arrays.push_back(a);
+    } else if (PyObject_CheckBuffer(o.ptr()) && py::hasattr(o, "line_size")) {
+      h = o.attr("height").cast<int>();
+      w = o.attr("width").cast<int>();
+      row_stride = o.attr("line_size").cast<int64_t>();
+      keep.buffers.push_back(std::make_unique<py::buffer_info>(py::reinterpret_borrow<py::buffer>(o).request()));
+      const py::buffer_info& info = *keep.buffers.back();
+      if (h <= 0 || w <= 0 || row_stride < w || info.size * info.itemsize < (h - 1) * row_stride + w) {
+        throw py::value_error(what() + ": its buffer is smaller than height x line_size");
+      }
+      data = static_cast<const uint8_t*>(info.ptr);
+    } else {
+      throw py::type_error(what() + ": expected a numpy array or a video plane (buffer with width/height/line_size)");
     }
-    if (a.ndim() != 2) {
-      throw py::value_error(what() + ": expected a 2-D plane, got shape " + edgeml::bind::shape_str(a));
-    }
-    if (a.strides(0) <= 0 || a.strides(1) <= 0) throw py::value_error(what() + ": strides must be positive");
-    const int h = static_cast<int>(a.shape(0)), w = static_cast<int>(a.shape(1));
     if (c == 0) {
       height = h;
       width = w;
@@ -108,8 +140,7 @@ std::vector<edgeml::mv::Plane> planes_of(const py::sequence& seq, const char* na
                             std::to_string(full) + " nor half of it");
     };
     const int sy = shift(h, height, "height"), sx = shift(w, width, "width");
-    keep.push_back(a);
-    out.push_back({static_cast<const uint8_t*>(a.data()), a.strides(0), a.strides(1), sy, sx});
+    out.push_back({data, row_stride, col_stride, sy, sx});
   }
   return out;
 }
@@ -122,7 +153,7 @@ const float* field_of(const py::object& obj, int height, int width, int grid, py
 
 // cur and ref planes, checked to match: (cur, ref) with (height, width) of the first plane.
 std::pair<std::vector<edgeml::mv::Plane>, std::vector<edgeml::mv::Plane>> plane_pair(
-    const py::sequence& cur_seq, const py::sequence& ref_seq, int& h, int& w, std::vector<py::array>& keep) {
+    const py::sequence& cur_seq, const py::sequence& ref_seq, int& h, int& w, Keep& keep) {
   int h2 = 0, w2 = 0;
   auto cur = planes_of(cur_seq, "cur", h, w, keep);
   auto ref = planes_of(ref_seq, "ref", h2, w2, keep);
@@ -165,7 +196,7 @@ py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, cons
 py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
                               int grid, bool on_cuda, const py::object& out_obj = py::none()) {
   check_grid(grid);
-  std::vector<py::array> keep;
+  Keep keep;
   int h = 0, w = 0;
   auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
   py::array_t<float> fkeep;
@@ -175,7 +206,7 @@ py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& r
 
 py::array_t<uint8_t> warp(const py::sequence& ref_seq, const py::object& field_obj, int grid, bool on_cuda) {
   check_grid(grid);
-  std::vector<py::array> keep;
+  Keep keep;
   int h = 0, w = 0;
   auto ref = planes_of(ref_seq, "ref", h, w, keep);
   py::array_t<float> fkeep;
@@ -202,7 +233,7 @@ py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const 
                  const py::object& prev_obj, int grid, bool accumulate, const py::object& out_obj, bool on_cuda) {
   check_grid(grid);
   auto rows = require<int32_t>(rows_obj, "rows", {-1, edgeml::mv::kRowCols});
-  std::vector<py::array> keep;
+  Keep keep;
   int h = 0, w = 0;
   auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
   const py::ssize_t ho = edgeml::mv::cells(h, grid), wo = edgeml::mv::cells(w, grid);
@@ -225,6 +256,193 @@ py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const 
   }
   auto res = residual_of(cur, ref, h, w, field.data(), grid, on_cuda, out_obj);
   return py::make_tuple(field, res);
+}
+
+// (y0, x0, hs, ws) of a native height x width frame and the output size (H, W) -> a checked Window.
+edgeml::mv::Window window_of(const py::object& window, const py::object& size, int height, int width) {
+  auto ints = [](const py::object& o) {
+    std::vector<int> v;
+    if (!py::isinstance<py::sequence>(o) || py::isinstance<py::str>(o)) return v;
+    for (const py::handle item : py::reinterpret_borrow<py::sequence>(o)) v.push_back(item.cast<int>());
+    return v;
+  };
+  const auto win = ints(window), out = ints(size);
+  if (win.size() != 4 || out.size() != 2) throw py::value_error("window must be (y0, x0, hs, ws) and size (H, W)");
+  const edgeml::mv::Window w{win[0], win[1], win[2], win[3], out[0], out[1]};
+  if (w.y0 < 0 || w.x0 < 0 || w.hs < 1 || w.ws < 1 || w.y0 + w.hs > height || w.x0 + w.ws > width) {
+    throw py::value_error("window (" + std::to_string(w.y0) + ", " + std::to_string(w.x0) + ", " +
+                          std::to_string(w.hs) + ", " + std::to_string(w.ws) + ") is not inside the " +
+                          std::to_string(height) + "x" + std::to_string(width) + " frame");
+  }
+  if (w.out_h < 1 || w.out_w < 1 || w.out_h > w.hs || w.out_w > w.ws) {
+    throw py::value_error("size " + std::to_string(w.out_h) + "x" + std::to_string(w.out_w) +
+                          " must be positive and at most the window " + std::to_string(w.hs) + "x" +
+                          std::to_string(w.ws) + " (outputs are area means, never upsampled)");
+  }
+  return w;
+}
+
+bool is_identity(const edgeml::mv::Window& w, int height, int width) {
+  return w.y0 == 0 && w.x0 == 0 && w.hs == height && w.ws == width && w.out_h == height && w.out_w == width;
+}
+
+// The model grid's shape: the native field's own for an identity window, else (H/g, W/g) with g dividing H and W.
+std::pair<py::ssize_t, py::ssize_t> model_cells(const edgeml::mv::Window& w, int height, int width, int grid) {
+  if (is_identity(w, height, width)) return {edgeml::mv::cells(height, grid), edgeml::mv::cells(width, grid)};
+  if (w.out_h % grid || w.out_w % grid) {
+    throw py::value_error("grid " + std::to_string(grid) + " must divide the size " + std::to_string(w.out_h) + "x" +
+                          std::to_string(w.out_w));
+  }
+  return {w.out_h / grid, w.out_w / grid};
+}
+
+py::array_t<int16_t> checked_out16(const py::object& out_obj, int channels, int h, int w) {
+  if (out_obj.is_none()) {
+    return py::array_t<int16_t>({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
+                                 static_cast<py::ssize_t>(w)});
+  }
+  auto out = require<int16_t>(out_obj, "out", {channels, h, w});
+  if (!out.writeable()) throw py::value_error("out: array is read-only");
+  return out;
+}
+
+py::array_t<int16_t> residual_pooled(const py::sequence& cur_seq, const py::sequence& ref_seq,
+                                     const py::object& field_obj, int grid, const py::object& window,
+                                     const py::object& size, bool on_cuda, const py::object& out_obj) {
+  check_grid(grid);
+  Keep keep;
+  int h = 0, w = 0;
+  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
+  py::array_t<float> fkeep;
+  const float* f = field_of(field_obj, h, w, grid, fkeep);
+  const auto win = window_of(window, size, h, w);
+  const int channels = static_cast<int>(cur.size());
+  auto out = checked_out16(out_obj, channels, win.out_h, win.out_w);
+  if (on_cuda) {
+#ifdef EDGEML_WITH_CUDA
+    edgeml::cuda::residual_pooled(cur.data(), ref.data(), channels, f, h, w, grid, win, out.mutable_data());
+#else
+    no_cuda();
+#endif
+  } else {
+    py::gil_scoped_release release;
+    edgeml::mv::residual_pooled(cur.data(), ref.data(), channels, f, h, w, grid, win, out.mutable_data());
+  }
+  return out;
+}
+
+py::array_t<float> pool_field(const py::object& field_obj, int height, int width, int grid, const py::object& window,
+                              const py::object& size, bool on_cuda) {
+  require_positive(height, "height");
+  require_positive(width, "width");
+  check_grid(grid);
+  auto field = require<float>(field_obj, "field", {2, edgeml::mv::cells(height, grid),
+                                                   edgeml::mv::cells(width, grid)});
+  const auto win = window_of(window, size, height, width);
+  const auto [mh, mw] = model_cells(win, height, width, grid);
+  py::array_t<float> out({static_cast<py::ssize_t>(2), mh, mw});
+  if (on_cuda) {
+#ifdef EDGEML_WITH_CUDA
+    edgeml::cuda::pool_field(field.data(), height, width, grid, win, out.mutable_data());
+#else
+    no_cuda();
+#endif
+  } else {
+    py::gil_scoped_release release;
+    edgeml::mv::pool_field(field.data(), height, width, grid, win, out.mutable_data());
+  }
+  return out;
+}
+
+// libavcodec's AVMotionVector (libavutil/motion_vector.h), as MOTION_VECTORS side data lays it out.
+constexpr size_t kAVMotionVectorBytes = 40;
+
+// Motion vectors -> int32 [n, 6] rows predicted from an earlier frame (source < 0): from rows already in that form
+// (a numpy int32 [N, 6] array) or straight from the side data's bytes (anything with the buffer protocol, 40 bytes
+// per AVMotionVector), so no per-frame numpy conversion is needed.
+struct Rows {
+  py::array_t<int32_t> array;
+  std::unique_ptr<py::buffer_info> raw;
+  std::vector<int32_t> parsed;
+  const int32_t* data = nullptr;
+  int64_t n = 0;
+};
+
+void rows_of(const py::object& obj, Rows& rows) {
+  if (obj.is_none()) return;
+  if (py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<int32_t>())) {
+    rows.array = require<int32_t>(obj, "mvs", {-1, edgeml::mv::kRowCols});
+    rows.data = rows.array.data();
+    rows.n = rows.array.shape(0);
+    return;
+  }
+  if (!PyObject_CheckBuffer(obj.ptr())) {
+    throw py::type_error("mvs: expected int32 [N, 6] rows, MOTION_VECTORS side data or None");
+  }
+  rows.raw = std::make_unique<py::buffer_info>(py::reinterpret_borrow<py::buffer>(obj).request());
+  const size_t bytes = static_cast<size_t>(rows.raw->size * rows.raw->itemsize);
+  if (bytes % kAVMotionVectorBytes) {
+    throw py::value_error("mvs: " + std::to_string(bytes) + " bytes is not a whole number of AVMotionVector rows (40 B)");
+  }
+  const auto* p = static_cast<const uint8_t*>(rows.raw->ptr);
+  const size_t n = bytes / kAVMotionVectorBytes;
+  rows.parsed.reserve(n * edgeml::mv::kRowCols);
+  for (size_t k = 0; k < n; ++k, p += kAVMotionVectorBytes) {
+    int32_t source;
+    int16_t xy[4];
+    std::memcpy(&source, p, 4);
+    std::memcpy(xy, p + 6, 8);  // src_x, src_y, dst_x, dst_y
+    if (source >= 0) continue;  // predicted from a later frame (B-frames): not this chain's reference
+    const int32_t row[edgeml::mv::kRowCols] = {p[4], p[5], xy[0], xy[1], xy[2], xy[3]};
+    rows.parsed.insert(rows.parsed.end(), row, row + edgeml::mv::kRowCols);
+  }
+  rows.data = rows.parsed.data();
+  rows.n = static_cast<int64_t>(rows.parsed.size() / edgeml::mv::kRowCols);
+}
+
+// One P-frame of model-resolution extraction in one call: rasterise its vectors at native resolution, chain them
+// to the I-frame (accumulate, prev = the previous native field or None), pool the field to the model grid into
+// mv_out and the residual against ref into residual_out (fused, never at full resolution). Returns the native field
+// (the next step's prev).
+py::array_t<float> extract_step(const py::object& mvs, const py::sequence& cur_seq, const py::sequence& ref_seq,
+                                const py::object& prev_obj, int grid, bool accumulate, const py::object& window,
+                                const py::object& size, const py::object& residual_out, const py::object& mv_out,
+                                bool on_cuda) {
+  check_grid(grid);
+  Keep keep;
+  int h = 0, w = 0;
+  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
+  const auto win = window_of(window, size, h, w);
+  const auto [mh, mw] = model_cells(win, h, w, grid);
+  const int channels = static_cast<int>(cur.size());
+  auto res = require<int16_t>(residual_out, "residual_out", {channels, win.out_h, win.out_w});
+  auto mvo = require<float>(mv_out, "mv_out", {2, mh, mw});
+  if (!res.writeable() || !mvo.writeable()) throw py::value_error("residual_out and mv_out must be writeable");
+  const py::ssize_t ho = edgeml::mv::cells(h, grid), wo = edgeml::mv::cells(w, grid);
+  py::array_t<float> field({static_cast<py::ssize_t>(2), ho, wo});
+  py::array_t<float> prev;
+  const bool chained = accumulate && !prev_obj.is_none();
+  if (chained) prev = require<float>(prev_obj, "prev", {2, ho, wo});
+  Rows rows;
+  rows_of(mvs, rows);
+  float* fp = field.mutable_data();
+  if (on_cuda) {
+#ifdef EDGEML_WITH_CUDA
+    edgeml::cuda::rasterise(rows.data, rows.n, h, w, grid, fp);
+    if (chained) edgeml::cuda::accumulate(fp, prev.data(), h, w, grid, fp);
+    edgeml::cuda::pool_field(fp, h, w, grid, win, mvo.mutable_data());
+    edgeml::cuda::residual_pooled(cur.data(), ref.data(), channels, fp, h, w, grid, win, res.mutable_data());
+#else
+    no_cuda();
+#endif
+  } else {
+    py::gil_scoped_release release;
+    edgeml::mv::rasterise(rows.data, rows.n, h, w, grid, fp);
+    if (chained) edgeml::mv::accumulate(fp, prev.data(), h, w, grid, fp);
+    edgeml::mv::pool_field(fp, h, w, grid, win, mvo.mutable_data());
+    edgeml::mv::residual_pooled(cur.data(), ref.data(), channels, fp, h, w, grid, win, res.mutable_data());
+  }
+  return field;
 }
 
 }  // namespace
@@ -285,4 +503,48 @@ void bind_mv(py::module_& m) {
         "ref planes warped by field (nearest, clamped) -> uint8 [C, H, W] at full resolution.");
   m.def("warp_cuda", [](const py::sequence& r, const py::object& f, int g) { return warp(r, f, g, true); },
         py::arg("ref"), py::arg("field"), py::arg("grid"), "CUDA twin of warp.");
+  const char* pooled_doc =
+      "The residual at model resolution, fused: area mean of (cur - ref warped by field) over each output pixel's\n"
+      "part of window = (y0, x0, hs, ws) of the native frame, size = (H, W) <= (hs, ws); exact integer weights,\n"
+      "rounded half away from zero; the full-resolution residual is never written. Planes as in residual (or\n"
+      "av.VideoPlane objects). Returns int16 [C, H, W] (into `out` when given). An identity window == residual.";
+  m.def("residual_pooled", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g,
+                               const py::object& win, const py::object& size, const py::object& out) {
+        return residual_pooled(c, r, f, g, win, size, false, out);
+      }, py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), py::arg("window"), py::arg("size"),
+      py::arg("out") = py::none(), pooled_doc);
+  m.def("residual_pooled_cuda", [](const py::sequence& c, const py::sequence& r, const py::object& f, int g,
+                                    const py::object& win, const py::object& size, const py::object& out) {
+        return residual_pooled(c, r, f, g, win, size, true, out);
+      }, py::arg("cur"), py::arg("ref"), py::arg("field"), py::arg("grid"), py::arg("window"), py::arg("size"),
+      py::arg("out") = py::none(), "CUDA twin of residual_pooled (the same numbers).");
+  const char* pool_doc =
+      "A native field float32 [2, ceil(height/g), ceil(width/g)] -> the model grid [2, H/g, W/g]: area mean over\n"
+      "each model cell's part of window = (y0, x0, hs, ws), vectors scaled by (W/ws, H/hs). An identity window\n"
+      "returns the field unchanged.";
+  m.def("pool_field", [](const py::object& f, int height, int width, int g, const py::object& win,
+                          const py::object& size) { return pool_field(f, height, width, g, win, size, false); },
+        py::arg("field"), py::arg("height"), py::arg("width"), py::arg("grid"), py::arg("window"), py::arg("size"),
+        pool_doc);
+  m.def("pool_field_cuda", [](const py::object& f, int height, int width, int g, const py::object& win,
+                               const py::object& size) { return pool_field(f, height, width, g, win, size, true); },
+        py::arg("field"), py::arg("height"), py::arg("width"), py::arg("grid"), py::arg("window"), py::arg("size"),
+        "CUDA twin of pool_field (the same numbers).");
+  const char* xstep_doc =
+      "One P-frame of model-resolution extraction: rasterise mvs (MOTION_VECTORS side data, read as bytes, or int32\n"
+      "[N, 6] rows; rows with source >= 0 are dropped) at native resolution, chain to prev when accumulate, pool the\n"
+      "field into mv_out [2, H/g, W/g] and the fused residual of cur against ref into residual_out int16 [C, H, W].\n"
+      "Returns the native field (the next step's prev). GIL released; planes may be av.VideoPlane objects.";
+  m.def("extract_step", [](const py::object& mvs, const py::sequence& cur, const py::sequence& ref,
+                           const py::object& prev, int grid, bool accumulate, const py::object& win,
+                           const py::object& size, const py::object& res_out, const py::object& mv_out) {
+        return extract_step(mvs, cur, ref, prev, grid, accumulate, win, size, res_out, mv_out, false);
+      }, py::arg("mvs"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
+      py::arg("window"), py::arg("size"), py::arg("residual_out"), py::arg("mv_out"), xstep_doc);
+  m.def("extract_step_cuda", [](const py::object& mvs, const py::sequence& cur, const py::sequence& ref,
+                                const py::object& prev, int grid, bool accumulate, const py::object& win,
+                                const py::object& size, const py::object& res_out, const py::object& mv_out) {
+        return extract_step(mvs, cur, ref, prev, grid, accumulate, win, size, res_out, mv_out, true);
+      }, py::arg("mvs"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
+      py::arg("window"), py::arg("size"), py::arg("residual_out"), py::arg("mv_out"), "CUDA twin of extract_step.");
 }

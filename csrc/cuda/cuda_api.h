@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 
+#include "mv/resample.h"
 #include "mv/residual.h"
 
 namespace edgeml::cuda {
@@ -20,5 +21,10 @@ void accumulate(const float* field, const float* prev, int height, int width, in
 void residual(const mv::Plane* cur, const mv::Plane* ref, int channels, const float* field, int height, int width,
               int grid, int16_t* out);
 void warp(const mv::Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out);
+
+// Same contracts as edgeml::mv::residual_pooled / edgeml::mv::pool_field (same numbers, bit for bit).
+void residual_pooled(const mv::Plane* cur, const mv::Plane* ref, int channels, const float* field, int height,
+                     int width, int grid, const mv::Window& win, int16_t* out);
+void pool_field(const float* field, int height, int width, int grid, const mv::Window& win, float* out);
 
 }  // namespace edgeml::cuda

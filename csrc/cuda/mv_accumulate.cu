@@ -1,4 +1,4 @@
-// CUDA twins of csrc/mv/accumulate.cpp and csrc/mv/residual.cpp (host buffers in and out).
+// CUDA twins of csrc/mv/accumulate.cpp, csrc/mv/residual.cpp and csrc/mv/resample.cpp (host buffers in and out).
 #include <cuda_runtime.h>
 
 #include <memory>
@@ -10,6 +10,7 @@
 #include "cuda/mv_cuda_util.cuh"
 #include "mv/accumulate.h"
 #include "mv/rasterise.h"
+#include "mv/resample.h"
 #include "mv/residual.h"
 
 namespace edgeml::cuda {
@@ -68,6 +69,77 @@ __global__ void warp_kernel(const DevPlane* cur, const DevPlane* ref, int channe
   } else {
     res_out[k] = static_cast<int16_t>(static_cast<int>(sample(cur[c], y, x)) - static_cast<int>(r));
   }
+}
+
+// One thread per output sample (c, i, j) of the model-resolution residual: the exact integer area sum of the
+// native residual over its window part, the same integers as the CPU in any order, so the same rounded mean.
+__global__ void residual_pooled_kernel(const DevPlane* cur, const DevPlane* ref, int channels, const float* field,
+                                       int height, int width, int grid, mv::Window win, int16_t* out) {
+  const int64_t plane = static_cast<int64_t>(win.out_h) * win.out_w;
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k >= plane * channels) return;
+  const int c = static_cast<int>(k / plane);
+  const int i = static_cast<int>((k % plane) / win.out_w), j = static_cast<int>(k % win.out_w);
+  const int wo = (width + grid - 1) / grid;
+  const int64_t fplane = static_cast<int64_t>((height + grid - 1) / grid) * wo;
+  const mv::Taps rows = mv::taps(i, win.hs, win.out_h), cols = mv::taps(j, win.ws, win.out_w);
+  int64_t acc = 0;
+  for (int v = rows.first; v <= rows.last; ++v) {
+    const int y = win.y0 + v;
+    const int64_t wy = v == rows.first ? rows.w_first : (v == rows.last ? rows.w_last : win.out_h);
+    int64_t sum = 0;
+    for (int u = cols.first; u <= cols.last; ++u) {
+      const int x = win.x0 + u;
+      int sy = y, sx = x;
+      if (field != nullptr) {
+        const int64_t cell = static_cast<int64_t>(y / grid) * wo + x / grid;
+        // x + floor(-v), as the CPU spans compute it (x - v may round in float32 for a fractional v)
+        sx = clampi(x + static_cast<int>(floorf(-field[cell])), 0, width - 1);
+        sy = clampi(y + static_cast<int>(floorf(-field[cell + fplane])), 0, height - 1);
+      }
+      const int r = static_cast<int>(sample(cur[c], y, x)) - static_cast<int>(sample(ref[c], sy, sx));
+      const int64_t wx = u == cols.first ? cols.w_first : (u == cols.last ? cols.w_last : win.out_w);
+      sum += wx * r;
+    }
+    acc += wy * sum;
+  }
+  out[k] = static_cast<int16_t>(mv::round_div(acc, static_cast<int64_t>(win.hs) * win.ws));
+}
+
+// One thread per model cell: the CPU's loop order with rounding-exact double steps (no FMA contraction), so the
+// same float32 result.
+__global__ void pool_field_kernel(const float* field, int height, int width, int grid, mv::Window win, float* out) {
+  const int mo_h = win.out_h / grid, mo_w = win.out_w / grid;
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t out_plane = static_cast<int64_t>(mo_h) * mo_w;
+  if (k >= out_plane) return;
+  const int a = static_cast<int>(k / mo_w), b = static_cast<int>(k % mo_w);
+  const int wo = (width + grid - 1) / grid;
+  const int64_t plane = static_cast<int64_t>((height + grid - 1) / grid) * wo;
+  const int64_t ylo = static_cast<int64_t>(a) * grid * win.hs, yhi = ylo + static_cast<int64_t>(grid) * win.hs;
+  const int64_t xlo = static_cast<int64_t>(b) * grid * win.ws, xhi = xlo + static_cast<int64_t>(grid) * win.ws;
+  const int ry0 = (win.y0 + static_cast<int>(ylo / win.out_h)) / grid;
+  const int ry1 = (win.y0 + static_cast<int>((yhi - 1) / win.out_h)) / grid;
+  const int cx0 = (win.x0 + static_cast<int>(xlo / win.out_w)) / grid;
+  const int cx1 = (win.x0 + static_cast<int>((xhi - 1) / win.out_w)) / grid;
+  double nx = 0, ny = 0;
+  for (int r = ry0; r <= ry1; ++r) {
+    const int64_t p0 = static_cast<int64_t>(r) * grid - win.y0, p1 = min((r + 1) * grid, height) - win.y0;
+    const double wr = static_cast<double>(mv::overlap(ylo, yhi, p0 * win.out_h, p1 * win.out_h));
+    double rx = 0, ry = 0;
+    for (int c = cx0; c <= cx1; ++c) {
+      const int64_t q0 = static_cast<int64_t>(c) * grid - win.x0, q1 = min((c + 1) * grid, width) - win.x0;
+      const double wc = static_cast<double>(mv::overlap(xlo, xhi, q0 * win.out_w, q1 * win.out_w));
+      const int64_t cell = static_cast<int64_t>(r) * wo + c;
+      rx = __dadd_rn(rx, __dmul_rn(wc, static_cast<double>(field[cell])));
+      ry = __dadd_rn(ry, __dmul_rn(wc, static_cast<double>(field[cell + plane])));
+    }
+    nx = __dadd_rn(nx, __dmul_rn(wr, rx));
+    ny = __dadd_rn(ny, __dmul_rn(wr, ry));
+  }
+  const double den = static_cast<double>(grid) * win.hs * grid * win.ws;
+  out[k] = static_cast<float>(__dmul_rn(__ddiv_rn(nx, den), static_cast<double>(win.out_w) / win.ws));
+  out[k + out_plane] = static_cast<float>(__dmul_rn(__ddiv_rn(ny, den), static_cast<double>(win.out_h) / win.hs));
 }
 
 size_t plane_bytes(const mv::Plane& p, int height, int width) {
@@ -142,6 +214,46 @@ void residual(const mv::Plane* cur, const mv::Plane* ref, int channels, const fl
 
 void warp(const mv::Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out) {
   run_warp(nullptr, ref, channels, field, height, width, grid, nullptr, out);
+}
+
+void residual_pooled(const mv::Plane* cur, const mv::Plane* ref, int channels, const float* field, int height,
+                     int width, int grid, const mv::Window& win, int16_t* out) {
+  DevicePlanes d_ref(ref, channels, height, width), d_cur(cur, channels, height, width);
+  std::unique_ptr<Buffer> d_field;
+  if (field != nullptr) {
+    d_field = std::make_unique<Buffer>(field, static_cast<size_t>(2) * mv::cells(height, grid) *
+                                                  mv::cells(width, grid) * sizeof(float));
+  }
+  const int64_t total = static_cast<int64_t>(win.out_h) * win.out_w * channels;
+  Buffer d_out(static_cast<size_t>(total) * sizeof(int16_t));
+  const int threads = 256;
+  if (total > 0) {
+    residual_pooled_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads>>>(
+        d_cur.get(), d_ref.get(), channels, d_field ? d_field->as<float>() : nullptr, height, width, grid, win,
+        d_out.as<int16_t>());
+    check(cudaGetLastError(), "residual_pooled_kernel launch");
+  }
+  check(cudaMemcpy(out, d_out.ptr, static_cast<size_t>(total) * sizeof(int16_t), cudaMemcpyDeviceToHost),
+        "cudaMemcpy out");
+}
+
+void pool_field(const float* field, int height, int width, int grid, const mv::Window& win, float* out) {
+  const size_t in_bytes = static_cast<size_t>(2) * mv::cells(height, grid) * mv::cells(width, grid) * sizeof(float);
+  const int64_t cells_out = static_cast<int64_t>(win.out_h / grid) * (win.out_w / grid);
+  const size_t out_bytes = static_cast<size_t>(2 * cells_out) * sizeof(float);
+  Buffer d_field(field, in_bytes), d_out(out_bytes);
+  if (win.y0 == 0 && win.x0 == 0 && win.hs == height && win.ws == width && win.out_h == height &&
+      win.out_w == width) {
+    check(cudaMemcpy(out, d_field.ptr, in_bytes, cudaMemcpyDeviceToHost), "cudaMemcpy out");  // as the CPU: a copy
+    return;
+  }
+  const int threads = 256;
+  if (cells_out > 0) {
+    pool_field_kernel<<<static_cast<unsigned>((cells_out + threads - 1) / threads), threads>>>(
+        d_field.as<float>(), height, width, grid, win, d_out.as<float>());
+    check(cudaGetLastError(), "pool_field_kernel launch");
+  }
+  check(cudaMemcpy(out, d_out.ptr, out_bytes, cudaMemcpyDeviceToHost), "cudaMemcpy out");
 }
 
 }  // namespace edgeml::cuda

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "mv/rasterise.h"
+#include "mv/resample.h"
 
 namespace edgeml::mv {
 
@@ -146,6 +147,22 @@ void do_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int 
   }
 }
 
+// One row of one plane over `spans` (absolute columns): the specialised loops for unit column stride and the same
+// column subsampling (none or 2x) in both planes, the generic strided loop otherwise.
+template <bool kWarpOnly>
+inline void plane_row(const Plane& b, const Plane* a, const std::vector<Span>& spans, int y, int height, int width,
+                      int16_t* res_row, uint8_t* warp_row) {
+  const bool unit =
+      b.col_stride == 1 && b.shift_x <= 1 && (kWarpOnly || (a->col_stride == 1 && a->shift_x == b.shift_x));
+  if (unit && b.shift_x == 0) {
+    do_row<kWarpOnly, true, 0>(b, a, spans, y, height, width, res_row, warp_row);
+  } else if (unit) {
+    do_row<kWarpOnly, true, 1>(b, a, spans, y, height, width, res_row, warp_row);
+  } else {
+    do_row<kWarpOnly, false, 0>(b, a, spans, y, height, width, res_row, warp_row);
+  }
+}
+
 template <bool kWarpOnly>
 void run(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width, int grid,
          int16_t* res_out, uint8_t* warp_out) {
@@ -154,20 +171,92 @@ void run(const Plane* cur, const Plane* ref, int channels, const float* field, i
   for (int y = 0; y < height; ++y) {
     if (y % grid == 0) cell_row_spans(field, height, width, grid, y / grid, spans);  // shared by rows and planes
     for (int c = 0; c < channels; ++c) {
-      const Plane& b = ref[c];
-      const Plane* a = kWarpOnly ? nullptr : &cur[c];
       const int64_t o = c * hw + static_cast<int64_t>(y) * width;
-      int16_t* res_row = kWarpOnly ? nullptr : res_out + o;
-      uint8_t* warp_row = kWarpOnly ? warp_out + o : nullptr;
-      // unit column stride and the same column subsampling (none or 2x) in both planes: the specialised loops
-      const bool unit =
-          b.col_stride == 1 && b.shift_x <= 1 && (kWarpOnly || (a->col_stride == 1 && a->shift_x == b.shift_x));
-      if (unit && b.shift_x == 0) {
-        do_row<kWarpOnly, true, 0>(b, a, spans, y, height, width, res_row, warp_row);
-      } else if (unit) {
-        do_row<kWarpOnly, true, 1>(b, a, spans, y, height, width, res_row, warp_row);
+      plane_row<kWarpOnly>(ref[c], kWarpOnly ? nullptr : &cur[c], spans, y, height, width,
+                           kWarpOnly ? nullptr : res_out + o, kWarpOnly ? warp_out + o : nullptr);
+    }
+  }
+}
+
+// The spans of a cell row cut to the columns [x0, x1) (the window of a model-resolution output).
+void clip_spans(const std::vector<Span>& in, int x0, int x1, int width, std::vector<Span>& out) {
+  out.clear();
+  for (Span s : in) {
+    s.x0 = std::max(s.x0, x0);
+    s.x1 = std::min(s.x1, x1);
+    if (s.x0 >= s.x1) continue;
+    s.clamped = s.x0 + s.dx < 0 || s.x1 - 1 + s.dx > width - 1;
+    out.push_back(s);
+  }
+}
+
+// acc[x] += weight * row[x] over one residual row: int16 x int16 -> int32, which baseline SSE2 vectorises (a 32-bit
+// multiply would not: pmulld is SSE4.1).
+inline void add_weighted(const int16_t* row, int n, int16_t weight, int32_t* acc) {
+  for (int x = 0; x < n; ++x) acc[x] += static_cast<int32_t>(weight) * static_cast<int32_t>(row[x]);
+}
+
+// The horizontal taps of every output column as a dense [out_w, k] table (k = the most native columns one output
+// column touches; unused taps weigh 0), so the per-output loop has a fixed length and no branches.
+struct DenseTaps {
+  int k = 0;
+  std::vector<int> start;
+  std::vector<int32_t> weight;
+};
+
+DenseTaps dense_taps(int in, int out) {
+  DenseTaps d;
+  std::vector<Taps> t(out);
+  for (int j = 0; j < out; ++j) {
+    t[j] = taps(j, in, out);
+    d.k = std::max(d.k, t[j].last - t[j].first + 1);
+  }
+  d.start.resize(out);
+  d.weight.assign(static_cast<size_t>(out) * d.k, 0);
+  for (int j = 0; j < out; ++j) {
+    d.start[j] = t[j].first;
+    int32_t* w = d.weight.data() + static_cast<size_t>(j) * d.k;
+    for (int u = t[j].first; u <= t[j].last; ++u) {
+      w[u - t[j].first] = static_cast<int32_t>(u == t[j].first ? t[j].w_first : (u == t[j].last ? t[j].w_last : out));
+    }
+  }
+  return d;
+}
+
+// One output row from its column sums (acc: [channels][stride], the window's native rows already weighted, zero past
+// ws): the horizontal taps, then the rounded mean.
+void finish_row(const int32_t* acc, int64_t stride, int channels, const DenseTaps& cols, const Window& win, int i,
+                int16_t* out) {
+  const int64_t den = static_cast<int64_t>(win.hs) * win.ws;
+  const int64_t out_plane = static_cast<int64_t>(win.out_h) * win.out_w;
+  const bool narrow = 255 * den < (int64_t{1} << 31);
+  // round_div(sum, den) without a 64-bit division per sample (idiv: tens of cycles): floor(num / (2 den)) with
+  // num = 2|sum| + den < 2^36 as a multiply and a shift by a rounded-up reciprocal (Granlund-Montgomery: with
+  // s = 36 + ceil(log2(2 den)) the error stays below one step, so the quotient is exact).
+  __extension__ typedef unsigned __int128 u128;  // GCC/Clang; -Wpedantic knows it is not ISO C++
+  const uint64_t d2 = static_cast<uint64_t>(2 * den);
+  int shift = 36;
+  while ((uint64_t{1} << (shift - 36)) < d2) ++shift;
+  const auto magic = static_cast<uint64_t>(((u128{1} << shift) + d2 - 1) / d2);
+  auto mean = [den, magic, shift](int64_t sum) {
+    const auto num = static_cast<uint64_t>(2 * (sum < 0 ? -sum : sum) + den);
+    const auto q = static_cast<int64_t>((static_cast<u128>(num) * magic) >> shift);
+    return static_cast<int16_t>(sum < 0 ? -q : q);
+  };
+  for (int c = 0; c < channels; ++c) {
+    const int32_t* a = acc + c * stride;
+    int16_t* o = out + c * out_plane + static_cast<int64_t>(i) * win.out_w;
+    for (int j = 0; j < win.out_w; ++j) {
+      const int32_t* w = cols.weight.data() + static_cast<size_t>(j) * cols.k;
+      const int32_t* src = a + cols.start[j];
+      if (narrow) {  // every sum fits int32 (255 * hs * ws < 2^31): the cheaper multiply
+        int32_t sum = 0;
+        for (int k = 0; k < cols.k; ++k) sum += w[k] * src[k];
+        o[j] = mean(sum);
       } else {
-        do_row<kWarpOnly, false, 0>(b, a, spans, y, height, width, res_row, warp_row);
+        int64_t sum = 0;
+        for (int k = 0; k < cols.k; ++k) sum += static_cast<int64_t>(w[k]) * src[k];
+        o[j] = mean(sum);
       }
     }
   }
@@ -182,6 +271,50 @@ void residual(const Plane* cur, const Plane* ref, int channels, const float* fie
 
 void warp(const Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out) {
   run<true>(nullptr, ref, channels, field, height, width, grid, nullptr, out);
+}
+
+void residual_pooled(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width,
+                     int grid, const Window& win, int16_t* out) {
+  if (win.y0 == 0 && win.x0 == 0 && win.hs == height && win.ws == width && win.out_h == height &&
+      win.out_w == width) {
+    residual(cur, ref, channels, field, height, width, grid, out);  // every weight is one: the plain residual
+    return;
+  }
+  // Native rows in order, each computed once: row v of the window covers [v*oh, (v+1)*oh) and output row i covers
+  // [i*hs, (i+1)*hs) (hs >= oh), so a row feeds at most two output rows: `now` (weight w0) and `next` (the rest).
+  // A column sum is at most 255 * hs (the weights of an output row sum to hs): int32; the horizontal sums int64.
+  const int oh = win.out_h;
+  const DenseTaps cols = dense_taps(win.ws, win.out_w);
+  std::vector<int16_t> res_row(static_cast<size_t>(channels) * width);  // one native row: never the whole frame
+  const int64_t stride = win.ws + cols.k;                                 // zeros past ws for the dense taps
+  std::vector<int32_t> acc_now(static_cast<size_t>(channels * stride), 0), acc_next(acc_now.size(), 0);
+  std::vector<Span> cell_spans, spans;
+  int spans_of = -1, row_now = 0;
+  for (int v = 0; v < win.hs; ++v) {
+    const int64_t lo = static_cast<int64_t>(v) * oh;
+    const int i0 = static_cast<int>(lo / win.hs);
+    const auto w0 = static_cast<int16_t>(std::min<int64_t>(lo + oh, static_cast<int64_t>(i0 + 1) * win.hs) - lo);
+    const auto w1 = static_cast<int16_t>(oh - w0);
+    if (i0 != row_now) {
+      finish_row(acc_now.data(), stride, channels, cols, win, row_now, out);
+      acc_now.swap(acc_next);
+      std::fill(acc_next.begin(), acc_next.end(), 0);
+      row_now = i0;
+    }
+    const int y = win.y0 + v;
+    if (spans_of != y / grid) {
+      cell_row_spans(field, height, width, grid, y / grid, cell_spans);
+      clip_spans(cell_spans, win.x0, win.x0 + win.ws, width, spans);
+      spans_of = y / grid;
+    }
+    for (int c = 0; c < channels; ++c) {
+      int16_t* row = res_row.data() + static_cast<int64_t>(c) * width;
+      plane_row<false>(ref[c], &cur[c], spans, y, height, width, row, nullptr);
+      add_weighted(row + win.x0, win.ws, w0, acc_now.data() + c * stride);
+      if (w1) add_weighted(row + win.x0, win.ws, w1, acc_next.data() + c * stride);
+    }
+  }
+  finish_row(acc_now.data(), stride, channels, cols, win, row_now, out);
 }
 
 }  // namespace edgeml::mv

@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+#include "mv/resample.h"
+
 namespace edgeml::mv {
 
 // One image plane in memory: rows of `width` samples, `row_stride` bytes apart, `col_stride` bytes between samples
@@ -25,5 +27,12 @@ void residual(const Plane* cur, const Plane* ref, int channels, const float* fie
 
 // warp only: out[c, y, x] = ref_c(clamp(y - fy), clamp(x - fx)) as uint8 [channels, height, width].
 void warp(const Plane* ref, int channels, const float* field, int height, int width, int grid, uint8_t* out);
+
+// The residual at model resolution in one pass: out[c, i, j] = the area mean of residual (as above) over output
+// pixel (i, j)'s part of `win`, with exact integer weights, rounded half away from zero. The full-resolution residual
+// is never written (one native row at a time). out: int16 [channels, win.out_h, win.out_w]. An identity window gives
+// residual() bit for bit.
+void residual_pooled(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width,
+                     int grid, const Window& win, int16_t* out);
 
 }  // namespace edgeml::mv

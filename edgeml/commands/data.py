@@ -68,13 +68,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = verbs.add_parser("extract", help="extract I-frames, motion fields and residuals of one video",
                          description="Decode VIDEO once and write a safetensors file with iframe [G,3,H,W] uint8 "
                          "(RGB), mv [N,2,H/g,W/g] float32, residual [N,3,H,W] int16 (YUV), frame_index [N], "
-                         "gop_index [N], plus JSON metadata (codec, GOP size, grid, accumulate and warp modes).")
+                         "gop_index [N], plus JSON metadata (codec, GOP size, grid, accumulate and warp modes, the "
+                         "resize policy and window). With --size the outputs are computed at that size straight "
+                         "from the native stream (no re-encode).")
     s.add_argument("video", help="input video")
     s.add_argument("--out", required=True, help="output .safetensors file")
     s.add_argument("--grid", type=int, default=4, choices=(1, 2, 4, 8, 16), help="field cell size (default 4)")
     s.add_argument("--accumulate", action="store_true",
                    help="chain fields back to the I-frame and take residuals against it (default: previous frame)")
-    s.add_argument("--size", type=size_hw, help="re-encode to HxW first (default: keep)")
+    s.add_argument("--size", type=size_hw,
+                   help="model input size HxW, computed from the native stream without re-encoding (a multiple of "
+                   "the grid, at most the video's size; default: the video's own size, full resolution)")
+    s.add_argument("--resize", choices=("crop", "stretch"), default="crop",
+                   help="how the video reaches --size: crop = largest centred window of its aspect ratio (short side "
+                   "to the model, the action-recognition convention), stretch = the whole frame (default crop)")
     s.set_defaults(func=run_extract)
 
     s = verbs.add_parser("build", help="build a clip cache from a folder of videos (resumable)",
@@ -86,7 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("cache", help="output cache folder")
     s.add_argument("--clip-len", type=positive_int, default=8, help="P-steps per clip (default 8)")
     s.add_argument("--grid", type=int, default=4, choices=(1, 2, 4, 8, 16), help="field cell size (default 4)")
-    s.add_argument("--size", type=size_hw, default=(64, 64), help="frame size HxW (default 64x64)")
+    s.add_argument("--size", type=size_hw, default=(64, 64),
+                   help="model input size HxW; videos of other sizes are read as they are (no re-encode) and "
+                   "resized at model resolution (default 64x64)")
+    s.add_argument("--resize", choices=("crop", "stretch"), default="crop",
+                   help="crop = largest centred window of the model's aspect ratio, stretch = whole frame "
+                   "(default crop)")
     s.add_argument("--workers", type=nonneg_int, default=2, help="worker processes (default 2; 0 or 1 = in-process)")
     s.add_argument("--no-accumulate", action="store_true", help="per-step fields/residuals instead of to I-frame")
     s.add_argument("--split", type=positive_int, default=1,
@@ -128,7 +140,8 @@ def run_extract(args: argparse.Namespace) -> int:
     _output_file(args.out, [args.video], "--out")
     if not str(args.out).endswith(".safetensors"):
         raise InputError("the output must be a .safetensors file", path=args.out)
-    meta = write_extract(args.video, args.out, grid=args.grid, accumulate=args.accumulate, size=args.size)
+    meta = write_extract(args.video, args.out, grid=args.grid, accumulate=args.accumulate, size=args.size,
+                         resize=args.resize)
     print(f"{meta['p_steps']} P-steps in {meta['gops']} GOPs -> {args.out}")
     return 0
 
@@ -139,6 +152,7 @@ def run_build(args: argparse.Namespace) -> int:
     if Path(args.cache).exists() and not Path(args.cache).is_dir():
         raise InputError("CACHE is a file; expected a folder", path=args.cache)
     cache = build_clip_cache(args.source, args.cache, clip_len=args.clip_len, grid=args.grid, size=args.size,
-                             workers=args.workers, accumulate=not args.no_accumulate, split=args.split)
+                             workers=args.workers, accumulate=not args.no_accumulate, split=args.split,
+                             resize=args.resize)
     print(cache_summary(cache))
     return 0

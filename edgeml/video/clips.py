@@ -8,12 +8,18 @@ other input the residuals are still exact by construction but the vectors may re
 
 Colour: residuals are computed on the decoded Y, U, V planes (chroma repeated 2x2 to full size), straight from the
 decoder's buffers — an RGB conversion per frame would halve throughput. I-frames and `frames` are RGB.
+
+Model resolution (no re-encode): a video of any size becomes inputs of the model's size (H, W) through a stated
+resize policy (`resize_plan`: "crop" = largest centred window of the model's aspect, or "stretch"). The motion field
+is rasterised and accumulated at native resolution, then area-averaged to the model grid with its vectors scaled;
+the residual is warped, subtracted and area-averaged in one fused pass (edgeml._C.extract_step, one call per
+P-frame, GIL released, planes and side data read from the decoder's buffers); I-frames (and `frames`) go through
+libswscale. At the video's own size every output is bit-identical to the full-resolution extraction.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.errors import VideoError
+from edgeml.errors import InputError, VideoError
 from edgeml.video import codec, mv
 
 ACCUMULATE_MODES = {True: "iframe", False: "previous"}
@@ -30,7 +36,8 @@ ACCUMULATE_MODES = {True: "iframe", False: "previous"}
 
 @dataclass
 class PStep:
-    """One P-frame: field [2, h, w] float32, residual [3, H, W] int16 (YUV), its frame index and GOP number."""
+    """One P-frame: field float32 [2, H/g, W/g], residual int16 [3, H, W] (YUV) at the model's size, its frame
+    index and GOP number."""
 
     frame_index: int
     gop_index: int
@@ -47,61 +54,160 @@ class Gop:
     frame_index: int
     iframe: np.ndarray
     steps: list[PStep] = field(default_factory=list)
+    plan: Resize | None = None  # how the native frames became these outputs
 
 
-def _timer(timings: dict | None, key: str, t0: float) -> float:
-    t1 = time.perf_counter()
-    if timings is not None:
-        timings[key] = timings.get(key, 0.0) + (t1 - t0)
-    return t1
+RESIZE_POLICIES = ("crop", "stretch")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How native frames become model inputs: `window` (y0, x0, hs, ws) of the native (H0, W0) frame, area-averaged
+    to `size` (H, W). Identity when the window is the whole frame at its own size."""
+
+    policy: str
+    native: tuple[int, int]
+    size: tuple[int, int]
+    window: tuple[int, int, int, int]
+
+    @property
+    def identity(self) -> bool:
+        return self.window == (0, 0, *self.native) and self.size == self.native
+
+    def cells(self, grid: int) -> tuple[int, int]:
+        """The model grid's (rows, columns): ceil at the video's own size, H/g x W/g otherwise."""
+        return (-(-self.size[0] // grid), -(-self.size[1] // grid))
+
+    def meta(self) -> dict:
+        """The preprocessing record kept with every output (clip metadata, cache index, export manifest)."""
+        return {"policy": self.policy, "native_size": list(self.native), "size": list(self.size),
+                "window": list(self.window), "identity": self.identity,
+                "iframe": "libswscale area (PyAV reformat) of the window", "frames": "as iframe",
+                "residual": "area mean of the full-resolution YUV residual over the window (exact integer "
+                            "weights, rounded half away from zero), fused in one pass",
+                "mv": "native field accumulated at native resolution, area mean over the window, vectors scaled by "
+                      "(W/ws, H/hs)"}
+
+
+def check_model_size(size: tuple[int, int], grid: int) -> tuple[int, int]:
+    """InputError unless (H, W) are positive multiples of `grid` and at most MAX_SIDE."""
+    h, w = (int(v) for v in size)
+    if min(h, w) < 1 or max(h, w) > codec.MAX_SIDE or h % grid or w % grid:
+        raise InputError(f"size {h}x{w} must be a multiple of the grid ({grid}) per side, at most "
+                         f"{codec.MAX_SIDE}x{codec.MAX_SIDE}", fix=f"pass e.g. --size {16 * grid}x{16 * grid}")
+    return h, w
+
+
+def resize_plan(native: tuple[int, int], size: tuple[int, int] | None, policy: str = "crop", *,
+                path: str | os.PathLike | None = None) -> Resize:
+    """The window of a native (H0, W0) frame that becomes a model input of `size` (H, W) under `policy`:
+
+    - "crop" (the action-recognition convention: short side to the model, centre crop): the largest centred window
+      of the model's aspect ratio; when it is not the whole frame its sides and offsets are rounded down to even
+      (whole 4:2:0 chroma samples);
+    - "stretch": the whole frame, aspect ratio not kept.
+    size None (or the native size under either policy) is the identity: outputs equal the full-resolution ones bit
+    for bit. VideoError when the window is smaller than `size` (outputs are area means, never upsampled).
+    """
+    if policy not in RESIZE_POLICIES:
+        raise InputError(f"unknown resize policy {policy!r}", fix=f"use one of {', '.join(RESIZE_POLICIES)}")
+    h0, w0 = native
+    if size is None or tuple(size) == (h0, w0):
+        return Resize(policy, (h0, w0), (h0, w0), (0, 0, h0, w0))
+    h, w = size
+    if policy == "stretch" or w0 * h == h0 * w:
+        hs, ws = h0, w0
+    elif w0 * h > h0 * w:  # wider than the model: full height, centred columns
+        hs, ws = h0 - h0 % 2, min(w0, round(h0 * w / h)) // 2 * 2
+    else:
+        hs, ws = min(h0, round(w0 * h / w)) // 2 * 2, w0 - w0 % 2
+    y0, x0 = (h0 - hs) // 2 // 2 * 2, (w0 - ws) // 2 // 2 * 2
+    if hs < h or ws < w:
+        raise VideoError(f"the model size {h}x{w} is larger than the video ({h0}x{w0}, {policy} window {hs}x{ws}): "
+                         "outputs are area means, never upsampled", path=path,
+                         fix="pass a smaller --size, or upscale the video explicitly with `edgeml data prepare --size`")
+    return Resize(policy, (h0, w0), (h, w), (y0, x0, hs, ws))
+
+
+def model_rgb(frame: Any, plan: Resize) -> np.ndarray:
+    """A decoded frame -> RGB uint8 [H, W, 3] at the plan's size, by libswscale (area) over the plan's window; at the
+    video's own size the plain conversion (bit-identical to the full-resolution output)."""
+    if plan.identity:
+        return frame.to_ndarray(format="rgb24")
+    h, w = plan.size
+    y0, x0, hs, ws = plan.window
+    if (hs, ws) != plan.native:
+        frame = _crop(frame, plan.window)
+    return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def _crop(frame: Any, window: tuple[int, int, int, int]) -> Any:
+    """The window (even offsets and sides) of a frame as a new yuv420p frame: one copy of the window's samples."""
+    import av
+
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        frame = frame.reformat(format="yuv420p")
+    y0, x0, hs, ws = window
+    parts = []
+    for k, p in enumerate(frame.planes):
+        s = 0 if k == 0 else 1
+        view = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)
+        parts.append(view[y0 >> s:(y0 + hs) >> s, x0 >> s:(x0 + ws) >> s].ravel())
+    out = av.VideoFrame.from_ndarray(np.concatenate(parts).reshape(hs * 3 // 2, ws), format="yuv420p")
+    out.color_range = frame.color_range
+    out.colorspace = frame.colorspace
+    return out
 
 
 class _KernelChain:
-    """The per-P-frame kernel work with its state (reference planes, accumulated field). Calls must come in decode
-    order; run in one worker thread they overlap with decoding (both release the GIL)."""
+    """The per-P-frame kernel work with its state (reference planes, accumulated native field). Calls must come in
+    decode order; run in one worker thread they overlap with decoding (both release the GIL)."""
 
-    def __init__(self, grid: int, accumulate: bool, device: str):
-        self.grid, self.accumulate, self.device = grid, accumulate, device
+    def __init__(self, grid: int, accumulate: bool, device: str, plan: Resize):
+        self.grid, self.accumulate, self.plan = grid, accumulate, plan
+        self.step_fn = mv._pick("extract_step", device)
         self.ref = self.prev = self.acc = None
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
 
-    def reset(self, planes: list[np.ndarray]) -> None:
+    def reset(self, planes: Any) -> None:
         self.ref = self.prev = planes
         self.acc = None
 
-    def step(self, rows: np.ndarray, cur: list[np.ndarray], out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
+    def step(self, mvs: Any, cur: Any, residual: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t0, c0 = time.perf_counter(), time.thread_time()
         ref = self.ref if self.accumulate else self.prev
-        f, res = mv.p_step(rows, cur, ref, self.acc, self.grid, accumulate=self.accumulate, device=self.device, out=out)
+        acc = self.step_fn(mvs, cur, ref, self.acc, self.grid, self.accumulate, self.plan.window, self.plan.size,
+                           residual, field)
         if self.accumulate:
-            self.acc = f
+            self.acc = acc
         self.prev = cur
         self.seconds += time.perf_counter() - t0
-        return f, res
+        self.cpu_seconds += time.thread_time() - c0
+        return field, residual
 
 
 class _BlockAllocator:
-    """Residual buffers handed out as slices of [n, 3, H, W] blocks: one large allocation per n frames instead of a
-    fresh 3*H*W array per frame (numpy backs large blocks with huge pages: far fewer page faults)."""
+    """Residual buffers handed out as slices of [n, C, H, W] blocks: one large allocation per n frames instead of a
+    fresh array per frame (numpy backs large blocks with huge pages: far fewer page faults)."""
 
     def __init__(self, n: int):
         self.n = max(1, n)
         self.block: np.ndarray | None = None
         self.used = 0
 
-    def __call__(self, k: int, h: int, w: int) -> np.ndarray:
-        if self.block is None or self.used == len(self.block) or self.block.shape[2:] != (h, w):
-            self.block, self.used = np.empty((self.n, 3, h, w), np.int16), 0
+    def __call__(self, k: int, c: int, h: int, w: int) -> np.ndarray:
+        if self.block is None or self.used == len(self.block) or self.block.shape[1:] != (c, h, w):
+            self.block, self.used = np.empty((self.n, c, h, w), np.int16), 0
         self.used += 1
         return self.block[self.used - 1]
 
 
 class _GrowingResiduals:
-    """Residual buffers for `iter_gops(residual_out=...)` that grow with the stream: the first [n, 3, H, W] int16
+    """Residual buffers for `iter_gops(residual_out=...)` that grow with the stream: the first [n, C, H, W] int16
     array holds at most `first_bytes`, each next one as many frames as all before it.
 
     Never sized from the container's declared frame count: a header may declare 2^31 frames (and FFmpeg's AVI
-    muxing declares one more than it writes). A frame of another size than the first gets a fresh array (None).
+    muxing declares one more than it writes).
     """
 
     def __init__(self, first_bytes: int = 64 << 20):
@@ -109,19 +215,17 @@ class _GrowingResiduals:
         self.chunks: list[np.ndarray] = []
         self.capacity = 0
 
-    def __call__(self, k: int, h: int, w: int) -> np.ndarray | None:
-        if self.chunks and self.chunks[0].shape[2:] != (h, w):
-            return None
+    def __call__(self, k: int, c: int, h: int, w: int) -> np.ndarray:
         if k >= self.capacity:
-            n = max(self.capacity, self.first_bytes // (3 * h * w * 2), 1, k + 1 - self.capacity)
-            self.chunks.append(np.empty((n, 3, h, w), np.int16))
+            n = max(self.capacity, self.first_bytes // (c * h * w * 2), 1, k + 1 - self.capacity)
+            self.chunks.append(np.empty((n, c, h, w), np.int16))
             self.capacity += n
         offset = self.capacity - len(self.chunks[-1])
-        return self.chunks[-1][k - offset] if k >= offset else None
+        return self.chunks[-1][k - offset]
 
     def collect(self, residuals: list[np.ndarray]) -> np.ndarray:
-        """[N, 3, H, W] of the P-steps' residuals, in order: a slice of the first array when they fill it from the
-        start (no copy), else one stacked copy."""
+        """[N, C, H, W] of the P-steps' residuals, in order: a slice of the first array when they fill it from the
+        start (no copy), else one concatenated copy."""
         first = self.chunks[0] if self.chunks else None
         if first is not None and len(residuals) <= len(first) and all(
                 r.base is first and np.shares_memory(r, first[k]) for k, r in enumerate(residuals)):
@@ -143,35 +247,53 @@ class _Inline:
         pass
 
 
+PLANAR_FORMATS = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray")
+
+
+def _planes(frame: Any) -> Any:
+    """The frame's planes as the kernels read them (av.VideoPlane buffers, no copy); 8-bit planar formats as they
+    are, anything else converted to yuv420p first."""
+    if frame.format.name not in PLANAR_FORMATS:
+        frame = frame.reformat(format="yuv420p")
+    return frame.planes
+
+
 def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True, rgb: bool = False,
               max_steps: int | None = None, device: str = "cpu", threads: int = 1, pipeline: bool = False,
-              residual_out: Callable[[int, int, int], np.ndarray | None] | None = None,
+              size: tuple[int, int] | None = None, resize: str = "crop",
+              residual_out: Callable[[int, int, int, int], np.ndarray] | None = None,
               timings: dict | None = None) -> Iterator[Gop]:
-    """Decode `path` once and yield each GOP with its P-steps (see the module docstring for the policy).
+    """Decode `path` once and yield each GOP with its P-steps at the model's `size` (see the module docstring).
 
+    size: (H, W) of the outputs, reached by the `resize` policy (`resize_plan`); None = the video's own size.
     accumulate: fields chained to the I-frame and residuals against the I-frame; else per-step fields and residuals
     against the previous I/P frame. rgb: also keep each P-frame's RGB image (for `frames`). max_steps: P-steps kept
     per GOP (later P-frames are decoded but not processed). pipeline: run the kernels in a worker thread, overlapping
-    decoding (off by default: slower than inline on the shared 2-core machine it was measured on).
-    timings: adds seconds under "decode" (decoding and reading frames out, on this thread) and "kernels"
-    (rasterise + accumulate + residual; with pipeline=True these overlap the decode time). residual_out(k, H, W):
-    where the k-th P-step's residual goes (an int16 [3, H, W] view), or None for a fresh array.
-    Raises VideoError when the video has no I-frame or no motion vectors at all (intra-only).
+    decoding. timings: adds wall seconds under "decode" (decoding, RGB conversion, the Python loop; this thread)
+    and "kernels" (the fused per-P-frame call; with pipeline=True they overlap the decode time), and CPU seconds
+    under "decode_cpu" / "kernels_cpu" (libavcodec's own threads excluded when threads > 1).
+    residual_out(k, C, H, W): where the k-th P-step's residual goes (an int16 [C, H, W] view).
+    Raises VideoError when the video has no I-frame, no motion vectors at all (intra-only), changes its frame size,
+    or is smaller than `size`.
     """
     if grid not in mv.GRIDS:
         raise VideoError(f"grid must be one of {mv.GRIDS}, got {grid}")
+    if size is not None:
+        check_model_size(size, grid)
     from concurrent.futures import ThreadPoolExecutor
 
     path = Path(path)
     if residual_out is None:
         residual_out = _BlockAllocator(max_steps or 12)
-    chain = _KernelChain(grid, accumulate, device)
+    chain: _KernelChain | None = None
+    plan: Resize | None = None
     pool: Any = ThreadPoolExecutor(1, thread_name_prefix="edgeml-mv") if pipeline else _Inline()
     gop: Gop | None = None
     pending: list[tuple[Gop, list]] = []  # GOPs whose kernel results are still being computed
-    n_gops = n_p = n_rows = 0
-    wait = 0.0
-    t_start = time.perf_counter()
+    n_gops = n_p = 0
+    has_rows = False
+    wait = wait_cpu = 0.0
+    t_start, c_start = time.perf_counter(), time.thread_time()
 
     def finish(g: Gop, futures: list) -> Gop:
         nonlocal wait
@@ -183,39 +305,48 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
 
     def hand_out(g: Gop, futures: list) -> Iterator[Gop]:
         """Yield a finished GOP; the caller's time while this generator is suspended is not ours."""
-        nonlocal wait
+        nonlocal wait, wait_cpu
         done = finish(g, futures)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         yield done
         wait += time.perf_counter() - t0
+        wait_cpu += time.thread_time() - c0
 
     try:
         futures: list = []
-        for fr in codec.decode(path, mvs=True, frames=True, threads=threads):
+        for fr in codec.decode(path, mvs=True, frames=True, threads=threads, raw_mvs=True):
+            frame = fr.frame
+            if plan is None:
+                plan = resize_plan((frame.height, frame.width), size, resize, path=path)
+                chain = _KernelChain(grid, accumulate, device, plan)
+            elif (frame.height, frame.width) != plan.native:
+                raise VideoError(f"the frame size changes within the stream ({plan.native[0]}x{plan.native[1]} -> "
+                                 f"{frame.height}x{frame.width})", path=path,
+                                 fix="re-encode it to one size with `edgeml data prepare --size HxW`")
             kind = fr.pict_type
             if kind == "I":
                 if gop is not None:
                     pending.append((gop, futures))
                 while pending and (len(pending) > 2 or all(f.done() for f in pending[0][1])):
                     yield from hand_out(*pending.pop(0))
-                gop = Gop(index=n_gops, frame_index=fr.index, iframe=fr.frame.to_ndarray(format="rgb24"))
+                gop = Gop(index=n_gops, frame_index=fr.index, iframe=model_rgb(frame, plan), plan=plan)
                 futures = []
                 n_gops += 1
-                pool.submit(chain.reset, mv.frame_planes(fr.frame))
+                pool.submit(chain.reset, _planes(frame))
                 continue
             if kind != "P" or gop is None or (max_steps is not None and len(gop.steps) >= max_steps):
                 continue  # B/S/other frames and P-frames before the first I-frame are skipped (module policy)
-            rows = mv.mv_rows(fr.mvs)
-            n_rows += len(rows)
-            image = fr.frame.to_ndarray(format="rgb24") if rgb else None
-            planes = mv.frame_planes(fr.frame)
-            out = residual_out(n_p, *planes[0].shape) if residual_out is not None else None
-            futures.append(pool.submit(chain.step, rows, planes, out))
+            has_rows = has_rows or (fr.mvs is not None and len(fr.mvs) > 0)
+            image = model_rgb(frame, plan) if rgb else None
+            planes = _planes(frame)
+            out = residual_out(n_p, len(planes), *plan.size)
+            field = np.empty((2, *plan.cells(grid)), np.float32)
+            futures.append(pool.submit(chain.step, fr.mvs, planes, out, field))
             gop.steps.append(PStep(fr.index, gop.index, None, None, image))  # type: ignore[arg-type]
             n_p += 1
         if gop is None:
             raise VideoError("no I-frame in the video", path=path, fix="re-encode it with `edgeml data prepare`")
-        if n_p == 0 or n_rows == 0:
+        if n_p == 0 or not has_rows:
             raise VideoError("no motion vectors: the video is intra-only (no P-frames)", path=path,
                              fix="re-encode it with `edgeml data prepare` (fixed GOP with P-frames)")
         pending.append((gop, futures))
@@ -224,53 +355,52 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if timings is not None:
-            timings["kernels"] = timings.get("kernels", 0.0) + chain.seconds
+            k_wall = chain.seconds if chain else 0.0
+            k_cpu = chain.cpu_seconds if chain else 0.0
             busy = time.perf_counter() - t_start - wait
-            timings["decode"] = timings.get("decode", 0.0) + (busy - (0.0 if pipeline else chain.seconds))
+            busy_cpu = time.thread_time() - c_start - wait_cpu
+            for key, value in (("kernels", k_wall), ("kernels_cpu", k_cpu),
+                               ("decode", busy - (0.0 if pipeline else k_wall)),
+                               ("decode_cpu", busy_cpu - (0.0 if pipeline else k_cpu))):
+                timings[key] = timings.get(key, 0.0) + value
 
 
-def canonical_copy(path: Path, size: tuple[int, int] | None, tmpdir: str) -> Path:
-    """`path` itself when it already has the requested size, else a canonical re-encode in `tmpdir`."""
-    if size is None:
-        return path
-    info = codec.probe(path)
-    if (info.height, info.width) == tuple(size):
-        return path
-    return codec.prepare(path, Path(tmpdir) / "canonical.avi", size=tuple(size))
+def extract(video: str | os.PathLike, *, size: tuple[int, int] | None = None, grid: int = 4, accumulate: bool = True,
+            resize: str = "crop", device: str = "cpu", threads: int = 1, pipeline: bool = False,
+            timings: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Every P-step of a video at the model's size, straight from the native stream -> (tensors, metadata).
 
-
-def extract(video: str | os.PathLike, *, grid: int = 4, accumulate: bool = False, size: tuple[int, int] | None = None,
-            device: str = "cpu", threads: int = 1, timings: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Every P-step of a video -> (tensors, metadata) as `edgeml data extract` writes them.
-
-    tensors: iframe uint8 [G, 3, H, W] (RGB), mv float32 [N, 2, H/g, W/g], residual int16 [N, 3, H, W] (YUV),
-    frame_index int64 [N], gop_index int64 [N]. A size other than the video's re-encodes it canonically first.
+    tensors: iframe uint8 [G, 3, H, W] (RGB), mv float32 [N, 2, H/g, W/g] (model pixels), residual int16
+    [N, C, H, W] (YUV, C = 3), frame_index int64 [N], gop_index int64 [N]. size (H, W): the model's input size,
+    reached by the `resize` policy ("crop": the largest centred window of the model's aspect, "stretch": the
+    whole frame; see resize_plan) with no re-encode; None keeps the video's size (full resolution). metadata:
+    codec, sizes, GOPs, grid, modes and the resize block (policy, window, how each tensor was resized).
+    timings: per-stage wall and CPU seconds (see iter_gops). Raises VideoError for bad input (truncated, intra-only,
+    smaller than `size`) and InputError for a size the grid does not divide.
     """
     video = Path(video)
     buffer = _GrowingResiduals()
-    with tempfile.TemporaryDirectory(prefix="edgeml-extract-") as tmp:
-        src = canonical_copy(video, size, tmp)
-        info = codec.probe(src)
-        gops = list(iter_gops(src, grid=grid, accumulate=accumulate, device=device, threads=threads,
-                              residual_out=buffer, timings=timings))
+    info = codec.probe(video)
+    gops = list(iter_gops(video, grid=grid, accumulate=accumulate, size=size, resize=resize, device=device,
+                          threads=threads, pipeline=pipeline, residual_out=buffer, timings=timings))
+    plan = gops[0].plan
     steps = [s for g in gops for s in g.steps]
-    if len({g.iframe.shape for g in gops} | {s.residual.shape[1:] + (3,) for s in steps}) > 1:
-        raise VideoError("the frame size changes within the stream", path=video,
-                         fix="re-encode it to one size with `edgeml data prepare --size HxW`")
     h, w = gops[0].iframe.shape[:2]
-    residual = buffer.collect([s.residual for s in steps]) if steps else np.zeros((0, 3, h, w), np.int16)
+    c = steps[0].residual.shape[0] if steps else 3
+    cells = steps[0].mv.shape[1:] if steps else (-(-h // grid), -(-w // grid))
     tensors = {
         "iframe": np.stack([g.iframe.transpose(2, 0, 1) for g in gops]),
-        "mv": np.stack([s.mv for s in steps]) if steps else np.zeros((0, 2, -(-h // grid), -(-w // grid)), np.float32),
-        "residual": residual,
+        "mv": np.stack([s.mv for s in steps]) if steps else np.zeros((0, 2, *cells), np.float32),
+        "residual": buffer.collect([s.residual for s in steps]) if steps else np.zeros((0, c, h, w), np.int16),
         "frame_index": np.array([s.frame_index for s in steps], np.int64),
         "gop_index": np.array([s.gop_index for s in steps], np.int64),
     }
     gop_lengths = [1 + len(g.steps) for g in gops]
     meta = {"source": str(video), "codec": info.codec, "profile": info.profile, "width": w, "height": h,
-            "fps": info.fps, "gops": len(gops), "gop_size": max(gop_lengths), "grid": grid,
-            "accumulate": ACCUMULATE_MODES[accumulate], "warp": mv.WARP, "residual_space": "yuv (chroma repeated)",
-            "iframe_space": "rgb", "b_frames": "skipped", "p_steps": len(steps)}
+            "native_width": plan.native[1], "native_height": plan.native[0], "fps": info.fps, "gops": len(gops),
+            "gop_size": max(gop_lengths), "grid": grid, "accumulate": ACCUMULATE_MODES[accumulate], "warp": mv.WARP,
+            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped",
+            "p_steps": len(steps), "resize": plan.meta()}
     return tensors, meta
 
 
@@ -289,19 +419,23 @@ def write_extract(video: str | os.PathLike, out: str | os.PathLike, **kwargs: An
 
 
 def video_clips(path: str | os.PathLike, *, clip_len: int, grid: int = 4, accumulate: bool = True,
-                frames: bool = True, device: str = "cpu", timings: dict | None = None) -> list[dict[str, np.ndarray]]:
-    """Clips of a video in compact dtypes: per GOP with at least `clip_len` P-frames, one clip of its I-frame and
-    first `clip_len` P-steps: iframe uint8 [3,H,W], mv int16 [T,2,h,w], residual int16 [T,3,H,W],
-    frames uint8 [T+1,3,H,W] (RGB, I-frame first; only when frames=True)."""
+                frames: bool = True, size: tuple[int, int] | None = None, resize: str = "crop", device: str = "cpu",
+                timings: dict | None = None) -> list[dict[str, np.ndarray]]:
+    """Clips of a video at the model's `size` (see extract) in compact dtypes: per GOP with at least `clip_len`
+    P-frames, one clip of its I-frame and first `clip_len` P-steps: iframe uint8 [3,H,W], mv [T,2,H/g,W/g] (int16
+    at the video's own size, where vectors are whole pixels; float32 when pooled), residual int16 [T,3,H,W], frames
+    uint8 [T+1,3,H,W] (RGB, I-frame first; only when frames=True: P-frames are converted to RGB only then)."""
     if clip_len < 1:
         raise VideoError(f"clip_len must be >= 1, got {clip_len}")
     out = []
     for g in iter_gops(path, grid=grid, accumulate=accumulate, rgb=frames, max_steps=clip_len, device=device,
-                       timings=timings):
+                       size=size, resize=resize, timings=timings):
         if len(g.steps) < clip_len:
             continue
+        field = np.stack([s.mv for s in g.steps])
+        whole = (size is None or tuple(size) == g.iframe.shape[:2]) and np.array_equal(field, np.round(field))
         item = {"iframe": np.ascontiguousarray(g.iframe.transpose(2, 0, 1)),
-                "mv": np.stack([s.mv for s in g.steps]).astype(np.int16),
+                "mv": field.astype(np.int16) if whole else field,
                 "residual": np.stack([s.residual for s in g.steps])}
         if frames:
             item["frames"] = np.stack([g.iframe] + [s.rgb for s in g.steps]).transpose(0, 3, 1, 2).copy()
@@ -315,15 +449,12 @@ def to_float(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def extract_clips(video_path: str | os.PathLike, *, clip_len: int, grid: int, size: tuple[int, int] | None = None,
-                  timings: dict | None = None, accumulate: bool = True, frames: bool = True,
-                  device: str = "cpu") -> list[dict[str, np.ndarray]]:
+                  timings: dict | None = None, accumulate: bool = True, frames: bool = True, device: str = "cpu",
+                  resize: str = "crop") -> list[dict[str, np.ndarray]]:
     """Clip items (no label) straight from a video file, as ClipDataset yields them: iframe float32 [3,H,W] (RGB
-    0..255), mv float32 [T,2,H/g,W/g] (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W].
-    A `size` (H, W) other than the video's re-encodes it canonically first (counted under timings["decode"])."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeml-clips-") as tmp:
-        src = canonical_copy(Path(video_path), size, tmp)
-        _timer(timings, "decode", t0)
-        clips = video_clips(src, clip_len=clip_len, grid=grid, accumulate=accumulate, frames=frames, device=device,
-                            timings=timings)
+    0..255), mv float32 [T,2,H/g,W/g] (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W]
+    (only when frames=True: pass False for models that do not read RGB frames). A `size` (H, W) other than the
+    video's is reached by the `resize` policy at model resolution, never by a re-encode. timings: see iter_gops."""
+    clips = video_clips(video_path, clip_len=clip_len, grid=grid, accumulate=accumulate, frames=frames, size=size,
+                        resize=resize, device=device, timings=timings)
     return [to_float(c) for c in clips]

@@ -96,11 +96,19 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                          fps=float(rate), pix_fmt=cc.pix_fmt)
 
 
+# What libavcodec may skip when only the motion vectors are wanted: deblocking and the inverse transform change the
+# pixels, never the vectors (rows proven identical in tests/video/test_video_model_size.py).
+MV_ONLY_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
+
+
 def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int = 1,
-           check_complete: bool = True) -> Iterator[DecodedFrame]:
+           check_complete: bool = True, raw_mvs: bool = False, mv_only: bool = False) -> Iterator[DecodedFrame]:
     """Decode every frame of the first video stream, in presentation order.
 
     mvs: ask libavcodec to export motion vectors (`flags2=+export_mvs`). frames: also yield the `av.VideoFrame`.
+    raw_mvs: `mvs` is the MOTION_VECTORS side data itself (a buffer of AVMotionVector, what edgeml._C.extract_step
+    reads without a numpy conversion) instead of a structured array. mv_only: skip what does not change the vectors
+    (MV_ONLY_OPTIONS: the pixels are wrong, so frames=True is refused).
     threads > 1 turns on libavcodec's frame/slice threading (it was slower on 2 cores, hence off by default).
     Raises VideoError for undecodable data, a stream with no frames, or (check_complete) a packet the demuxer marks
     broken — a truncated file's last, partial packet. The container's declared frame count is never trusted: FFmpeg's
@@ -111,8 +119,10 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
     container, stream = open_video(path)
     with container:
         cc = stream.codec_context
-        if mvs:
-            cc.options = {"flags2": "+export_mvs"}
+        if mv_only and frames:
+            raise ValueError("mv_only decoding skips the inverse transform: its frames are not the video's pixels")
+        if mvs or mv_only:
+            cc.options = {**({"flags2": "+export_mvs"} if mvs else {}), **(MV_ONLY_OPTIONS if mv_only else {})}
         if threads > 1:
             stream.thread_type = "AUTO"
             stream.thread_count = threads
@@ -124,8 +134,9 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
                                 "the file is incomplete; copy or download it again")
                 for frame in packet.decode():
                     sd = frame.side_data.get("MOTION_VECTORS") if mvs else None
-                    yield DecodedFrame(index=n, pict_type=av.video.frame.PictureType(frame.pict_type).name,
-                                       pts=frame.pts, mvs=None if sd is None else sd.to_ndarray(),
+                    kind = PICT_TYPES.get(frame.pict_type) or picture_type(frame.pict_type)
+                    yield DecodedFrame(index=n, pict_type=kind,
+                                       pts=frame.pts, mvs=sd if sd is None or raw_mvs else sd.to_ndarray(),
                                        frame=frame if frames else None)
                     n += 1
         except av.FFmpegError as e:
@@ -135,17 +146,26 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
             raise _fail(path, "the video stream has no frames (zero-frame video)")
 
 
+PICT_TYPES: dict[int, str] = {}
+
+
+def picture_type(code: int) -> str:
+    """libavcodec's picture type code -> its letter ("I", "P", "B", ...), cached (an enum lookup per frame is slow)."""
+    PICT_TYPES[code] = _av().video.frame.PictureType(code).name
+    return PICT_TYPES[code]
+
+
 def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
     """`edgeml data mvs`: every exported motion vector as one CSV row, exactly as FFmpeg's
     doc/examples/extract_mvs.c prints it (same header, columns, number formatting; `framenum` counts every decoded
-    frame from 1, in decoder output order). Returns the number of rows. A truncated file or one without any motion
-    vector (intra-only) is a VideoError and writes nothing."""
+    frame from 1, in decoder output order), decoded in MV-only mode (MV_ONLY_OPTIONS). Returns the number of rows. A
+    truncated file or one without any motion vector (intra-only) is a VideoError and writes nothing."""
     from edgeml.io import atomic_write
 
     rows = 0
     with atomic_write(out, "w") as f:
         f.write(CSV_HEADER + "\n")
-        for fr in decode(video, mvs=True):
+        for fr in decode(video, mvs=True, mv_only=True):
             if fr.mvs is None or not len(fr.mvs):
                 continue
             f.write(format_mv_rows(fr.index + 1, fr.mvs))

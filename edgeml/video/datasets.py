@@ -42,7 +42,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT_VERSION = 1  # the shard layout (kept in settings.json: a cache of another layout is not resumed)
 INDEX_FORMAT = 2  # index.json; 2: every shard entry carries its sha256
-WORK_DIR = ".work"  # the build's scratch folder inside the cache (re-encodes); emptied at the start of each build
+WORK_DIR = ".work"  # older builds' scratch folder (re-encodes); a build removes what a killed one left there
 
 
 @contextlib.contextmanager
@@ -239,15 +239,12 @@ def _extract_job(job: dict) -> dict:
     from safetensors.numpy import save
 
     from edgeml.io import write_bytes
-    from edgeml.video.clips import canonical_copy, video_clips
+    from edgeml.video.clips import video_clips
 
     out, marker = Path(job["shard"]), Path(job["marker"])
     try:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="job-", dir=job["work"]) as tmp:
-            src = canonical_copy(Path(job["video"]), tuple(job["size"]), tmp)
-            clips = video_clips(src, clip_len=job["clip_len"], grid=job["grid"], accumulate=job["accumulate"])
+        clips = video_clips(Path(job["video"]), clip_len=job["clip_len"], grid=job["grid"],
+                            accumulate=job["accumulate"], size=tuple(job["size"]), resize=job["resize"])
     except EdgeMLError as e:
         status = {"video": job["rel"], "status": "broken", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - any decoder failure is reported per video, never aborts the build
@@ -268,17 +265,19 @@ def _extract_job(job: dict) -> dict:
 
 def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike, *, clip_len: int = 8,
                      grid: int = 4, size: tuple[int, int] = (64, 64), workers: int = 2, accumulate: bool = True,
-                     split: int = 1, progress: bool = True) -> Path:
+                     split: int = 1, progress: bool = True, resize: str = "crop") -> Path:
     """Videos under `source_dir` -> clip cache in `cache_dir` (resumable); returns `cache_dir`.
 
     Per video: one clip per GOP (its I-frame + first `clip_len` P-steps), stored in compact dtypes in
-    `shards/<name>.safetensors`: iframe uint8 [C,3,H,W], mv int16 [C,T,2,H/g,W/g], residual int16 [C,T,3,H,W],
-    frames uint8 [C,T+1,3,H,W]. Videos of another size are re-encoded canonically to `size` first. `index.json`
+    `shards/<name>.safetensors`: iframe uint8 [C,3,H,W], mv [C,T,2,H/g,W/g] (int16 for videos of the model's size,
+    float32 when pooled), residual int16 [C,T,3,H,W], frames uint8 [C,T+1,3,H,W]. Videos of another size are read
+    as they are and brought to `size` by the `resize` policy at model resolution (edgeml.video.clips.resize_plan;
+    never re-encoded); a video smaller than `size` is reported as broken. `index.json`
     lists classes, settings, the shards per split (each with its sha256, verified by `ClipDataset`), and the
     broken/skipped videos with reasons. The cache may not be, hold, or sit inside `source_dir`: the source stays
     untouched.
     """
-    from edgeml.video.codec import check_size
+    from edgeml.video.clips import RESIZE_POLICIES, check_model_size
     from edgeml.video.mv import GRIDS
 
     source, cache = Path(source_dir), Path(cache_dir)
@@ -286,7 +285,9 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
         raise DataError(f"grid must be one of {GRIDS}, got {grid}")
     if clip_len < 1:
         raise DataError(f"clip_len must be >= 1, got {clip_len}")
-    check_size(size)
+    if resize not in RESIZE_POLICIES:
+        raise DataError(f"unknown resize policy {resize!r}", fix=f"use one of {', '.join(RESIZE_POLICIES)}")
+    size = check_model_size(size, grid)
     layout, classes, items = scan_layout(source, split)
     refuse_overwrite(cache, [source, *(v for v, _, _ in items)], flag="CACHE")
     if source.resolve() in cache.resolve().parents:
@@ -294,7 +295,7 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
                         fix="build the cache outside the folder of videos, so the source stays as it is")
     mirror = read_mirror(source, classes)
     settings = {"format": FORMAT_VERSION, "source": str(source.resolve()), "layout": layout, "split": split,
-                "clip_len": clip_len, "grid": grid, "size": list(size), "accumulate": accumulate}
+                "clip_len": clip_len, "grid": grid, "size": list(size), "accumulate": accumulate, "resize": resize}
     settings_path = cache / "settings.json"
     if settings_path.is_file() and read_json(settings_path) != settings:
         raise DataError("cache folder was built with other settings", path=cache,
@@ -303,9 +304,7 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     (cache / "status").mkdir(exist_ok=True)
     for stale in [*(cache / "shards").glob(".*.tmp"), *(cache / "status").glob(".*.tmp")]:
         stale.unlink(missing_ok=True)  # half-written by a killed build; the finished files are complete (atomic)
-    work = cache / WORK_DIR
-    shutil.rmtree(work, ignore_errors=True)  # re-encodes of a killed build
-    work.mkdir()
+    shutil.rmtree(cache / WORK_DIR, ignore_errors=True)  # re-encodes left by a killed build of an older edgeml
     write_json(settings_path, settings)
 
     jobs, reused = [], 0
@@ -322,11 +321,8 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
             write_json(marker, {"video": rel, "status": "skipped", "reason": f"class {cls!r} not in the class list"})
             continue
         jobs.append({"video": str(video), "rel": rel, "shard": str(shard), "marker": str(marker), "size": list(size),
-                     "clip_len": clip_len, "grid": grid, "accumulate": accumulate, "work": str(work)})
-    try:
-        results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                     "clip_len": clip_len, "grid": grid, "accumulate": accumulate, "resize": resize})
+    results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
@@ -353,7 +349,8 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
     h, w = settings["size"]
     meta = {"clip_len": settings["clip_len"], "grid": settings["grid"], "size": [h, w],
             "accumulate": "iframe" if settings["accumulate"] else "previous", "warp": "nearest",
-            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped", "mirror": mirror}
+            "residual_space": "yuv (chroma repeated)", "iframe_space": "rgb", "b_frames": "skipped", "mirror": mirror,
+            "resize": settings.get("resize", "crop")}
     index = {"format": INDEX_FORMAT, "meta": meta, "settings": settings, "classes": classes, "splits": splits,
              "clips": {s: sum(e["clips"] for e in v) for s, v in splits.items()},
              "broken": [p for p in problems if p["status"] == "broken"],

@@ -136,3 +136,46 @@ def np_residual(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray 
         ky, kx = (0 if a.shape[0] == h else 1), (0 if a.shape[1] == w else 1)
         out[c] = a[ys >> ky, xs >> kx].astype(np.int16) - b[sy >> ky, sx >> kx]
     return out
+
+
+def area_weights(out: int, size: int) -> np.ndarray:
+    """int64 [out, size]: the exact area weights of `size` native pixels averaged to `out` (rows sum to `size`;
+    native pixel v spans [v*out, (v+1)*out), output k spans [k*size, (k+1)*size))."""
+    k = np.arange(out)[:, None]
+    v = np.arange(size)[None, :]
+    lo = np.maximum(k * size, v * out)
+    hi = np.minimum((k + 1) * size, (v + 1) * out)
+    return np.maximum(hi - lo, 0).astype(np.int64)
+
+
+def round_half_away(num: np.ndarray, den: int) -> np.ndarray:
+    """num / den rounded to the nearest integer, halves away from zero (integers in, int64 out)."""
+    q = (2 * np.abs(num) + den) // (2 * den)
+    return np.where(num < 0, -q, q)
+
+
+def np_area_mean(image: np.ndarray, window: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """Integer [C, H0, W0] -> int64 [C, H, W]: the exact area mean of `window` (y0, x0, hs, ws), rounded half away."""
+    y0, x0, hs, ws = window
+    wy, wx = area_weights(size[0], hs), area_weights(size[1], ws)
+    part = image[:, y0:y0 + hs, x0:x0 + ws].astype(np.int64)
+    return round_half_away(np.matmul(np.matmul(wy, part), wx.T), hs * ws)  # int64 sums: exact
+
+
+def np_residual_pooled(cur: list[np.ndarray], ref: list[np.ndarray], field: np.ndarray | None, grid: int,
+                       window: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """The reference of residual_pooled: the full-resolution residual, then its exact area mean -> int16 [C, H, W]."""
+    return np_area_mean(np_residual(cur, ref, field, grid), window, size).astype(np.int16)
+
+
+def np_pool_field(field: np.ndarray, height: int, width: int, grid: int, window: tuple[int, int, int, int],
+                  size: tuple[int, int]) -> np.ndarray:
+    """The reference of pool_field: the field spread to every pixel, area-averaged over each model cell's window
+    part, vectors scaled by (W/ws, H/hs) -> float32 [2, H/g, W/g]."""
+    y0, x0, hs, ws = window
+    h, w = size
+    per_pixel = np.repeat(np.repeat(field.astype(np.float64), grid, 1), grid, 2)[:, :height, :width]
+    wy = area_weights(h, hs).reshape(h // grid, grid, hs).sum(1).astype(np.float64)
+    wx = area_weights(w, ws).reshape(w // grid, grid, ws).sum(1).astype(np.float64)
+    mean = np.matmul(np.matmul(wy, per_pixel[:, y0:y0 + hs, x0:x0 + ws]), wx.T) / (grid * hs * grid * ws)
+    return (mean * np.array([w / ws, h / hs])[:, None, None]).astype(np.float32)

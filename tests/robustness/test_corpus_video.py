@@ -157,6 +157,69 @@ def test_a_declared_frame_count_is_neither_trusted_nor_a_truncation(corpus, tmp_
     assert sum(1 for _ in decode(tmp_path / "p.avi", mvs=False)) == FRAMES
 
 
+def libavcodec_csv(path: Path) -> str:
+    """The rows libavcodec exports, read with plain PyAV (every frame, full decode), in extract_mvs.c's CSV form."""
+    import av
+
+    from edgeml.video.codec import CSV_HEADER, format_mv_rows
+
+    text = [CSV_HEADER + "\n"]
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        st.codec_context.options = {"flags2": "+export_mvs"}
+        for n, frame in enumerate(c.decode(st)):
+            sd = frame.side_data.get("MOTION_VECTORS")
+            if sd is not None and len(sd):
+                text.append(format_mv_rows(n + 1, sd.to_ndarray()))
+    return "".join(text)
+
+
+def test_a_declared_but_missing_frame_decodes_fully_at_model_size(corpus, tmp_path):
+    """An AVI declaring one frame more than it holds (as FFmpeg's AVI muxing of mpeg4 does): `data mvs` (MV-only
+    decoding) equals libavcodec's rows, and `data extract --size` / `data build --size` (no re-encode) keep every
+    frame — the same tensors as the honest file."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    name = "declares_one_more.avi"
+    assert run_cli(["data", "mvs", corpus / name, "--csv", tmp_path / "m.csv"]).rc == 0
+    assert (tmp_path / "m.csv").read_text() == libavcodec_csv(corpus / name)
+    for f in (name, "good.avi"):
+        r = run_cli(["data", "extract", corpus / f, "--size", "32x32", "--accumulate",
+                     "--out", tmp_path / f"{f}.st.safetensors"])
+        assert r.rc == 0, r.stderr
+    got, want = load_file(tmp_path / f"{name}.st.safetensors"), load_file(tmp_path / "good.avi.st.safetensors")
+    assert len(want["residual"]) == FRAMES - 3 and got["residual"].shape[2:] == (32, 32)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    src = tmp_path / "src" / "left"
+    src.mkdir(parents=True)
+    (src / name).write_bytes((corpus / name).read_bytes())
+    r = run_cli(["data", "build", tmp_path / "src", tmp_path / "cache", "--size", "32x32", "--clip-len", "8",
+                 "--workers", "1"])
+    assert r.rc == 0, r.stderr
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert not index["broken"] and sum(index["clips"].values()) == 2  # GOPs of 12: two with 8 P-frames
+    assert index["meta"]["resize"] == "crop" and index["meta"]["size"] == [32, 32]
+
+
+def test_build_reports_a_video_smaller_than_the_model_and_refuses_a_grid_that_does_not_divide(corpus, tmp_path):
+    import json
+
+    src = tmp_path / "src" / "left"
+    src.mkdir(parents=True)
+    (src / "good.avi").write_bytes((corpus / "good.avi").read_bytes())
+    guard = Guard(tmp_path)
+    assert_clean_error(run_cli(["data", "build", tmp_path / "src", tmp_path / "cache", "--size", "36x36",
+                                "--grid", "8"]), contains="multiple of the grid")
+    guard.assert_untouched()
+    r = run_cli(["data", "build", tmp_path / "src", tmp_path / "cache", "--size", "128x128", "--workers", "1"])
+    assert r.rc == 0, r.stderr
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert len(index["broken"]) == 1 and "larger than the video" in index["broken"][0]["reason"]
+
+
 # ------------------------------------------------------------------------------------------------ inputs are sacred
 
 

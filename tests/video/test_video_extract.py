@@ -118,8 +118,13 @@ def test_b_frames_are_skipped_and_never_used_as_reference(tmp_path):
         np.testing.assert_array_equal(frames[idx], t["residual"][k].astype(np.int16) + warp(ref, t["mv"][k], 8))
 
 
-def test_extract_with_size_reencodes_first(tmp_path):
+def test_extract_with_size_reads_the_native_stream_without_reencoding():
+    """--size no longer re-encodes: the GOPs and frame indices are the original XviD ones (not a canonical GOP 12)."""
     from edgeml.video.clips import extract
 
-    t, meta = extract(REAL, grid=4, size=(64, 80))
-    assert t["residual"].shape[2:] == (64, 80) and meta["codec"] == "mpeg4" and meta["gop_size"] == 12
+    native, _ = extract(REAL, grid=4)
+    t, meta = extract(REAL, grid=4, size=(64, 80), resize="stretch")
+    assert t["residual"].shape[2:] == (64, 80) and meta["codec"] == "mpeg4"
+    assert meta["profile"] == "Advanced Simple Profile" and meta["resize"]["policy"] == "stretch"
+    np.testing.assert_array_equal(t["frame_index"], native["frame_index"])
+    np.testing.assert_array_equal(t["gop_index"], native["gop_index"])
