@@ -42,15 +42,15 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from edgeml.bench.lls_cost import measure_peak_memory, training_macs
 from edgeml.data import open_image_dataset
 from edgeml.io import write_json
-from edgeml.lls.trainer import OPTIMIZERS, LocalLearner
 from edgeml.registry import create_model
+from edgeml.training.loop import EpochReport, train
+from edgeml.training.optim import OPTIMIZERS
 
 MODES = ("bp", "lls", "lls_m", "lls_mxm", "local_learnable")
 RESULTS = Path(__file__).parent / "results" / "lls_fashion_mnist.json"
@@ -59,58 +59,41 @@ RESULTS = Path(__file__).parent / "results" / "lls_fashion_mnist.json"
 PAPER_TABLE1 = {"bp": "~91-92 (approx.)", "lls": "~89-91 (approx.)"}
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy (%) of `model` on `loader`."""
-    model.eval()
-    correct = total = 0
-    for batch in loader:
-        correct += int((model(batch["image"]).argmax(1) == batch["label"]).sum())
-        total += len(batch["label"])
-    return 100.0 * correct / total
-
-
 def run_mode(mode: str, args: argparse.Namespace, train_set, test_set, console: Console,
              part: Path | None = None) -> dict:
-    """Train `mode` for the shared budget, then measure accuracy, MACs and memory; `part` gets per-epoch progress."""
+    """Train `mode` through edgeml's training loop for the shared budget, then measure accuracy, MACs and memory;
+    `part` gets per-epoch progress."""
     torch.manual_seed(args.seed)
     model = create_model("lls_smallconv", mode=mode, temperature=args.temperature,
                          label_smoothing=args.label_smoothing)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(args.seed))
-    learner = LocalLearner(model, mode=mode, lr=args.lr, epochs=args.epochs, steps_per_epoch=len(loader),
-                           weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, optimizer=args.optimizer,
-                           lr_scales=args.lr_scales)
-    epoch_times, cpu_times, history = [], [], []
-    with Progress(TextColumn(f"[bold]{mode:>15}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task(mode, total=args.epochs * len(loader), info="")
-        for epoch in range(args.epochs):
-            start, cpu_start, losses, accs = time.perf_counter(), time.process_time(), [], []
-            for batch in loader:
-                m = learner.train_step([batch["image"]], batch["label"])
-                losses.append(m["loss"])
-                accs.append(m["acc"])
-                progress.update(task, advance=1, info=f"epoch {epoch + 1} loss {m['loss']:.3f}")
-            learner.end_epoch()
-            epoch_times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-            history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                            "train_acc": 100.0 * sum(accs) / len(accs), "seconds": epoch_times[-1],
-                            "cpu_seconds": cpu_times[-1]})
-            if part is not None:
-                write_json(part, {"mode": mode, "done": False, "history": history})
-    learner.before_eval(loader)
-    test_loader = DataLoader(test_set, batch_size=512)
-    accuracy = evaluate(model, test_loader)
+    history: list[dict] = []
+
+    def log_epoch(report: EpochReport) -> None:
+        train_metrics = report.record["train"]
+        history.append({"epoch": report.epoch, "train_loss": train_metrics["loss"],
+                        "train_acc": 100.0 * train_metrics["acc"], "seconds": report.train_seconds,
+                        "cpu_seconds": report.train_cpu_seconds})
+        if part is not None:
+            write_json(part, {"mode": mode, "done": False, "history": history})
+
+    console.print(f"[bold]{mode}[/]: training {args.epochs} epochs")
+    # One optimizer recipe for every mode (optimizer, lr, schedule, warm-up steps, lr factors): BP trains through
+    # BackpropLearner without gradient clipping, as the local learner has none, so only the learning rule differs.
+    with tempfile.TemporaryDirectory(prefix="lls_bench_run_") as run_dir:
+        result = train(model, {"train": train_set, "test": test_set}, run_dir, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, mode=mode, seed=args.seed, on_epoch=log_epoch,
+                       progress=part is None, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                       optimizer=args.optimizer, lr_scales=args.lr_scales, grad_clip=None)
+    accuracy = 100.0 * result["test"]["top1"]
     macs = training_macs(model, mode, (1, 28, 28))
     memory = measure_peak_memory("lls_smallconv", mode, batch_size=args.batch_size, steps=3)
+    epoch_times = [h["seconds"] for h in history]
     console.print(f"{mode}: test accuracy {accuracy:.2f}%, {sum(epoch_times) / len(epoch_times):.1f} s/epoch, "
                   f"peak training memory {memory['training_peak_bytes'] / 2**20:.1f} MiB")
     return {"mode": mode, "test_accuracy": accuracy, "training_macs_per_sample": macs,
             "peak_training_memory_bytes": memory["training_peak_bytes"], "memory_probe": memory,
             "seconds_per_epoch": sum(epoch_times) / len(epoch_times),
-            "cpu_seconds_per_epoch": sum(cpu_times) / len(cpu_times), "history": history,
+            "cpu_seconds_per_epoch": sum(h["cpu_seconds"] for h in history) / len(history), "history": history,
             "paper_table1": PAPER_TABLE1.get(mode)}
 
 
@@ -158,6 +141,7 @@ def _meta(args: argparse.Namespace, train_images: int, test_images: int) -> dict
                              f"{args.batch_size}, 3 steps (edgeml.bench.lls_cost.measure_peak_memory)",
             "macs_method": "Conv/Linear MACs counted by hooks; forward + weight grads + input grads where needed "
                            "+ local heads (edgeml.bench.lls_cost.training_macs)",
+            "training_loop": "edgeml.training.loop.train (the loop of `edgeml train`; epochs timed by its hook)",
             "timing_note": "wall and CPU seconds per training epoch on a shared machine; modes ran "
                            f"{_how_modes_ran(args)}, "
                            f"{args.threads} thread(s) each",

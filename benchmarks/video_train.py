@@ -44,7 +44,7 @@ from edgeml.bench.energy import TABLES, estimate_energy
 from edgeml.bench.opcount import count_ops
 from edgeml.io import load_checkpoint, save_checkpoint, write_json
 from edgeml.registry import create_model, model_spec
-from edgeml.train import train
+from edgeml.training.loop import train
 from edgeml.video.datasets import ClipDataset, build_clip_cache
 from edgeml.video.synth import make_synth_dataset
 

@@ -80,6 +80,18 @@ def _need(module: str, what: str, step: str) -> None:
                               "yet", fix="the steps before it are cached; re-run `edgeml demo` once it exists")
 
 
+def _tvm_records(target: str) -> dict[str, str]:
+    """{"tvm_records": sha256} of the tuning records edgeml ships for the demo model on a TVM target (the export
+    builds its TVM library from them, no tuner run), so new records re-run the export; {} for other targets."""
+    from edgeml.export.targets import load_profile
+    from edgeml.export.tvm import RECORD_FILES, shipped_records
+    from edgeml.io import sha256_file
+
+    profile = load_profile(target)
+    records = shipped_records(MODEL, profile.name) if profile.wants_tvm else None
+    return {"tvm_records": sha256_file(records / RECORD_FILES[1])} if records else {}
+
+
 def _quietly(check: Callable[[], Any]) -> bool:
     try:
         return bool(check())
@@ -98,6 +110,12 @@ class Demo:
         self.cfg = {**DEFAULTS, **overrides}
         self.out = Path(out)
         self.report_dir = Path(report)
+        for flag, folder in (("--out", self.out), ("--report", self.report_dir)):  # checked before any long step
+            if folder.exists() and not folder.is_dir():
+                raise InputError(f"{flag} is a file, not a folder", path=folder, fix="pass a folder path")
+        for key in ("epochs", "threads"):
+            if isinstance(self.cfg[key], bool) or not isinstance(self.cfg[key], int) or self.cfg[key] < 1:
+                raise InputError(f"demo setting {key!r} must be an integer >= 1, got {self.cfg[key]!r}")
         self.force = force
         self.progress = progress
         self.times: dict[str, tuple[str, float]] = {}
@@ -143,7 +161,8 @@ class Demo:
         for t in TARGETS:
             export = {k: c[k] for k in ("calib_samples", "parity_samples", "eval_samples")}
             steps.append(Step(f"export-{t}", self.artefact(t), lambda t=t: self._export(t),
-                              lambda t=t: _quietly(lambda: self._artefact_ok(t)), {**train, **export, "target": t}))
+                              lambda t=t: _quietly(lambda: self._artefact_ok(t)),
+                              {**train, **export, "target": t, **_tvm_records(t)}))
         for b in c["backends"]:
             steps.append(Step(f"bench-{b}", self.result(b), lambda b=b: self._bench(b),
                               lambda b=b: _quietly(lambda: self._result_ok(b)),
@@ -183,14 +202,14 @@ class Demo:
         return len(ClipDataset(self.clips, "train"))
 
     def _train(self) -> None:
-        _need("edgeml.train", "the training loop", "train")
+        _need("edgeml.training.loop", "the training loop", "train")
         _need("edgeml.models.video_spiking", "the video_spiking model", "train")
-        from edgeml.train import train_from_args
+        from edgeml.training.loop import train_from_args
 
         # What `edgeml train` does: the seed also fixes the initial weights, so a rerun reproduces the demo.
         c = self.cfg
         train_from_args(MODEL, self.clips, self.train_dir, size=c["model_size"], epochs=c["epochs"],
-                        batch_size=c["batch_size"], lr=c["lr"], seed=c["seed"])
+                        batch_size=c["batch_size"], lr=c["lr"], seed=c["seed"], force=True)
 
     def _checkpoint_ok(self) -> bool:
         from edgeml.registry import create_model
@@ -251,10 +270,10 @@ class Demo:
     def run(self, say: Callable[[str], None] = print) -> dict[str, Path]:
         """Run (or reuse) every step, then write the report; returns {"html", "markdown"}."""
         from edgeml.bench.report import write_report
-        from edgeml.bench.run import set_threads
+        from edgeml.bench.run import cpu_threads
 
-        set_threads(self.cfg["threads"])
-        skipped_backends = self.run_steps(self.steps(), say)
+        with cpu_threads(self.cfg["threads"]):  # torch/TVM threads for the demo only, restored afterwards
+            skipped_backends = self.run_steps(self.steps(), say)
         results = [self.result(b) for b in self.cfg["backends"] if self.result(b).is_file()]
         if not results:
             raise EdgeMLError("no backend could be benchmarked", fix="; ".join(skipped_backends) or None)

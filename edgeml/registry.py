@@ -142,6 +142,18 @@ def _build(spec: ModelSpec, config: dict[str, Any]) -> Any:
         raise ConfigError(f"model {spec.name!r} cannot be built with this config ({first})") from None
 
 
+def checkpoint_config(name: str, meta: Mapping[str, Any], path: str | PathLike) -> dict[str, Any]:
+    """The model config a checkpoint's metadata records, checked like `--set` (a CheckpointError naming `path`)."""
+    saved = meta.get("config", {})
+    try:
+        if not isinstance(saved, dict):
+            raise ConfigError(f"checkpoint config must be a JSON object, got {type(saved).__name__}")
+        check_config(name, saved, source="checkpoint config")
+    except ConfigError as e:
+        raise CheckpointError(e.problem, path=path, fix=e.fix) from None
+    return saved
+
+
 def create_model(name: str, checkpoint: str | PathLike | None = None, **overrides: Any) -> Any:
     """Build model `name` from its defaults + `overrides`, or from `checkpoint`'s config and weights.
 
@@ -154,28 +166,20 @@ def create_model(name: str, checkpoint: str | PathLike | None = None, **override
     if checkpoint is None:
         return _tag(_build(spec, config), name)
     from edgeml.io import load_checkpoint
+    from edgeml.training.checkpoint import load_weights
 
     tensors, meta = load_checkpoint(checkpoint, expect_model=name)
-    saved = meta.get("config", {})
+    saved = checkpoint_config(name, meta, checkpoint)
     try:
-        if not isinstance(saved, dict):
-            raise ConfigError(f"checkpoint config must be a JSON object, got {type(saved).__name__}")
-        check_config(name, saved, source="checkpoint config")
-        model = _build(spec, {**spec.defaults, **saved, **overrides})
+        model = _tag(_build(spec, {**spec.defaults, **saved, **overrides}), name)
     except ConfigError as e:
         raise CheckpointError(e.problem, path=checkpoint, fix=e.fix) from None
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(f"weights do not fit model {name!r} ({first})", path=checkpoint) from None
-    return _tag(model, name)
+    load_weights(model, tensors, checkpoint)
+    return model
 
 
 def _tag(model: Any, name: str) -> Any:
-    """Record the registry name on the module (`edgeml.train` names checkpoints by it)."""
+    """Record the registry name on the module (`edgeml.training` names checkpoints by it)."""
     if hasattr(model, "__dict__"):
         model.registry_name = name
     return model

@@ -118,7 +118,7 @@ args = json.loads(sys.argv[1])
 torch.manual_seed(0)
 torch.set_num_threads(args["threads"])
 from edgeml.registry import create_model
-from edgeml.lls.trainer import LocalLearner
+from edgeml.training.loop import make_learner
 
 def hwm():
     # VmHWM: peak RSS of this process image (getrusage's ru_maxrss would carry the parent's peak over exec).
@@ -129,7 +129,7 @@ def hwm():
 
 model = create_model(args["model"], mode=args["mode"], **args["config"])
 c, s = model.config["in_channels"], model.config["image_size"]
-learner = LocalLearner(model, mode=args["mode"], lr=1e-3, epochs=1, steps_per_epoch=args["steps"])
+learner = make_learner(model, args["mode"], lr=1e-3, epochs=1, steps_per_epoch=args["steps"], distributed=False)
 # Warm up on a 2-sample batch first: code pages and kernel caches loaded by the first step are not training memory.
 learner.train_step([torch.rand(2, c, s, s)], torch.randint(0, model.config["num_classes"], (2,)))
 image = torch.rand(args["batch_size"], c, s, s)

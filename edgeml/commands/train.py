@@ -67,7 +67,8 @@ def _value(key: str, text: str) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from edgeml.errors import InputError
-    from edgeml.train import finish_distributed, train_from_args
+    from edgeml.training.distributed import finish_distributed
+    from edgeml.training.loop import train_from_args
 
     overrides = {}
     for item in args.set:

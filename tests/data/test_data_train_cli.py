@@ -21,6 +21,9 @@ def test_edgeml_train_lls_mode_on_an_idx_folder(tmp_path, capsys):
     assert result["epochs_done"] == 1 and "test" in result
     tensors, meta = load_checkpoint(out / "last.safetensors", expect_model="lls_smallconv")
     assert meta["config"]["mode"] == "lls_m" and tensors["model.blocks.3.head"].shape == (10,)
+    assert meta["data"]["name"] == "fmnist" and meta["data"]["kind"] == "image set"
+    assert len(meta["data"]["sha256"]) == 64 and meta["data"]["settings"]["image_size"] == 28
+    assert str(tmp_path) not in json.dumps(meta)  # provenance is portable: no path of this machine
     assert (out / "metrics.jsonl").is_file()
 
 

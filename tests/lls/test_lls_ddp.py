@@ -43,9 +43,9 @@ def _worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
             learner.train_step([torch.rand(8, 1, 16, 16, generator=g)], torch.randint(0, 4, (8,), generator=g))
         flat = _flat(learner)
         result["synced" if synced else "unsynced"] = {k: _spread(v) for k, v in flat.items()}
-        result["optimizers"] = len(learner.optimizers)
+        result["optimizers"] = len(learner.optim.optimizers)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    from edgeml.train import finish_distributed
+    from edgeml.training.distributed import finish_distributed
 
     finish_distributed()  # barrier, destroy, exit without finalisation (gloo can abort a finished rank there)
 

@@ -1,4 +1,4 @@
-"""LLS nets through the shared training loop (`edgeml.train.train`): checkpoints with local heads, resume."""
+"""LLS nets through the shared training loop (`edgeml.training.loop.train`): checkpoints with local heads, resume."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from edgeml.data.idx import ArrayImageDataset
 from edgeml.io import load_checkpoint
 from edgeml.registry import create_model
-from edgeml.train import train
+from edgeml.training.loop import train
 
 
 def _data(n: int = 32) -> dict[str, ArrayImageDataset]:

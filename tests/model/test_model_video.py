@@ -143,7 +143,7 @@ def test_shipped_checkpoint_recognises_freshly_generated_clips(tmp_path):
     """Measured, not read back: the shipped weights classify synth videos of a seed they never saw."""
     from pathlib import Path
 
-    from edgeml.train import evaluate
+    from edgeml.training.evaluation import evaluate
     from edgeml.video.datasets import ClipDataset, build_clip_cache
     from edgeml.video.synth import make_synth_dataset
 

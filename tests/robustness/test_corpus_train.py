@@ -33,7 +33,7 @@ def _idx_fixture():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     """An IDX data folder and a finished one-epoch run of lls_smallconv on it."""
-    from edgeml.train import train_from_args
+    from edgeml.training.loop import train_from_args
 
     root = tmp_path_factory.mktemp("train_corpus")
     data = _idx_fixture().make_idx_folder(root / "idx", n_train=16, n_test=8, gz=False)

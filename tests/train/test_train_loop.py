@@ -1,7 +1,8 @@
-"""edgeml.train: checkpoints, metrics, resume (also after SIGKILL), DDP replicas, bad inputs, the CLI verb."""
+"""edgeml.training: checkpoints, metrics, resume (also after SIGKILL), DDP replicas, bad inputs, the CLI verb."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ from conftest import tiny_model
 
 from edgeml.errors import CheckpointError, DataError, InputError
 from edgeml.io import load_checkpoint
-from edgeml.train import BackpropLearner, Learner, evaluate, train
+from edgeml.training.evaluation import evaluate
+from edgeml.training.learners import BackpropLearner, Learner
+from edgeml.training.loop import train
 from edgeml.video.datasets import ClipDataset
 
 FAST = dict(batch_size=8, lr=3e-3, progress=False, threads=1)
@@ -39,13 +42,23 @@ def test_backprop_learner_follows_the_learner_protocol():
 
 def test_training_writes_checkpoints_metrics_and_spike_rates(tiny_clips, tmp_path):
     out = tmp_path / "run"
-    result = train(tiny_model(), tiny_clips, out, epochs=2, **FAST)
+    reports = []
+    result = train(tiny_model(), tiny_clips, out, epochs=2, on_epoch=reports.append, **FAST)
     assert {"last.safetensors", "best.safetensors", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
     tensors, meta = load_checkpoint(out / "last.safetensors", expect_model="video_spiking")
     assert meta["epoch"] == 2 and meta["config"]["size"] == "tiny"
     assert any(k.startswith("learner.opt0.") for k in tensors)  # optimizer moments travel with the weights
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines if "epoch" in x] == [1, 2]
+    # the epoch hook sees each epoch's record and the time of its training steps
+    assert [r.epoch for r in reports] == [1, 2] and [r.record for r in reports] == lines[:2]
+    assert all(0 < r.train_seconds <= r.record["seconds"] and r.train_cpu_seconds > 0 for r in reports)
+    # the data's provenance is portable: name, kind, content hash and settings, no path of this machine
+    index_sha256 = hashlib.sha256((tiny_clips / "index.json").read_bytes()).hexdigest()
+    assert meta["data"] == {"name": tiny_clips.name, "kind": "clip cache", "sha256": index_sha256,
+                            "settings": {"clip_len": 4, "grid": 4, "size": [32, 32], "accumulate": "iframe",
+                                         "resize": "crop"}}
+    assert str(tiny_clips.parent) not in json.dumps(meta)
     val = lines[0]["val"]
     assert set(val) >= {"top1", "top5", "confusion", "per_class_acc", "spike_rates"}
     assert len(val["confusion"]) == 8 and sum(map(sum, val["confusion"])) == val["samples"]
@@ -103,7 +116,10 @@ DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_model
-from edgeml.train import epoch_indices, evaluate, finish_distributed, train
+from edgeml.training.data import epoch_indices
+from edgeml.training.distributed import finish_distributed
+from edgeml.training.evaluation import evaluate
+from edgeml.training.loop import train
 from edgeml.io import save_checkpoint
 model = tiny_model(seed=int(__import__("os").environ["RANK"]))  # different init per rank: the learner syncs it
 train(model, {data!r}, {out!r}, epochs=1, batch_size=8, lr=3e-3, progress=False, stop_after_steps=3)

@@ -15,7 +15,7 @@ from conftest import tiny_model
 
 from edgeml.errors import CheckpointError, DataError, InputError
 from edgeml.io import load_checkpoint, save_checkpoint
-from edgeml.train import train
+from edgeml.training.loop import train
 
 FAST = dict(batch_size=8, lr=3e-3, progress=False, threads=1)
 
