@@ -107,7 +107,8 @@ class MiniLMText:
     is causal: a token's state depends only on the tokens before it, so "a red circle" puts "circle" into the
     states of "circle" and [SEP] only, never into "a" or "red". Padding positions are zeroed (keys and values 0
     in every cross-attention), so the UNet is conditioned on the real tokens alone. `causal=False` gives the
-    plain bidirectional model (there every state carries every word, see docs/architecture.md §6 and benchmarks/cure_eval.py).
+    plain bidirectional model (there every state carries every word, see docs/architecture.md §6 and
+    benchmarks/cure_eval.py).
     Also a CURE `TextEncoder` (`width`, `encode`), so edits are built from exactly the states the UNet reads.
     """
 
