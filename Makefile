@@ -5,10 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.edgeml-installed
-EXTRAS ?= dev,export,cure,tvm,lls
+EXTRAS ?= dev,export,cure,tvm,lls,ray
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
-# Debian packages used by tests and benchmarks (installed when we are root and apt-get exists).
-SYSTEM_PACKAGES ?= dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
+# Debian packages used by the build, tests and benchmarks (installed when we are root and apt-get exists);
+# libeigen3-dev: the LLS engine's GEMM kernel (header-only; the build stops with a message naming it when absent).
+SYSTEM_PACKAGES ?= libeigen3-dev dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
 
 .PHONY: test test-random demo build system-deps lint clean cross-test
 
@@ -16,8 +17,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): $(PY) $(SOURCES)
+# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build. The Debian packages come first
+# (order-only: they must be there before CMake runs, without forcing a reinstall on every make).
+$(STAMP): $(PY) $(SOURCES) | system-deps
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
 	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
@@ -36,14 +38,14 @@ system-deps:
 	      || echo "warning: could not install$$missing; tests that need them say so"; fi; \
 	else echo "not root or no apt-get: skipping Debian packages ($(SYSTEM_PACKAGES))"; fi
 
-test: $(STAMP) system-deps
+test: system-deps $(STAMP)
 	$(PY) -m pytest
 
 # The same suite in a shuffled order (a new seed each run; rerun one: pytest -p randomly --randomly-seed=N).
-test-random: $(STAMP) system-deps
+test-random: system-deps $(STAMP)
 	$(PY) -m pytest -p randomly
 
-demo: $(STAMP) system-deps
+demo: system-deps $(STAMP)
 	$(VENV)/bin/edgeml info
 	@if $(VENV)/bin/edgeml demo --help >/dev/null 2>&1; then $(VENV)/bin/edgeml demo; fi
 

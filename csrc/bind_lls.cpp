@@ -56,8 +56,8 @@ py::str utf8_message(const char* text) {
 struct EngineHandle {
   lls::Engine engine;
   EngineHandle(const std::string& path, int batch, size_t arena_bytes, int train_last, float lr,
-               const std::string& optimizer)
-      : engine(lls::read_pack(path), lls::EngineOptions{batch, arena_bytes, train_last, lr, optimizer}) {}
+               const std::string& optimizer, int threads)
+      : engine(lls::read_pack(path), lls::EngineOptions{batch, arena_bytes, train_last, lr, optimizer, threads}) {}
 };
 
 py::tuple local_loss_grad(const py::object& a_obj, const py::object& labels_obj, const std::string& mode, int pool,
@@ -188,9 +188,11 @@ void bind_lls(py::module_& m) {
   });
 
   py::class_<EngineHandle>(m, "LLSEngine", "The C++ LLS fine-tuning engine over one pack (csrc/lls).")
-      .def(py::init<const std::string&, int, size_t, int, float, const std::string&>(), py::arg("path"),
+      .def(py::init<const std::string&, int, size_t, int, float, const std::string&, int>(), py::arg("path"),
            py::arg("batch"), py::arg("arena_bytes") = 0, py::arg("train_last") = -1, py::arg("lr") = -1.0f,
-           py::arg("optimizer") = "")
+           py::arg("optimizer") = "", py::arg("threads") = 0,
+           "threads: kernel threads (0: one per processor this process may use); a fixed count gives "
+           "bit-identical results.")
       .def("train_step",
            [](EngineHandle& h, const py::object& x_obj, const py::object& labels_obj) {
              auto x = images_of(h.engine, x_obj);
@@ -252,6 +254,7 @@ void bind_lls(py::module_& m) {
            "Write the pack with the current weights (atomically).")
       .def_property_readonly("classes", [](const EngineHandle& h) { return h.engine.classes(); })
       .def_property_readonly("batch", [](const EngineHandle& h) { return h.engine.batch(); })
+      .def_property_readonly("threads", [](const EngineHandle& h) { return h.engine.threads(); })
       .def_property_readonly("input_shape", [](const EngineHandle& h) { return h.engine.input_shape(); })
       .def_property_readonly("required_bytes", [](const EngineHandle& h) { return h.engine.required_bytes(); })
       .def_property_readonly("arena_bytes", [](const EngineHandle& h) { return h.engine.arena_capacity(); })

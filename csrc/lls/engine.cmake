@@ -1,16 +1,46 @@
 # The LLS engine as a CPU-only static library (edgeml_lls) and its two programs: edgeml-finetune and the C++
-# tests. Included by csrc/programs.cmake (the package build) and csrc/lls/CMakeLists.txt (the stand-alone and
-# aarch64 cross build); expects EDGEML_LLS_DIR = csrc/lls. Programs need neither CUDA nor Python at run time.
+# tests. Included by csrc/programs.cmake (the package build, which also links edgeml_lls into edgeml._C) and
+# csrc/lls/CMakeLists.txt (the stand-alone and aarch64 cross build); expects EDGEML_LLS_DIR = csrc/lls.
+# Programs need neither CUDA nor Python at run time.
+include(CheckCXXCompilerFlag)
 file(GLOB EDGEML_LLS_SOURCES CONFIGURE_DEPENDS ${EDGEML_LLS_DIR}/*.cpp)
 list(FILTER EDGEML_LLS_SOURCES EXCLUDE REGEX ".*_main\\.cpp$")
 add_library(edgeml_lls STATIC ${EDGEML_LLS_SOURCES})
 target_include_directories(edgeml_lls PUBLIC ${EDGEML_LLS_DIR}/..)
 target_compile_options(edgeml_lls PRIVATE -Wall -Wextra -Wpedantic)
-# Optional: split the GEMM rows / depthwise channels across OpenMP threads (results do not depend on the count).
-option(EDGEML_LLS_OPENMP "Multi-thread the LLS engine kernels of the standalone programs with OpenMP" OFF)
-if(EDGEML_LLS_OPENMP)
-  find_package(OpenMP REQUIRED COMPONENTS CXX)
-  target_link_libraries(edgeml_lls PUBLIC OpenMP::OpenMP_CXX)
+
+# The GEMM kernel is Eigen's (header-only, so the aarch64 cross build needs nothing for the target).
+find_package(Eigen3 3.3 CONFIG QUIET)
+if(NOT TARGET Eigen3::Eigen)
+  message(FATAL_ERROR "edgeml: the LLS engine needs Eigen >= 3.3 (header-only): install it (Debian/Ubuntu: "
+                      "apt-get install libeigen3-dev, or `make system-deps` as root; macOS: brew install eigen) "
+                      "or point CMake at it with -DEigen3_DIR=<prefix>/share/eigen3/cmake")
+endif()
+target_link_libraries(edgeml_lls PRIVATE Eigen3::Eigen)
+
+# The engine is compiled on the machine that runs it: target its vector ISA (AVX2/FMA/AVX-512, NEON, ...).
+# Eigen picks its kernel at compile time, and with plain SSE2 its GEMM runs at less than half the speed.
+# -mtune=generic: GCC 12's -mtune=znver3 (what -march=native implies on Zen 3/4) made Eigen's GEMM
+# 1.2-1.9x slower in csrc/lls micro-benchmarks. Cross builds keep the toolchain's baseline (aarch64: NEON).
+option(EDGEML_LLS_NATIVE "Compile the LLS engine for this machine's CPU (-march=native)" ON)
+if(EDGEML_LLS_NATIVE AND NOT CMAKE_CROSSCOMPILING)
+  check_cxx_compiler_flag("-march=native" EDGEML_HAS_MARCH_NATIVE)
+  check_cxx_compiler_flag("-mtune=generic" EDGEML_HAS_MTUNE_GENERIC)
+  if(EDGEML_HAS_MARCH_NATIVE)
+    target_compile_options(edgeml_lls PRIVATE -march=native)
+    if(EDGEML_HAS_MTUNE_GENERIC)
+      target_compile_options(edgeml_lls PRIVATE -mtune=generic)
+    endif()
+  endif()
+endif()
+
+# Threads: a pool of std::threads (lls/parallel.h). OpenMP only for its `simd` reductions (no runtime library):
+# one OpenMP runtime fewer in a process that also holds PyTorch's.
+find_package(Threads REQUIRED)
+target_link_libraries(edgeml_lls PUBLIC Threads::Threads)
+check_cxx_compiler_flag("-fopenmp-simd" EDGEML_HAS_OPENMP_SIMD)
+if(EDGEML_HAS_OPENMP_SIMD)
+  target_compile_options(edgeml_lls PRIVATE -fopenmp-simd)
 endif()
 
 add_executable(edgeml-finetune ${EDGEML_LLS_DIR}/finetune_main.cpp)

@@ -110,6 +110,9 @@ void read_optimizer(const Json& o, OptimizerSpec& spec) {
 Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path), header_text_(pack.header_text),
                                                                    table_(pack.tensors), batch_(options.batch) {
   if (batch_ <= 0) throw PackError("batch must be positive, got " + std::to_string(batch_));
+  if (options.threads < 0 || options.threads > 1024)
+    throw PackError("threads must lie in [0, 1024] (0: one per processor), got " + std::to_string(options.threads));
+  threads_ = options.threads ? options.threads : available_threads();
   if (options.train_last == 0)
     throw PackError(path_ + ": training the last 0 blocks trains nothing; train at least the last block");
   std::map<std::string, int> by_name;
@@ -209,7 +212,7 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
             elements({ws[1], ws[2], ws[3], op.conv.ho(), op.conv.wo()}, where + " im2col matrix");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = op.conv.cout, op.out_h = op.conv.ho(), op.out_w = op.conv.wo();
-            max_scratch_ = std::max(max_scratch_, op.conv.scratch());
+            max_scratch_ = std::max(max_scratch_, op.conv.scratch(threads_));
             break;
           }
           case OpKind::Linear: {
@@ -222,6 +225,8 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
             in_range(ws[0], 1, kMaxElements, where + " weight rows");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = static_cast<int>(ws[0]);
+            max_scratch_ = std::max(max_scratch_, linear_scratch(batch_, static_cast<int>(op.in_size()), op.out_c,
+                                                                 threads_));
             break;
           }
           case OpKind::BatchNorm:
@@ -381,6 +386,7 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
                      "); use a smaller batch or a smaller net");
   }
   carve(arena_);
+  pool_ = std::make_unique<ThreadPool>(threads_);
 
   // Fill: weights from the pack, zeroed optimizer state, the bases of trainable LLS heads.
   for (size_t i = 0; i < table_.size(); ++i) {
@@ -421,7 +427,7 @@ void Engine::carve(Arena& a) {
   const size_t bsz = static_cast<size_t>(batch_);
   act_[0] = a.alloc<float>(bsz * max_act_, "activations");
   act_[1] = a.alloc<float>(bsz * max_act_, "activations");
-  scratch_ = a.alloc<float>(std::max<size_t>(max_scratch_, 1), "im2col scratch");
+  scratch_ = a.alloc<float>(std::max<size_t>(max_scratch_, 1), "kernel scratch");
   if (max_deq_) deq_ = a.alloc<float>(max_deq_, "int8 dequantisation");
   if (max_grad_) {
     grad_[0] = a.alloc<float>(bsz * max_grad_, "block gradients");
@@ -466,29 +472,30 @@ void Engine::run_op(Block& blk, Op& op, int j, const float* in, float* out, int 
   switch (op.kind) {
     case OpKind::Conv2d: {
       const float* bias = weight(op, 1);
-      conv2d_forward(op.conv, n, in, weight(op, 0), bias, out, scratch_);
+      conv2d_forward(op.conv, n, in, weight(op, 0), bias, out, scratch_, threads_);
       break;
     }
     case OpKind::Linear: {
       const float* bias = weight(op, 1);
-      linear_forward(n, static_cast<int>(op.in_size()), op.out_c, in, weight(op, 0), bias, out);
+      linear_forward(n, static_cast<int>(op.in_size()), op.out_c, in, weight(op, 0), bias, out, scratch_, max_scratch_,
+                     threads_);
       break;
     }
     case OpKind::BatchNorm:
       batchnorm_forward(n, op.in_c, op.in_h * op.in_w, in, weight(op, 0), weight(op, 1), weight(op, 2),
-                        weight(op, 3), op.eps, out);
+                        weight(op, 3), op.eps, out, threads_);
       break;
     case OpKind::LeakyReLU:
-      leaky_relu_forward(static_cast<size_t>(n) * op.in_size(), in, op.slope, out);
+      leaky_relu_forward(static_cast<size_t>(n) * op.in_size(), in, op.slope, out, threads_);
       break;
     case OpKind::MaxPool:
-      maxpool_forward(op.pool, n, in, out, blk.argmax[j]);
+      maxpool_forward(op.pool, n, in, out, blk.argmax[j], threads_);
       break;
     case OpKind::AvgPool:
-      avgpool_forward(op.pool, n, in, out);
+      avgpool_forward(op.pool, n, in, out, threads_);
       break;
     case OpKind::AdaptiveAvgPool:
-      adaptive_avgpool_forward(n, op.in_c, op.in_h, op.in_w, op.out_h, op.out_w, in, out);
+      adaptive_avgpool_forward(n, op.in_c, op.in_h, op.in_w, op.out_h, op.out_w, in, out, threads_);
       break;
     case OpKind::Flatten:
       break;
@@ -499,6 +506,7 @@ void Engine::forward(const float* x, int n, float* logits) {
   if (n <= 0 || n > batch_)
     throw std::runtime_error("batch of " + std::to_string(n) + " samples; this engine was sized for 1.." +
                              std::to_string(batch_));
+  PoolScope threads(pool_.get());
   const float* cur = x;
   for (Block& blk : blocks_)
     for (size_t j = 0; j < blk.ops.size(); ++j) {
@@ -543,36 +551,40 @@ void Engine::train_block(Block& blk, const float* in, const int32_t* labels, int
     float* gb = b && b->trainable ? b->grad : nullptr;
     switch (op.kind) {
       case OpKind::Conv2d:
-        if (gw) conv2d_weight_grad(op.conv, n, x, g, gw, gb, scratch_);
+        if (gw) conv2d_weight_grad(op.conv, n, x, g, gw, gb, scratch_, threads_);
         else if (gb) bias_grad(n, op.out_c, op.out_h * op.out_w, g, gb);
         if (j > 0) {
-          conv2d_input_grad(op.conv, n, weight(op, 0), g, other, scratch_);
+          conv2d_input_grad(op.conv, n, weight(op, 0), g, other, scratch_, threads_);
           g = other;
         }
         break;
       case OpKind::Linear:
-        if (gw) linear_weight_grad(n, static_cast<int>(op.in_size()), op.out_c, x, g, gw, gb);
+        if (gw)
+          linear_weight_grad(n, static_cast<int>(op.in_size()), op.out_c, x, g, gw, gb, scratch_, max_scratch_,
+                             threads_);
         else if (gb) bias_grad(n, op.out_c, 1, g, gb);
         if (j > 0) {
-          linear_input_grad(n, static_cast<int>(op.in_size()), op.out_c, weight(op, 0), g, other);
+          linear_input_grad(n, static_cast<int>(op.in_size()), op.out_c, weight(op, 0), g, other, scratch_,
+                            max_scratch_, threads_);
           g = other;
         }
         break;
       case OpKind::BatchNorm:
         batchnorm_backward(n, op.in_c, op.in_h * op.in_w, x, g, weight(op, 0), weight(op, 2), weight(op, 3), op.eps,
-                           j > 0 ? g : nullptr, gw, gb);
+                           j > 0 ? g : nullptr, gw, gb, threads_);
         break;
       case OpKind::LeakyReLU:
-        leaky_relu_backward(static_cast<size_t>(n) * op.out_size(), blk.saved[j], g, op.slope, g);
+        leaky_relu_backward(static_cast<size_t>(n) * op.out_size(), blk.saved[j], g, op.slope, g, threads_);
         break;
       case OpKind::MaxPool:
-        if (j > 0) maxpool_backward(op.pool, n, g, blk.argmax[j], other), g = other;
+        if (j > 0) maxpool_backward(op.pool, n, g, blk.argmax[j], other, threads_), g = other;
         break;
       case OpKind::AvgPool:
-        if (j > 0) avgpool_backward(op.pool, n, g, other), g = other;
+        if (j > 0) avgpool_backward(op.pool, n, g, other, threads_), g = other;
         break;
       case OpKind::AdaptiveAvgPool:
-        if (j > 0) adaptive_avgpool_backward(n, op.in_c, op.in_h, op.in_w, op.out_h, op.out_w, g, other), g = other;
+        if (j > 0)
+          adaptive_avgpool_backward(n, op.in_c, op.in_h, op.in_w, op.out_h, op.out_w, g, other, threads_), g = other;
         break;
       case OpKind::Flatten:
         break;
@@ -604,6 +616,7 @@ const StepResult& Engine::train_step(const float* x, const int32_t* labels, int 
   for (size_t i = 0; i < blocks_.size(); ++i)
     if (blocks_[i].trainable) last = static_cast<int>(i);
   if (last < 0) throw std::runtime_error("no block is trainable: a step would train nothing (pass train_last >= 1)");
+  PoolScope threads(pool_.get());
   StepResult& res = result_;
   res.losses.clear();  // capacity reserved at load: no allocation here
   const float* cur = x;

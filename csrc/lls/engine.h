@@ -3,11 +3,15 @@
 // optimizer update, keeping one block's activations alive at a time. Every buffer lives in one arena
 // sized at load; a step allocates nothing.
 //
+// Kernels: im2col + GEMM on Eigen's blocked kernel (lls/gemm.h) with its packing buffers in the arena, cut into
+// `threads` parts (lls/parallel.h): for a fixed thread count two runs give bit-identical weights.
+//
 // Precision: float32 everywhere. A pack may store the weights of FROZEN conv/linear layers as int8 with one
 // scale per output channel (dequantised layer by layer into a scratch buffer); trainable blocks are always
 // float32 and updated in float32.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +19,7 @@
 #include "lls/local_loss.h"
 #include "lls/ops.h"
 #include "lls/optim.h"
+#include "lls/parallel.h"
 #include "lls/pack.h"
 
 namespace edgeml::lls {
@@ -69,6 +74,7 @@ struct EngineOptions {
   int train_last = -1;        // -1: the pack's trainable flags; N >= 1: train exactly the last N blocks (0: error)
   float lr = -1.0f;           // < 0: the pack's optimizer lr; else finite > 0
   std::string optimizer;      // empty: the pack's optimizer; else "sgd" | "adamw"
+  int threads = 0;            // 0: one per processor this process may use; N >= 1: N (results fixed for a given N)
 };
 
 struct StepResult {
@@ -87,6 +93,7 @@ class Engine {
 
   int classes() const { return classes_; }
   int batch() const { return batch_; }
+  int threads() const { return threads_; }
   const std::vector<long>& input_shape() const { return input_shape_; }
   size_t input_size() const { return static_cast<size_t>(input_shape_[0]) * input_shape_[1] * input_shape_[2]; }
   size_t required_bytes() const { return required_; }
@@ -122,6 +129,8 @@ class Engine {
   float scale_ = 1.0f;
   int classes_ = 0;
   int batch_ = 0;
+  int threads_ = 1;
+  std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers, started at load
   OptimizerSpec opt_;
   std::vector<Param> params_;
   std::vector<Block> blocks_;
@@ -131,7 +140,7 @@ class Engine {
   // Step buffers.
   float* act_[2] = {nullptr, nullptr};
   float* grad_[2] = {nullptr, nullptr};
-  float* scratch_ = nullptr;  // im2col / col2im
+  float* scratch_ = nullptr;  // im2col / col2im / GEMM packing / per-thread partial sums, for all threads
   float* deq_ = nullptr;      // dequantised int8 weight
   float* loss_scratch_ = nullptr;
   size_t max_act_ = 0, max_scratch_ = 0, max_deq_ = 0, max_loss_ = 0, max_grad_ = 0;

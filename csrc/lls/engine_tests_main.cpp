@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <cstdio>
@@ -14,7 +15,9 @@
 #include <vector>
 
 #include "lls/engine.h"
+#include "lls/gemm.h"
 #include "lls/json.h"
+#include "lls/parallel.h"
 
 using namespace edgeml::lls;
 
@@ -131,6 +134,49 @@ void test_conv_gradients(int groups, int stride, int pad, int cin, int cout) {
                           "): worst " + std::to_string(worst));
 }
 
+// The GEMM wrapper against a double-precision loop, for every transpose, with and without accumulation, in
+// the blocked path and in a workspace too small for Eigen's preferred blocks.
+void test_gemm() {
+  std::mt19937 rng(7);
+  double worst = 0;
+  for (int trial = 0; trial < 24; ++trial) {
+    const int m = 1 + static_cast<int>(rng() % 70), n = 1 + static_cast<int>(rng() % 90),
+              k = 1 + static_cast<int>(rng() % 80);
+    const bool ta = trial & 1, tb = trial & 2, acc = trial & 4, small = trial & 8;
+    const int lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 2, ldc = n + 3;
+    auto a = randn(static_cast<size_t>(lda) * (ta ? k : m), rng), b = randn(static_cast<size_t>(ldb) * (tb ? n : k), rng);
+    auto c = randn(static_cast<size_t>(ldc) * m, rng);
+    const auto c0 = c;
+    const size_t capacity = small ? 64 : gemm_workspace(m, n, k);
+    std::vector<float> ws(capacity + 16);
+    float* aligned = ws.data() + (16 - reinterpret_cast<uintptr_t>(ws.data()) / 4 % 16) % 16;
+    gemm(ta, tb, m, n, k, a.data(), lda, b.data(), ldb, acc, c.data(), ldc, aligned, capacity);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double s = acc ? c0[static_cast<size_t>(i) * ldc + j] : 0.0;
+        for (int p = 0; p < k; ++p)
+          s += static_cast<double>(ta ? a[static_cast<size_t>(p) * lda + i] : a[static_cast<size_t>(i) * lda + p]) *
+               (tb ? b[static_cast<size_t>(j) * ldb + p] : b[static_cast<size_t>(p) * ldb + j]);
+        worst = std::max(worst, std::fabs(s - c[static_cast<size_t>(i) * ldc + j]) / (1.0 + std::fabs(s)));
+      }
+  }
+  check(worst < 1e-4, "gemm matches a double loop: worst " + std::to_string(worst));
+}
+
+// Every part runs exactly once, whichever thread claims it, over many back-to-back jobs.
+void test_thread_pool() {
+  ThreadPool pool(3);
+  std::vector<int> hits(37, 0);
+  struct Ctx {
+    std::vector<int>* hits;
+  } ctx{&hits};
+  for (int job = 0; job < 2000; ++job)
+    pool.run(37, [](void* c, int t) { ++(*static_cast<Ctx*>(c)->hits)[static_cast<size_t>(t)]; }, &ctx);
+  bool ok = true;
+  for (int h : hits) ok = ok && h == 2000;
+  check(ok, "thread pool runs every part of every job exactly once");
+}
+
 // Pools are linear: backward must be the adjoint of forward (<P x, g> == <x, P^T g>).
 void test_pool_adjoints() {
   std::mt19937 rng(2);
@@ -243,9 +289,9 @@ std::string tiny_pack(const std::string& mode) {
   return path;
 }
 
-void test_engine_learns(const std::string& mode) {
+void test_engine_learns(const std::string& mode, int threads = 1) {
   const std::string path = tiny_pack(mode);
-  Engine e(read_pack(path), EngineOptions{8, 0, -1, -1.0f, ""});
+  Engine e(read_pack(path), EngineOptions{8, 0, -1, -1.0f, "", threads});
   std::mt19937 rng(5);
   auto x = randn(8 * 36, rng);
   std::vector<int32_t> labels = {0, 1, 2, 0, 1, 2, 0, 1};
@@ -268,8 +314,13 @@ void test_engine_learns(const std::string& mode) {
   Engine e2(again, EngineOptions{8, 0, -1, -1.0f, ""});
   check(max_rel(e2.get("w"), e.get("w")) == 0.0 && max_rel(e2.get("fc"), e.get("fc")) == 0.0,
         mode + ": saved pack holds the updated weights");
-  Engine e0(read_pack(path), EngineOptions{8, 0, -1, -1.0f, ""});
+  Engine e0(read_pack(path), EngineOptions{8, 0, -1, -1.0f, "", threads});
   check(max_rel(e0.get("w"), e.get("w")) > 0.0, mode + ": the input pack was not modified");
+  // The same steps on a fresh engine with the same thread count: bit-identical weights.
+  e0.train_step(x.data(), labels.data(), 8);
+  for (int i = 0; i < 40; ++i) e0.train_step(x.data(), labels.data(), 8);
+  check(e0.get("w") == e.get("w") && e0.get("fc") == e.get("fc"),
+        mode + ": a rerun with " + std::to_string(threads) + " thread(s) gives bit-identical weights");
   std::remove(out.c_str());
   std::remove(path.c_str());
 }
@@ -318,6 +369,8 @@ int main() {
       {"conv gradients, stride 2", [] { test_conv_gradients(1, 2, 1, 2, 3); }},
       {"grouped conv gradients", [] { test_conv_gradients(2, 1, 0, 4, 6); }},
       {"depthwise conv gradients", [] { test_conv_gradients(3, 2, 1, 3, 3); }},
+      {"depthwise conv gradients, stride 1", [] { test_conv_gradients(3, 1, 1, 3, 3); }},
+      {"depthwise conv gradients, no padding", [] { test_conv_gradients(4, 1, 0, 4, 4); }},
       {"pool adjoints", test_pool_adjoints},
       {"basis", test_basis},
       {"local loss lls", [] { test_local_loss(LocalMode::LLS); }},
@@ -326,6 +379,9 @@ int main() {
       {"engine lls", [] { test_engine_learns("lls"); }},
       {"engine lls_m", [] { test_engine_learns("lls_m"); }},
       {"engine lls_mxm", [] { test_engine_learns("lls_mxm"); }},
+      {"engine lls, 2 threads", [] { test_engine_learns("lls", 2); }},
+      {"gemm", test_gemm},
+      {"thread pool", test_thread_pool},
       {"bad packs", test_bad_packs},
   };
   for (const auto& [name, fn] : tests) {

@@ -1,9 +1,11 @@
 // edgeml-finetune: on-device LLS fine-tuning without Python.
 //   edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] [--epochs E] [--batch B] [--lr LR]
-//                   [--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--quiet]
+//                   [--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--threads N] [--quiet]
 // DIR holds uncompressed IDX files: train-images-idx3-ubyte + train-labels-idx1-ubyte (fine-tuning data) and,
 // optionally, t10k-* (held-out data for the accuracy before/after; else the training data is used).
-// Prints one JSON line with accuracy before/after, step latency, peak RSS and arena size; exit 2 on bad input.
+// --threads N: kernel threads (default: one per processor this process may use); a fixed N gives bit-identical
+// weights run after run. Prints one JSON line with accuracy before/after, step latency, peak RSS, arena size and
+// threads; exit 2 on bad input.
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -29,7 +31,7 @@ using namespace edgeml::lls;
 
 struct Args {
   std::string pack, data, out, blocks;
-  int epochs = 1, batch = 32, max_steps = -1;
+  int epochs = 1, batch = 32, max_steps = -1, threads = 0;
   unsigned seed = 0;
   float lr = -1.0f;
   std::string optimizer;
@@ -39,7 +41,8 @@ struct Args {
 
 const char kUsage[] =
     "usage: edgeml-finetune --pack IN --data DIR --out OUT [--blocks last:N] [--epochs E] [--batch B] [--lr LR] "
-    "[--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--quiet]";
+    "[--optimizer sgd|adamw] [--arena-bytes N] [--max-steps S] [--seed S] [--threads N (default: all processors)] "
+    "[--quiet]";
 
 // Error text on one line: control characters (a newline inside a hostile pack's tensor name) become '?'.
 std::string one_line(const std::string& text) {
@@ -108,6 +111,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--arena-bytes") a.arena_bytes = static_cast<size_t>(parse_int(k, v, 0, 1L << 40));
     else if (k == "--max-steps") a.max_steps = static_cast<int>(parse_int(k, v, 0, INT32_MAX));
     else if (k == "--seed") a.seed = static_cast<unsigned>(parse_int(k, v, 0, UINT32_MAX));
+    else if (k == "--threads") a.threads = static_cast<int>(parse_int(k, v, 1, 1024));
     else usage("unknown option " + k);
   }
   if (a.pack.empty() || a.data.empty() || a.out.empty()) usage("--pack, --data and --out are required");
@@ -218,6 +222,7 @@ int main(int argc, char** argv) {
     opt.train_last = parse_blocks(a.blocks);
     opt.lr = a.lr;
     opt.optimizer = a.optimizer;
+    opt.threads = a.threads;
     Engine engine(pack, opt);
     pack = Pack();  // the weights now live in the arena; drop the file image
     const ImageSet train = read_idx_split(a.data, "train");
@@ -269,10 +274,10 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"steps\": %d, \"batch\": %d, \"accuracy_before\": %.6f, \"accuracy_after\": %.6f, \"held_out\": %s, "
         "\"step_ms\": %.4f, \"step_ms_median\": %.4f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"peak_rss_kb\": %ld, \"arena_bytes\": %zu, "
-        "\"trainable_tensors\": %zu, \"out\": \"%s\"}\n",
+        "\"trainable_tensors\": %zu, \"threads\": %d, \"out\": \"%s\"}\n",
         steps, a.batch, before, after, held_out ? "true" : "false", steps ? 1e3 * step_seconds / steps : 0.0, 1e3 * median,
         first_loss, last_loss, peak_rss_kb(), engine.arena_capacity(), engine.trainable_tensors().size(),
-        a.out.c_str());
+        engine.threads(), a.out.c_str());
     return 0;
   } catch (const std::bad_alloc&) {
     fail("out of memory (the pack or the data is larger than this device can hold; try a smaller --batch)");

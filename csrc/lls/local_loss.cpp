@@ -67,7 +67,15 @@ float local_loss_grad(const LocalHead& head, int batch, const float* a, const in
       norms[b] = norm;
       for (int i = 0; i < D; ++i) z[i] /= norm;
     }
-    linear_forward(batch, D, K, zn, basis, nullptr, y0);
+    for (int b = 0; b < batch; ++b)
+      for (int j = 0; j < K; ++j) {
+        const float* z = zn + static_cast<size_t>(b) * D;
+        const float* row = basis + static_cast<size_t>(j) * D;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int i = 0; i < D; ++i) acc += z[i] * row[i];
+        y0[static_cast<size_t>(b) * K + j] = acc;
+      }
     for (int b = 0; b < batch; ++b)
       for (int j = 0; j < K; ++j) {
         const size_t o = static_cast<size_t>(b) * K + j;

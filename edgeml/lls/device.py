@@ -26,18 +26,25 @@ def _core() -> Any:
 
 
 class DeviceEngine:
-    """A loaded pack: `train_step(x, labels)`, `forward(x)`, `save(path)`; x [n, C, H, W] float32 in [-1, 1]."""
+    """A loaded pack: `train_step(x, labels)`, `forward(x)`, `save(path)`; x [n, C, H, W] float32 in [-1, 1].
+
+    `threads`: kernel threads (None: one per processor this process may use). For a fixed count, runs are
+    bit-identical; different counts differ only in float rounding (summation order of weight gradients).
+    """
 
     def __init__(self, path: str | PathLike, batch: int, *, arena_bytes: int = 0, train_last: int | None = None,
-                 lr: float | None = None, optimizer: str | None = None):
+                 lr: float | None = None, optimizer: str | None = None, threads: int | None = None):
         core = _core()
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError("pack not found", path=self.path, fix="write one with edgeml.lls.pack.write_pack")
+        if threads is not None and not 1 <= int(threads) <= 1024:
+            raise InputError(f"threads must lie in [1, 1024], got {threads}", fix="pass a positive thread count "
+                             "(or None: one per processor)")
         try:
             self._e = core.LLSEngine(str(self.path), int(batch), int(arena_bytes),
                                      -1 if train_last is None else int(train_last), -1.0 if lr is None else float(lr),
-                                     optimizer or "")
+                                     optimizer or "", 0 if threads is None else int(threads))
         except core.LLSPackError as e:
             raise CheckpointError(str(e)) from None
         except core.LLSArenaError as e:
@@ -208,12 +215,13 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
              blocks: str = "last:2", epochs: int = 1, batch: int = 32, lr: float | None = None,
              optimizer: str | None = None, limit: int | None = None, eval_limit: int | None = None,
              brightness: float = 0.0, contrast: float = 1.0, seed: int = 0, arena_bytes: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune a pack on device data with the C++ engine; write the updated pack to `out` atomically.
 
     `data`: a data set name or folder edgeml.data reads (train split fine-tunes, test split evaluates);
     `brightness`/`contrast`: an optional photometric shift applied to both splits (the "device domain").
-    Returns accuracy before/after on the test split, mean/median step latency, peak RSS and arena size.
+    `threads`: the engine's kernel threads (None: one per processor).
+    Returns accuracy before/after on the test split, mean/median step latency, peak RSS, arena size and threads.
     """
     import resource
     import time
@@ -236,7 +244,8 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
     if chosen != list(range(n_blocks - train_last, n_blocks)):
         raise InputError(f"--blocks {blocks}: the engine trains the last blocks of the net, not {chosen}",
                          fix="pass --blocks last:N or all")
-    engine = open_engine(pack, batch, arena_bytes=arena_bytes, train_last=train_last, lr=lr, optimizer=optimizer)
+    engine = open_engine(pack, batch, arena_bytes=arena_bytes, train_last=train_last, lr=lr, optimizer=optimizer,
+                         threads=threads)
     image_size = int(engine.input_shape[1])
     x_train, y_train = _dataset_arrays(data, "train", image_size, limit, seed)
     x_test, y_test = _dataset_arrays(data, "test", image_size, eval_limit, seed + 1)
@@ -280,7 +289,7 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
         "step_ms_mean": 1e3 * float(np.mean(times)) if times else 0.0,
         "step_ms_median": 1e3 * float(np.median(times)) if times else 0.0,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "arena_bytes": int(engine.arena_bytes),
+        "arena_bytes": int(engine.arena_bytes), "threads": int(engine.threads),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 

@@ -108,3 +108,23 @@ def test_aarch64_build_passes_its_tests_under_qemu(tmp_path):
                        text=True, env=TOOLS)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failure(s)" in r.stdout
+
+
+def test_standalone_finetune_threads_are_deterministic(programs, device_folder, tmp_path):
+    pack, data = device_folder
+    binary = str(programs / "edgeml-finetune")
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"tuned{i}.pack"
+        r = subprocess.run([binary, "--pack", str(pack), "--data", str(data), "--out", str(out), "--blocks", "last:2",
+                            "--batch", "8", "--threads", "2", "--quiet"], capture_output=True, text=True,
+                           env=scrubbed_env())
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["threads"] == 2
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True, env=scrubbed_env())
+    assert "--threads" in r.stdout
+    r = subprocess.run([binary, "--pack", str(pack), "--data", str(data), "--out", str(tmp_path / "o.pack"),
+                        "--threads", "0"], capture_output=True, text=True, env=scrubbed_env())
+    assert r.returncode == 2 and "--threads takes an integer" in r.stderr
