@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize-frozen", action="store_true",
                    help="with --checkpoint: store frozen blocks' weights as int8")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="engine threads (default: the processors this process may use); results are bit-identical "
+                        "for a fixed count")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(args.pack, args.data, args.out, model=args.model, blocks=args.blocks, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, optimizer=args.optimizer, limit=args.limit,
                       eval_limit=args.eval_limit, brightness=args.brightness, contrast=args.contrast,
-                      seed=args.seed, progress=not args.json)
+                      seed=args.seed, threads=args.threads, progress=not args.json)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
