@@ -62,22 +62,53 @@ def summary_rows(runs: Sequence[dict], names: Sequence[str]) -> list[dict[str, s
             "clip latency p99": _ms(s["clip_latency_p99_s"]),
             "clips/s (best batch)": _fmt(s["clips_per_s_best"]),
             f"speed-up vs {names[0]}": _fmt(speed, "×") if speed else "–",
+            "videos/s on Ray": _ray_rate(r),
             "J/video": _fmt(s["joules_per_video"]),
             "energy": s["energy_label"],
+            "front end / video": _front_end(r),
             "accuracy": _fmt(None if s["accuracy"] is None else 100 * s["accuracy"], " %"),
         })
     return rows
 
 
+def _ray_rate(r: dict) -> str:
+    """Aggregate videos/s of the Ray fan-out and its ratio to the single process, or '–'."""
+    ray = r.get("ray")
+    if not ray:
+        return "–"
+    return (f"{_fmt(ray['videos_per_s'])} ({ray['workers']} workers, {_fmt(ray['speedup_vs_single_process'])}× "
+            "one process)")
+
+
+def _front_end(r: dict) -> str:
+    """The front end's share of the energy column: inside a measured J/video, or its own measured CPU-seconds."""
+    e, fe = r["energy"], r["energy"].get("front_end")
+    if e["method"] == "measured" and "end-to-end" in str(e.get("scope", "")):
+        return "in J/video (the sensor spans decode + extraction + model)"
+    if fe and fe.get("cpu_s_per_video") is not None:
+        return f"{_fmt(fe['cpu_s_per_video'])} CPU-s — {fe['label']}"
+    return "–"
+
+
+def front_end_split(e: dict) -> tuple[float, float]:
+    """(seconds per video, fraction of the wall time) of the front end: decode + extraction kernels."""
+    n = max(e["videos"], 1)
+    seconds = e["split_s"]["decode"] + e["split_s"]["kernels"]
+    return seconds / n, e["split_fraction"]["decode"] + e["split_fraction"]["kernels"]
+
+
 def split_rows(runs: Sequence[dict], names: Sequence[str]) -> list[dict[str, str]]:
-    """Pipeline split per video (decode, kernels, model, other) for runs with an end-to-end part."""
+    """Pipeline split per video for runs with an end-to-end part: the front end (decode + extraction) against the
+    model, then each part (decode, kernels, model, other)."""
     rows = []
     for name, r in zip(names, runs, strict=True):
         e = r.get("end_to_end")
         if not e:
             continue
         n = max(e["videos"], 1)
+        front, share = front_end_split(e)
         rows.append({"run": name, "videos": str(e["videos"]), "clips": str(e["clips"]),
+                     "decode + extraction / video": f"{_ms(front)} ({100 * share:.0f} %)",
                      **{f"{k} / video": f"{_ms(e['split_s'][k] / n)} ({100 * e['split_fraction'][k]:.0f} %)"
                         for k in SPLIT_KEYS}})
     return rows
@@ -112,6 +143,9 @@ def energy_notes(runs: Sequence[dict], names: Sequence[str]) -> list[str]:
                     else est.get("error", "no estimate"))
         else:
             what = f"{e['label']}, {e.get('scope', '')}"
+        if e.get("front_end"):
+            what += (f"; beside it, the front end (decode + extraction): {_fmt(e['front_end']['cpu_s_per_video'])} "
+                     f"CPU-s per video, {e['front_end']['label']}")
         if e.get("problems"):
             what += f" (sensors found but unusable: {'; '.join(e['problems'])})"
         notes.append(f"{name}: {what}")
@@ -319,15 +353,28 @@ def print_summary(r: dict) -> None:
         t.add_row("latency / video", f"median {_ms(lat['median_s'])}, p90 {_ms(lat['p90_s'])}, "
                   f"p99 {_ms(lat['p99_s'])}")
         n = max(e["videos"], 1)
+        front, share = front_end_split(e)
+        t.add_row("decode + extraction / video", f"{_ms(front)} ({100 * share:.0f} %) vs model "
+                  f"{_ms(e['split_s']['model'] / n)} ({100 * e['split_fraction']['model']:.0f} %)")
         t.add_row("pipeline split / video", ", ".join(f"{k} {_ms(e['split_s'][k] / n)} "
                                                       f"({100 * e['split_fraction'][k]:.0f} %)" for k in SPLIT_KEYS))
+    if r.get("ray"):
+        ray = r["ray"]
+        t.add_row("videos/s on Ray", f"{_fmt(ray['videos_per_s'])} with {ray['workers']} workers x "
+                  f"{ray['threads_per_worker']} thread(s) = {_fmt(ray['speedup_vs_single_process'])}× the single "
+                  f"process ({_fmt(ray['single_process_videos_per_s'])} videos/s)")
     for b in r["model_only"]["batches"]:
         if "error" in b:
             t.add_row(f"model-only batch {b['batch']}", f"not run: {b['error']}")
         else:
             t.add_row(f"model-only batch {b['batch']}", f"median {_ms(b['median_s'])}, p90 {_ms(b['p90_s'])}, "
                       f"p99 {_ms(b['p99_s'])}, {_fmt(b['items_per_s'])} clips/s")
-    t.add_row("energy / video", f"{_fmt(s['joules_per_video'])} J — {s['energy_label']}")
+    scope = str(r["energy"].get("scope", "")).split(";")[0].split(", ")[0]  # e.g. "model only (op count x ...)"
+    t.add_row("energy / video", f"{_fmt(s['joules_per_video'])} J — {s['energy_label']}" + (f", {scope}" if scope
+                                                                                             else ""))
+    if r["energy"].get("front_end"):
+        fe = r["energy"]["front_end"]
+        t.add_row("front end / video", f"{_fmt(fe['cpu_s_per_video'])} CPU-s — {fe['label']}")
     est = r["energy"].get("estimate", {})
     if r["energy"]["method"] == "estimated" and est.get("table") is not None:
         t.add_row("energy table", f"{est['table']}: {est['pj_per_mac']} pJ/MAC, {est['pj_per_ac']} pJ/AC "

@@ -6,8 +6,11 @@ Two measurements per run:
 - end-to-end (`input="data"` only): for each of N videos, decode + motion-vector/residual extraction + model,
   -> videos/s, per-video latency and the split between decode, kernels and model.
 
-Energy per video comes from every power meter found (RAPL / NVML / INA3221, labelled "measured (...)"); where
-there is none it is the op-count estimate, labelled "estimated (no power sensor)" with its energy table.
+Energy per video comes from every power meter found (RAPL / NVML / INA3221, labelled "measured (...)"), over the
+whole end-to-end span (decode + extraction + model); where there is none it is the op-count estimate of the model,
+labelled "estimated (no power sensor)" with its energy table, and beside it the front end's measured CPU-seconds per
+video (decode + extraction), labelled as such. With `engine="ray"` the same videos also run as Ray tasks over workers
+that each hold one runtime session (a Ray actor per worker): aggregate videos/s next to the single-process figure.
 Results are one JSON document with a schema name and version (`load_results` checks both).
 """
 
@@ -35,6 +38,7 @@ SCHEMA = "edgeml.bench"
 SCHEMA_VERSION = 1
 BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "tvm", "trt")
 ESTIMATED_LABEL = "estimated (no power sensor)"
+FRONT_END_LABEL = "measured CPU time of decode + extraction (no power sensor, so not joules)"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 # backend -> (module to import, PyPI package, edgeml extra)
@@ -270,19 +274,30 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
           target: str | None = None, input: str = "random", data: str | Path | None = None, videos: int = 8,
           checkpoint: str | Path | None = None, random_init: bool = False, batch_sizes: Sequence[int] = (1, 2, 4, 8),
           warmup: int = 3, repeats: int = 20, max_seconds: float = 10.0, threads: int | None = None,
-          out: str | Path | None = None, meters: MeterSet | None = None, progress: bool = True) -> dict:
+          out: str | Path | None = None, meters: MeterSet | None = None, progress: bool = True,
+          engine: str = "local", address: str | None = None, workers: int | None = None) -> dict:
     """Benchmark `model` (or the export folder `artefact`) on `backend`; returns the results dict (schema 1).
 
     `input="data"` decodes `videos` files from `data` end to end and times the model on their clips;
     `input="random"` times the model only, on random tensors. `threads` fixes the CPU threads of every backend
     (recorded; on a shared machine 1 thread avoids the collapse of spinning thread pools) for this call only:
     torch's thread count and TVM_NUM_THREADS are restored when it returns. `out` writes the JSON.
+    `engine="ray"` (with `input="data"`) also fans the videos out over `workers` Ray workers (None: every CPU of the
+    cluster at `address`, or of a local instance started for the call), each holding one session with `threads`
+    threads (default 1) -> results["ray"]: aggregate videos/s next to the single-process figure.
     """
+    from edgeml.video.engines import check_engine
+
     check_backend(backend)
+    check_engine(engine, address)
     if input not in ("data", "random"):
         raise InputError(f"unknown --input {input!r}", fix="use 'data' (real videos) or 'random'")
     if input == "data" and data is None:
         raise InputError("--input data needs --data DIR (a folder of videos)")
+    if engine == "ray" and input != "data":
+        raise InputError("--engine ray fans videos out over workers: it needs --input data --data DIR")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError(f"--workers must be an integer >= 1, got {workers!r}")
     if videos < 1:
         raise InputError(f"--videos must be >= 1, got {videos}")
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
@@ -325,6 +340,11 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
                                                       progress)
             results["end_to_end"] = e2e["timing"]
             results["accuracy"] = e2e["accuracy"]
+            if engine == "ray":
+                spec = {"artefact": str(artefact), "backend": backend} if artefact is not None else \
+                    {"model": model_name, "checkpoint": None if checkpoint is None else str(checkpoint)}
+                results["ray"] = _end_to_end_ray(spec, clip_settings(manifest), list_videos(data, videos), workers,
+                                                 address, threads, e2e["timing"]["videos_per_s"])
             n_videos = e2e["timing"]["videos"]
             clips_per_video = e2e["timing"]["clips"] / max(n_videos, 1)
         else:
@@ -339,7 +359,7 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
                                             meters, fixed_batch=_fixed_batch(manifest))
         results["energy"] = _energy(readings, n_videos, clips_per_video, results["model_only"], meters,
                                     torch_model, model_name, config, manifest, checkpoint, sample_feeds,
-                                    input_names, artefact, backend)
+                                    input_names, artefact, backend, results["end_to_end"])
         results["summary"] = _summary(results)
     if out is not None:
         write_json(out, results)
@@ -399,6 +419,7 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
     classes = manifest.get("classes") or _model_config(manifest).get("classes")
     files = list_videos(data, n)
     per_video, split = [], {"decode": 0.0, "kernels": 0.0, "model": 0.0, "other": 0.0}
+    cpu = {"decode": 0.0, "kernels": 0.0}  # the front end's own CPU time (thread time of decode and kernels)
     correct, labelled, clips_total = 0, 0, 0
     first_feeds: dict[str, np.ndarray] | None = None
     # one untimed video warms the runtime (lazy init, allocator) so video 0 is not an outlier
@@ -417,6 +438,8 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
             split["kernels"] += ker
             split["model"] += t_model
             split["other"] += max(dt - dec - ker - t_model, 0.0)
+            cpu["decode"] += timings.get("decode_cpu", 0.0)
+            cpu["kernels"] += timings.get("kernels_cpu", 0.0)
             clips_total += next(iter(feeds.values())).shape[0]
             first_feeds = feeds if first_feeds is None else first_feeds
             if classes and cls in classes:
@@ -430,7 +453,8 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
     t = Timing(batch=1, warmup=1, samples=per_video)
     timing = {"videos": len(files), "clips": clips_total, "wall_s": wall, "videos_per_s": len(files) / wall,
               "latency": t.summary(), "split_s": split,
-              "split_fraction": {k: v / wall for k, v in split.items()}, "settings": settings}
+              "split_fraction": {k: v / wall for k, v in split.items()}, "settings": settings,
+              "front_end_cpu_s": cpu, "front_end_cpu_s_per_video": (cpu["decode"] + cpu["kernels"]) / len(files)}
     accuracy = {"top1": correct / labelled, "correct": correct, "videos": labelled} if labelled else None
     return {"timing": timing, "accuracy": accuracy}, first_feeds, list(readings)
 
@@ -438,8 +462,9 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
 def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, path: Path, settings: dict,
                timings: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
     """All clips of one video through the runtime, one clip per call -> (mean logits, feeds, model seconds)."""
+    # P-frames are converted to RGB only for models that read RGB frames (the RGB baselines), never for video_spiking
     clips = extract_clips(path, clip_len=settings["clip_len"], grid=settings["grid"], size=settings["size"],
-                          timings=timings)
+                          frames="frames" in input_names, timings=timings)
     if not clips:
         raise InputError("no complete clip in this video (too short for the clip length)", path=path)
     feeds = _stack(clips, input_names)
@@ -448,6 +473,66 @@ def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, pa
     logits = [runtime.run({k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(len(clips))]
     t_model = time.perf_counter() - t0
     return np.mean(np.concatenate(logits), axis=0), feeds, t_model
+
+
+class VideoWorker:
+    """A Ray actor (`edgeml bench --engine ray`): one runtime session, opened once, that takes videos end to end."""
+
+    def __init__(self, spec: dict, settings: dict, threads: int) -> None:
+        set_threads(threads)  # this actor's own process
+        if "artefact" in spec:
+            self.runtime = _open_runtime(Path(spec["artefact"]), spec["backend"], threads)
+        else:
+            from edgeml.registry import create_model, model_spec
+
+            model = create_model(spec["model"], checkpoint=spec["checkpoint"])
+            self.runtime = torch_runtime(model, model_spec(spec["model"]).input_names)
+        self.input_names = list(self.runtime.input_names)
+        self.settings = settings
+
+    def run(self, path: str) -> dict:
+        """One video: decode + extraction + model -> its seconds, split and predicted class."""
+        from edgeml.video.clips import extract_clips
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        logits, feeds, t_model = _run_video(self.runtime, self.input_names, extract_clips, Path(path), self.settings,
+                                            timings)
+        return {"seconds": time.perf_counter() - t0, "model": t_model, "decode": timings.get("decode", 0.0),
+                "kernels": timings.get("kernels", 0.0), "clips": int(next(iter(feeds.values())).shape[0]),
+                "top": int(np.argmax(logits))}
+
+
+def _end_to_end_ray(spec: dict, settings: dict, files: list[tuple[Path, str | None]], workers: int | None,
+                    address: str | None, threads: int | None, single_videos_per_s: float) -> dict:
+    """The same videos as Ray tasks over `workers` VideoWorker actors (one session each, `threads` threads, default
+    1), after one untimed video per actor -> aggregate videos/s and its ratio to the single-process figure. The
+    artefact (or checkpoint) and the videos must be on storage every node sees."""
+    from edgeml.video.engines import ray_session
+
+    per_worker = threads or 1
+    with ray_session(address, workers, "`edgeml bench --engine ray`") as ray:
+        from ray.util import ActorPool
+
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(VideoWorker)
+        actors = [actor.remote(spec, settings, per_worker) for _ in range(n)]
+        try:
+            ray.get([a.run.remote(str(files[0][0])) for a in actors])  # sessions open, lazy init done: untimed
+            t0 = time.perf_counter()
+            rows = list(ActorPool(actors).map_unordered(lambda a, v: a.run.remote(v), [str(p) for p, _ in files]))
+            wall = time.perf_counter() - t0
+        finally:
+            for a in actors:
+                ray.kill(a)
+    from edgeml.bench.timing import Timing
+
+    rate = len(files) / wall
+    return {"engine": "ray", "workers": n, "threads_per_worker": per_worker, "videos": len(files),
+            "clips": sum(r["clips"] for r in rows), "wall_s": wall, "videos_per_s": rate,
+            "single_process_videos_per_s": single_videos_per_s, "speedup_vs_single_process": rate / single_videos_per_s,
+            "latency": Timing(batch=1, warmup=1, samples=[r["seconds"] for r in rows]).summary(),
+            "split_s": {k: sum(r[k] for r in rows) for k in ("decode", "kernels", "model")}}
 
 
 def _fixed_batch(manifest: dict) -> int | None:
@@ -489,7 +574,10 @@ def _model_only(runtime: Any, feeds: dict[str, np.ndarray], batch_sizes: Sequenc
 
 def _energy(readings: list, videos: int, clips_per_video: float, model_only: dict, meters: MeterSet,
             torch_model: Any, model_name: str, config: dict, manifest: dict, checkpoint: Any,
-            feeds: dict[str, np.ndarray], input_names: list[str], artefact: str | Path | None, backend: str) -> dict:
+            feeds: dict[str, np.ndarray], input_names: list[str], artefact: str | Path | None, backend: str,
+            end_to_end: dict | None = None) -> dict:
+    """J/video: measured over the whole end-to-end span where a sensor read it; else the model's op-count estimate
+    with, beside it, the front end's measured CPU-seconds per video (each labelled)."""
     if readings and any(r.joules is not None for r in readings):
         out = _measured_energy(readings, videos)
         out["scope"] = "end-to-end (decode + extraction + model), whole sensor scope incl. idle power"
@@ -505,7 +593,11 @@ def _energy(readings: list, videos: int, clips_per_video: float, model_only: dic
         per_video = None if est["joules"] is None else est["joules"] * clips_per_video
         out = {"method": "estimated", "label": ESTIMATED_LABEL, "joules_per_video": per_video,
                "joules_per_clip": est["joules"], "clips_per_video": clips_per_video, "estimate": est,
-               "scope": "model only (op count x energy table); decode and extraction not included"}
+               "scope": "model only (op count x energy table); decode and extraction are not in it"}
+        if end_to_end is not None:
+            out["front_end"] = {"cpu_s_per_video": end_to_end["front_end_cpu_s_per_video"],
+                                "cpu_s": end_to_end["front_end_cpu_s"], "label": FRONT_END_LABEL}
+            out["scope"] += ": the front end's measured CPU-seconds per video stand beside it"
     out["problems"] = list(meters.problems)
     return out
 
@@ -547,6 +639,8 @@ def _summary(r: dict) -> dict:
         "joules_per_video": r["energy"]["joules_per_video"],
         "energy_label": r["energy"]["label"],
         "accuracy": r["accuracy"]["top1"] if r["accuracy"] else None,
+        "front_end_cpu_s_per_video": e2e.get("front_end_cpu_s_per_video") if e2e else None,
+        "videos_per_s_ray": r["ray"]["videos_per_s"] if r.get("ray") else None,
     }
 
 

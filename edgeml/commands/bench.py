@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edgeml.commands._args import nonneg_int, positive_int
+from edgeml.video.engines import ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--input data the whole pipeline on real videos (decode + motion-vector extraction + model) with "
         "videos/s and the decode/kernels/model split. Energy per video is measured by RAPL / NVML / Jetson "
         "INA3221 where a sensor exists, else estimated from op counts (and labelled so). Writes JSON "
-        "(schema-versioned) with --out.",
+        "(schema-versioned) with --out. With --engine ray the same videos also run as Ray tasks over workers that "
+        "each hold one session (aggregate videos/s next to the single-process figure).",
     )
     p.add_argument("--model", help="registered model name (e.g. video_spiking)")
     p.add_argument("--artefact", help="export folder from `edgeml export` (has manifest.json)")
@@ -33,6 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs per batch size (default 3)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed runs per batch size (default 20)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for every backend (default: each library's own)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="ray: also fan the --input data videos out over Ray workers, one session each "
+                   "(pip install 'edgeml[ray]'); default local (this process only)")
+    p.add_argument("--address", help="Ray cluster for --engine ray: 'auto' or HOST:PORT of its head (default: start a "
+                   "local instance)")
+    p.add_argument("--workers", type=positive_int,
+                   help="Ray workers (sessions) for --engine ray (default: every CPU of the cluster); each uses "
+                   "--threads threads (default 1)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     p.set_defaults(func=run)
@@ -54,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     results = bench(model=args.model, artefact=args.artefact, backend=args.backend, target=args.target,
                     input=args.input, data=args.data, videos=args.videos, checkpoint=args.checkpoint,
                     random_init=args.random_init, batch_sizes=args.batch_sizes, warmup=args.warmup,
-                    repeats=args.repeats, threads=args.threads, out=args.out, progress=not args.json)
+                    repeats=args.repeats, threads=args.threads, out=args.out, progress=not args.json,
+                    engine=args.engine, address=args.address, workers=args.workers)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

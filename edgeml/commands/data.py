@@ -9,6 +9,7 @@ from edgeml.commands._args import nonneg_int, positive_int, size_hw
 from edgeml.errors import InputError
 from edgeml.io import remove_stale_temps
 from edgeml.paths import refuse_overwrite
+from edgeml.video.engines import ENGINES
 
 
 def _output_file(path: str, inputs: list[str], flag: str) -> Path:
@@ -87,8 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = verbs.add_parser("build", help="build a clip cache from a folder of videos (resumable)",
                          description="Turn a folder of videos (synth / pre-split, UCF-101 or HMDB-51 with their "
                          "split files, or plain class folders) into safetensors clip shards + index.json, in "
-                         "parallel worker processes. Resumes an interrupted build; broken videos are skipped and "
-                         "reported.")
+                         "parallel worker processes of this machine (--engine local) or as Ray tasks across a "
+                         "cluster (--engine ray; CACHE on storage every node sees) — the same bytes either way. "
+                         "Resumes an interrupted build; broken videos are skipped and reported.")
     s.add_argument("source", help="folder of videos")
     s.add_argument("cache", help="output cache folder")
     s.add_argument("--clip-len", type=positive_int, default=8, help="P-steps per clip (default 8)")
@@ -99,7 +101,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resize", choices=("crop", "stretch"), default="crop",
                    help="crop = largest centred window of the model's aspect ratio, stretch = whole frame "
                    "(default crop)")
-    s.add_argument("--workers", type=nonneg_int, default=2, help="worker processes (default 2; 0 or 1 = in-process)")
+    s.add_argument("--workers", type=nonneg_int, default=None,
+                   help="videos extracted at a time: local worker processes (default 2; 0 or 1 = in-process), or "
+                   "Ray tasks in flight (default: every CPU of the cluster)")
+    s.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local = a process pool on this machine (default); ray = Ray tasks (pip install "
+                   "'edgeml[ray]'), on the cluster at --address or on a local instance started for the build")
+    s.add_argument("--address", help="Ray cluster to join with --engine ray: 'auto' (the one `ray start` started on "
+                   "this node) or HOST:PORT of its head (default: start a local instance)")
     s.add_argument("--no-accumulate", action="store_true", help="per-step fields/residuals instead of to I-frame")
     s.add_argument("--split", type=positive_int, default=1,
                    help="official split number for UCF-101/HMDB-51 (default 1)")
@@ -153,6 +162,6 @@ def run_build(args: argparse.Namespace) -> int:
         raise InputError("CACHE is a file; expected a folder", path=args.cache)
     cache = build_clip_cache(args.source, args.cache, clip_len=args.clip_len, grid=args.grid, size=args.size,
                              workers=args.workers, accumulate=not args.no_accumulate, split=args.split,
-                             resize=args.resize)
+                             resize=args.resize, engine=args.engine, address=args.address)
     print(cache_summary(cache))
     return 0

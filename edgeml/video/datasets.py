@@ -5,9 +5,10 @@ beside a `ucfTrainTestlist/` folder; val = train videos of groups g05, g10, ...,
 (`<root>/<class>/*.avi` beside `testTrainMulti_7030_splits/`; val = the videos a split leaves unused, id 0), and plain
 class folders (`<root>/<class>/*`; split 80/10/10 by a hash of the file name).
 
-The build runs videos in worker processes; each finished video is one shard written atomically, so a killed build
-resumes where it stopped (finished shards are reused, not redone). A video that cannot be decoded is skipped and
-reported (in `index.json` and on the console) instead of aborting the build.
+The build runs one function per video (`_extract_job`: one video -> one shard, written atomically by the function
+itself) on an engine (edgeml.video.engines): the local process pool, or Ray tasks across a cluster — the same bytes
+either way. A killed build resumes where it stopped (finished shards are reused, not redone). A video that cannot be
+decoded is skipped and reported (in `index.json` and on the console) instead of aborting the build.
 
 Mirror augmentation: a source folder may hold `mirror.json`, {"horizontal": {class: class, ...}, "vertical": {...}},
 the classes a mirrored video trades (the synth set writes one: left <-> right, cw <-> ccw); an axis with {} mirrors
@@ -19,16 +20,11 @@ nothing is mirrored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -37,67 +33,16 @@ import numpy as np
 from edgeml.errors import DataError, EdgeMLError
 from edgeml.io import read_json, sha256_file, write_json
 from edgeml.paths import confined, refuse_overwrite
+from edgeml.video.engines import die_with_parent, parallel_map, progress_bar, run_jobs
+
+__all__ = ["ClipDataset", "build_clip_cache", "cache_summary", "die_with_parent", "parallel_map", "progress_bar",
+           "read_index", "scan_layout"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT_VERSION = 1  # the shard layout (kept in settings.json: a cache of another layout is not resumed)
 INDEX_FORMAT = 2  # index.json; 2: every shard entry carries its sha256
 WORK_DIR = ".work"  # older builds' scratch folder (re-encodes); a build removes what a killed one left there
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, what: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar; yields advance(n=1). Silent when disabled."""
-    if not enabled or total == 0:
-        yield lambda n=1: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
-def parallel_map(fn: Callable[[Any], Any], jobs: list, workers: int, what: str, progress: bool = True, *,
-                 chunksize: int = 1) -> list:
-    """[fn(j) for j in jobs] in `workers` spawned processes (in order, with a progress bar); one worker runs here.
-    A worker that dies (killed, out of memory, or a calling script that starts work at import time) is an
-    EdgeMLError, not a bare BrokenProcessPool."""
-    results = []
-    with progress_bar(len(jobs), what, progress) as advance:
-        if workers <= 1 or len(jobs) < 2:
-            for j in jobs:
-                results.append(fn(j))
-                advance()
-            return results
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                for r in pool.map(fn, jobs, chunksize=chunksize):
-                    results.append(r)
-                    advance()
-        except BrokenProcessPool:
-            raise EdgeMLError(f"a {what} worker process exited abruptly after {len(results)} of {len(jobs)} jobs",
-                              fix="if you call edgeml from a script, guard its top level with "
-                                  "`if __name__ == '__main__':` (workers are spawned and re-import it); otherwise "
-                                  "check memory, or use workers=1. Finished work is kept: rerun to resume") from None
-    return results
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: the kernel kills this process (SIGKILL) when its parent dies, so a killed build or synth
-    leaves no orphan workers running (Linux prctl PR_SET_PDEATHSIG; elsewhere the pool's own shutdown only)."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
-        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------- layouts
@@ -235,13 +180,18 @@ def _shard_name(rel: str) -> str:
 
 
 def _extract_job(job: dict) -> dict:
-    """Worker: one video -> one shard (atomic) or a broken/skipped marker. Never raises for a bad video."""
+    """One video -> one shard (atomic) or a broken/skipped marker -> its status. Never raises for a bad video.
+    Idempotent: a shard or marker already there (a retried task, a rerun) is reported, not redone."""
     from safetensors.numpy import save
 
     from edgeml.io import write_bytes
     from edgeml.video.clips import video_clips
 
     out, marker = Path(job["shard"]), Path(job["marker"])
+    if out.is_file():
+        return {"video": job["rel"], "status": "ok", "clips": None, "sha256": sha256_file(out)}
+    if marker.is_file():
+        return read_json(marker)
     try:
         clips = video_clips(Path(job["video"]), clip_len=job["clip_len"], grid=job["grid"],
                             accumulate=job["accumulate"], size=tuple(job["size"]), resize=job["resize"])
@@ -255,7 +205,7 @@ def _extract_job(job: dict) -> dict:
                       "reason": f"no GOP with {job['clip_len']} P-frames (video too short for the clip length)"}
         else:
             arrays = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
-            data = save(arrays, metadata={"video": job["rel"], "clips": str(len(clips))})
+            data = _sorted_metadata(save(arrays, metadata={"video": job["rel"], "clips": str(len(clips))}))
             write_bytes(out, data)
             digest = hashlib.sha256(data).hexdigest()
             return {"video": job["rel"], "status": "ok", "clips": len(clips), "sha256": digest}
@@ -263,10 +213,31 @@ def _extract_job(job: dict) -> dict:
     return status
 
 
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file with its `__metadata__` keys in sorted order. safetensors writes them in hash-map order,
+    which changes from process to process, so the same clips gave other bytes (and another sha256) on every build;
+    sorted, a shard's bytes depend on its content only, whichever engine or worker wrote it. Same header length,
+    so every data offset stays."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for the same keys and values; keep the library's bytes rather than break offsets
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n:]
+
+
 def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike, *, clip_len: int = 8,
-                     grid: int = 4, size: tuple[int, int] = (64, 64), workers: int = 2, accumulate: bool = True,
-                     split: int = 1, progress: bool = True, resize: str = "crop") -> Path:
+                     grid: int = 4, size: tuple[int, int] = (64, 64), workers: int | None = 2,
+                     accumulate: bool = True, split: int = 1, progress: bool = True, resize: str = "crop",
+                     engine: str = "local", address: str | None = None) -> Path:
     """Videos under `source_dir` -> clip cache in `cache_dir` (resumable); returns `cache_dir`.
+
+    engine: "local" (`workers` processes of this host, None = 2) or "ray" (Ray tasks, at most `workers` at a time,
+    None = every CPU of the cluster; `address` "auto" | HOST:PORT joins a running cluster, None starts a local
+    instance). With Ray, `cache_dir` must be on storage every node sees: the tasks write the shards themselves.
 
     Per video: one clip per GOP (its I-frame + first `clip_len` P-steps), stored in compact dtypes in
     `shards/<name>.safetensors`: iframe uint8 [C,3,H,W], mv [C,T,2,H/g,W/g] (int16 for videos of the model's size,
@@ -278,9 +249,11 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
     untouched.
     """
     from edgeml.video.clips import RESIZE_POLICIES, check_model_size
+    from edgeml.video.engines import check_engine
     from edgeml.video.mv import GRIDS
 
     source, cache = Path(source_dir), Path(cache_dir)
+    check_engine(engine, address)
     if grid not in GRIDS:
         raise DataError(f"grid must be one of {GRIDS}, got {grid}")
     if clip_len < 1:
@@ -322,16 +295,17 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
             continue
         jobs.append({"video": str(video), "rel": rel, "shard": str(shard), "marker": str(marker), "size": list(size),
                      "clip_len": clip_len, "grid": grid, "accumulate": accumulate, "resize": resize})
-    results = parallel_map(_extract_job, jobs, workers, "clip cache", progress)
+    results = run_jobs(_extract_job, jobs, engine=engine, workers=workers, address=address, what="clip cache",
+                       progress=progress)
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
     digests = {r["video"]: r["sha256"] for r in results if r["status"] == "ok"}
-    return _write_index(cache, settings, classes, entries, built=len(jobs), reused=reused, mirror=mirror,
-                        digests=digests)
+    build = {"videos_built": len(jobs), "videos_reused": reused}  # not the engine: every engine writes these bytes
+    return _write_index(cache, settings, classes, entries, build=build, mirror=mirror, digests=digests)
 
 
-def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, built: int, reused: int,
+def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, build: dict,
                  mirror: dict[str, list[int]], digests: dict[str, str]) -> Path:
     """index.json; a shard this build did not write (a resumed one) is hashed here."""
     from safetensors import safe_open
@@ -355,7 +329,7 @@ def _write_index(cache: Path, settings: dict, classes: list[str], entries: list,
              "clips": {s: sum(e["clips"] for e in v) for s, v in splits.items()},
              "broken": [p for p in problems if p["status"] == "broken"],
              "skipped": [p for p in problems if p["status"] == "skipped"],
-             "build": {"videos_built": built, "videos_reused": reused}}
+             "build": build}  # what this run built and reused: the one part a resumed build changes
     write_json(cache / "index.json", index)
     return cache
 

@@ -76,8 +76,8 @@ def make_videos(folder: Path, per_class: int = 2) -> Path:
     return folder
 
 
-def fake_extract_clips(path, *, clip_len, grid, size, timings=None):
-    """Two clips per video, bright on the side its class folder names; adds decode/kernels timings."""
+def fake_extract_clips(path, *, clip_len, grid, size, timings=None, frames=True):
+    """Two clips per video, bright on the side its class folder names; adds decode/kernels wall and CPU timings."""
     side = Path(path).parent.name
     image = np.zeros((3, *size), np.float32)
     if side == "left":
@@ -88,6 +88,8 @@ def fake_extract_clips(path, *, clip_len, grid, size, timings=None):
     if timings is not None:
         timings["decode"] = timings.get("decode", 0.0) + 0.002
         timings["kernels"] = timings.get("kernels", 0.0) + 0.001
+        timings["decode_cpu"] = timings.get("decode_cpu", 0.0) + 0.0015
+        timings["kernels_cpu"] = timings.get("kernels_cpu", 0.0) + 0.0005
     return [{"image": image}, {"image": image}]
 
 

@@ -45,6 +45,19 @@ def test_report_writes_markdown_with_every_run_side_by_side(results, tmp_path):
     assert (tmp_path / "rep/plots/latency.svg").is_file() and "(plots/throughput.svg)" in md
 
 
+def test_report_puts_decode_and_extraction_against_the_model_and_labels_the_front_ends_cpu_seconds(results, tmp_path):
+    from edgeml.bench.run import FRONT_END_LABEL
+
+    md = write_report(results, tmp_path / "rep")["markdown"].read_text()
+    split = md[md.index("## Pipeline split"):md.index("## Model-only")]
+    assert "decode + extraction / video" in split and "model / video" in split
+    energy = md[md.index("## Energy"):]
+    assert "estimated (no power sensor)" in energy and "front end (decode + extraction)" in energy
+    assert FRONT_END_LABEL in energy and "CPU-s per video" in energy
+    summary = md[md.index("## Summary"):md.index("## Pipeline split")]
+    assert "front end / video" in summary and f"CPU-s — {FRONT_END_LABEL}" in summary
+
+
 def test_report_html_is_self_contained(results, tmp_path):
     page = write_report(results, tmp_path / "rep")["html"].read_text()
     assert page.count("<svg") >= 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 from bench_fakes import FakePynvml
 from bench_tiny import NAME, install_fake_video_module, make_artefact, make_videos
@@ -204,3 +205,62 @@ def test_energy_line_says_measured_with_a_fake_sysfs_sensor(kind, ort_artefact, 
     assert r["energy"]["joules_per_video"] == pytest.approx(watts * reading["seconds"] / 4, rel=0.15)
     print_summary(r)
     assert label in capsys.readouterr().out
+
+
+def test_without_a_sensor_the_model_estimate_stands_beside_the_front_ends_measured_cpu_seconds(ort_artefact, tmp_path,
+                                                                                               monkeypatch):
+    from edgeml.bench.run import FRONT_END_LABEL
+
+    install_fake_video_module(monkeypatch)
+    videos = make_videos(tmp_path / "videos")
+    r = bench(artefact=ort_artefact, backend="ort", input="data", data=videos, videos=4, batch_sizes=(1,),
+              repeats=3, warmup=1, meters=NO_METERS, progress=False)
+    e = r["energy"]
+    assert e["label"] == ESTIMATED_LABEL and e["scope"].startswith("model only")
+    assert e["front_end"]["label"] == FRONT_END_LABEL and "CPU" in FRONT_END_LABEL
+    assert e["front_end"]["cpu_s_per_video"] == pytest.approx(0.0015 + 0.0005)  # the fake's decode + kernels CPU
+    assert r["end_to_end"]["front_end_cpu_s"] == pytest.approx({"decode": 4 * 0.0015, "kernels": 4 * 0.0005})
+    assert r["summary"]["front_end_cpu_s_per_video"] == pytest.approx(0.002)
+
+
+def test_with_a_sensor_the_joules_span_the_whole_pipeline_not_the_model_alone(ort_artefact, tmp_path, monkeypatch):
+    install_fake_video_module(monkeypatch)
+    meters = MeterSet([NvmlMeter(FakePynvml(lambda t: 10.0, energy_counter=False), 0, interval=0.002)], [])
+    r = bench(artefact=ort_artefact, backend="ort", input="data", data=make_videos(tmp_path / "videos"), videos=4,
+              batch_sizes=(1,), repeats=3, warmup=1, meters=meters, progress=False)
+    assert r["energy"]["method"] == "measured" and r["energy"]["scope"].startswith("end-to-end (decode + extraction")
+    assert "front_end" not in r["energy"]  # the front end is inside the measured joules
+
+
+def test_p_frames_become_rgb_only_for_models_that_read_frames(tmp_path):
+    asked = []
+
+    def extract_clips(path, *, clip_len, grid, size, frames=True, timings=None):
+        asked.append(frames)
+        return [{"iframe": np.zeros((3, 8, 8), np.float32), "frames": np.zeros((2, 3, 8, 8), np.float32)}]
+
+    class Runtime:
+        def run(self, feeds):
+            return [np.zeros((1, 2), np.float32)]
+
+    settings = {"clip_len": 1, "grid": 4, "size": (8, 8)}
+    bench_run._run_video(Runtime(), ["iframe"], extract_clips, tmp_path / "v.mp4", settings)
+    bench_run._run_video(Runtime(), ["iframe", "frames"], extract_clips, tmp_path / "v.mp4", settings)
+    assert asked == [False, True]
+
+
+def test_engine_ray_without_ray_installed_names_the_extra(ort_artefact, tmp_path, monkeypatch):
+    import sys
+
+    install_fake_video_module(monkeypatch)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"ray is not installed.*pip install 'edgeml\[ray\]'"):
+        bench(artefact=ort_artefact, backend="ort", input="data", data=make_videos(tmp_path / "v"), videos=2,
+              batch_sizes=(1,), repeats=2, warmup=0, meters=NO_METERS, progress=False, engine="ray")
+
+
+def test_engine_ray_needs_video_input_and_address_needs_ray(ort_artefact):
+    with pytest.raises(InputError, match="--engine ray fans videos out.*--input data"):
+        bench(artefact=ort_artefact, backend="ort", engine="ray", meters=NO_METERS, progress=False)
+    with pytest.raises(InputError, match="--address.*needs --engine ray"):
+        bench(artefact=ort_artefact, backend="ort", address="auto", meters=NO_METERS, progress=False)

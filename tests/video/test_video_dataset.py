@@ -1,4 +1,4 @@
-"""synth -> build_clip_cache -> ClipDataset: the ready-to-train path and its contracts (CONTRACTS.md §A)."""
+"""synth -> build_clip_cache -> ClipDataset: the ready-to-train path and its contracts (docs/architecture.md §3)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,47 @@ def test_dataset_without_cache_names_the_fix(tmp_path):
         ClipDataset(tmp_path, "train")
     with pytest.raises(DataError, match="unknown split"):
         ClipDataset(tmp_path, "dev")
+
+
+def test_shard_bytes_depend_on_the_clips_only_not_on_the_process_that_wrote_them(synth_dir, clip_cache, tmp_path):
+    """safetensors writes its metadata in hash-map order, random per process: sorted, a rebuild in other worker
+    processes gives the same bytes (and sha256) for every shard."""
+    import shutil
+
+    from edgeml.video.datasets import build_clip_cache
+
+    src = tmp_path / "src"
+    shutil.copytree(synth_dir / "train" / "left", src / "left")
+    shutil.copytree(synth_dir / "train" / "right", src / "right")
+    a = build_clip_cache(src, tmp_path / "a", clip_len=8, grid=4, size=(64, 64), workers=2, progress=False)
+    b = build_clip_cache(src, tmp_path / "b", clip_len=8, grid=4, size=(64, 64), workers=1, progress=False)
+    shards = sorted(p.name for p in (a / "shards").iterdir())
+    assert len(shards) == 4
+    assert all((a / "shards" / n).read_bytes() == (b / "shards" / n).read_bytes() for n in shards)
+    assert (a / "index.json").read_bytes() == (b / "index.json").read_bytes()
+    for shard in (clip_cache / "shards").iterdir():
+        assert shard.read_bytes()[8:].startswith(b'{"__metadata__":{"clips":'), shard.name
+
+
+def test_engine_ray_without_ray_installed_names_the_extra(synth_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from edgeml import cli
+    from edgeml.errors import MissingDependencyError
+    from edgeml.video.datasets import build_clip_cache
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"ray is not installed.*pip install 'edgeml\[ray\]'"):
+        build_clip_cache(synth_dir, tmp_path / "cache", engine="ray", progress=False)
+    assert not (tmp_path / "cache").exists()  # refused before anything is written
+    assert cli.main(["data", "build", str(synth_dir), str(tmp_path / "c2"), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edgeml[ray]" in err[0]
+
+
+def test_an_address_without_the_ray_engine_is_refused(synth_dir, tmp_path, capsys):
+    from edgeml import cli
+
+    assert cli.main(["data", "build", str(synth_dir), str(tmp_path / "c"), "--address", "auto"]) == 2
+    assert "needs --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
