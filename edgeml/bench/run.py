@@ -33,6 +33,7 @@ from edgeml.bench.timing import cuda_event_timer, default_sync, host_timer, runt
 from edgeml.errors import InputError, MissingDependencyError
 from edgeml.io import read_json, write_json
 from edgeml.paths import refuse_overwrite
+from edgeml.progress import Progress
 
 SCHEMA = "edgeml.bench"
 SCHEMA_VERSION = 1
@@ -424,8 +425,8 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
     first_feeds: dict[str, np.ndarray] | None = None
     # one untimed video warms the runtime (lazy init, allocator) so video 0 is not an outlier
     _run_video(runtime, input_names, extract_clips, files[0][0], settings)
-    bar = _progress(progress, len(files), "end-to-end")
-    with meters.measure() as readings:
+    with Progress(progress, transient=True) as bar, meters.measure() as readings:
+        task = bar.add("end-to-end", len(files))
         wall0 = time.perf_counter()
         for path, cls in files:
             timings: dict[str, float] = {}
@@ -445,9 +446,8 @@ def _end_to_end(runtime: Any, input_names: list[str], manifest: dict, data: str 
             if classes and cls in classes:
                 labelled += 1
                 correct += int(int(np.argmax(logits)) == classes.index(cls))
-            bar(1)
+            bar.advance(task)
         wall = time.perf_counter() - wall0
-    bar(None)
     from edgeml.bench.timing import Timing
 
     t = Timing(batch=1, warmup=1, samples=per_video)
@@ -642,25 +642,6 @@ def _summary(r: dict) -> dict:
         "front_end_cpu_s_per_video": e2e.get("front_end_cpu_s_per_video") if e2e else None,
         "videos_per_s_ray": r["ray"]["videos_per_s"] if r.get("ray") else None,
     }
-
-
-def _progress(enabled: bool, total: int, what: str) -> Callable[[int | None], None]:
-    """A rich progress bar advanced by `step(n)`, closed by `step(None)`; a no-op when disabled."""
-    if not enabled:
-        return lambda n: None
-    from rich.progress import Progress
-
-    p = Progress(transient=True)
-    task = p.add_task(what, total=total)
-    p.start()
-
-    def step(n: int | None) -> None:
-        if n is None:
-            p.stop()
-        else:
-            p.advance(task, n)
-
-    return step
 
 
 # ----------------------------------------------------------------------------------------------- results files

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import CheckpointError, InputError, MissingDependencyError
+from edgeml.progress import Progress
 
 
 def _core() -> Any:
@@ -267,9 +268,8 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
     per_epoch = (len(x_train) + batch - 1) // batch
     times: list[float] = []
     losses: list[float] = []
-    bar = _progress(progress, epochs * per_epoch)
-    with bar:
-        task = bar.add_task("fine-tuning", total=epochs * per_epoch)
+    with Progress(progress) as bar:
+        task = bar.add("fine-tuning", epochs * per_epoch)
         for _ in range(epochs):
             order = rng.permutation(len(x_train))
             for s in range(0, len(order), batch):
@@ -279,7 +279,7 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
                 step_losses = engine.train_step(xb, yb)
                 times.append(time.perf_counter() - t0)
                 losses.append(step_losses[-1])
-                bar.update(task, advance=1, description=f"fine-tuning  loss {step_losses[-1]:.3f}")
+                bar.advance(task, info=f"loss {step_losses[-1]:.3f}")
     after = accuracy()
     engine.save(out)
     return {
@@ -292,10 +292,3 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
         "arena_bytes": int(engine.arena_bytes), "threads": int(engine.threads),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
-
-
-def _progress(enabled: bool, total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled)

@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from edgeml.errors import EdgeMLError, InputError, MissingDependencyError
+from edgeml.progress import Progress
 
 ENGINES = ("local", "ray")
 RAY_MAX_RETRIES = 3  # attempts after the first when a task's worker process (or its node) dies
@@ -30,15 +31,9 @@ RAY_MAX_BATCH = 8  # items per Ray task at most: amortises the per-task overhead
 
 @contextlib.contextmanager
 def progress_bar(total: int, what: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar; yields advance(n=1). Silent when disabled."""
-    if not enabled or total == 0:
-        yield lambda n=1: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(what, total=total)
+    """A progress bar (edgeml.progress); yields advance(n=1). Silent when disabled or empty."""
+    with Progress(enabled and total > 0) as bar:
+        task = bar.add(what, total)
         yield lambda n=1: bar.advance(task, n)
 
 
