@@ -24,6 +24,9 @@ from edgeml.cure.spectral import LowRankEdit, apply_to_weights
 from edgeml.errors import CheckpointError, InputError
 
 CROSS_KV_KEY = re.compile(r"(^|\.)attn2\.to_[kv]\.weight$")
+# The UNet's prefix in single-file checkpoints of the original LDM layout (A1111 / ComfyUI files); when present, only
+# K/V weights under it are edited (text encoders and VAE in the same file are not cross-attention).
+LDM_UNET_PREFIX = "model.diffusion_model."
 
 
 def cross_attention_layers(module: nn.Module) -> dict[str, nn.Linear]:
@@ -50,7 +53,7 @@ def edit_module(module: nn.Module, edit: LowRankEdit, *, report: bool = True) ->
     """Edit every cross-attention K/V weight of `module` in place (one batched float64 update); -> report rows."""
     layers = cross_attention_layers(module)
     weights = {n: lin.weight for n, lin in layers.items()}
-    new, stats = apply_to_weights(edit, weights, inplace=True)
+    new, stats = apply_to_weights(edit, weights, inplace=True, stats=report)
     for n, lin in layers.items():
         if new[n] is not lin.weight:
             lin.weight.copy_(new[n])
@@ -132,12 +135,36 @@ def safetensors_kv_entries(path: Path) -> tuple[dict[str, dict], int]:
     float tensor (header only: nothing else is read)."""
     header, _, base = read_safetensors_header(path)
     kv = {k: info for k, info in header.items() if CROSS_KV_KEY.search(k)}
+    if any(k.startswith(LDM_UNET_PREFIX) for k in header):
+        kv = {k: info for k, info in kv.items() if k.startswith(LDM_UNET_PREFIX)}
     for k, info in kv.items():
         if info["dtype"] not in EDITABLE_DTYPES:
             raise InputError(f"{k}: dtype {info['dtype']} is not supported (F32, F16, F64, BF16)", path=path)
         if len(info["shape"]) != 2:
             raise CheckpointError(f"{k}: shape {info['shape']} is not a 2-D weight", path=path)
     return kv, base
+
+
+def read_tensor(path: Path, info: dict, base: int) -> torch.Tensor:
+    """One float tensor of a safetensors file from its checked header entry (`read_safetensors_header`)."""
+    if info["dtype"] not in EDITABLE_DTYPES:
+        raise InputError(f"dtype {info['dtype']} is not supported here (F32, F16, F64, BF16)", path=path)
+    start, count = info["data_offsets"][0], math.prod(info["shape"])
+    if info["dtype"] == "BF16":
+        raw = read_range(path, base + start, count, np.uint16)
+        t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(read_range(path, base + start, count, NUMPY_DTYPES[info["dtype"]]))
+    return t.reshape(info["shape"])
+
+
+def context_width(shapes: list[list[int]] | list[tuple[int, ...]], where: str | Path = "") -> int:
+    """The one input width of all cross-attention K/V weights ([out, in] shapes); mixed widths are an error."""
+    widths = sorted({int(s[1]) for s in shapes})
+    if len(widths) != 1:
+        raise CheckpointError(f"cross-attention K/V weights read contexts of different widths {widths}",
+                              path=where or None, fix="pass the UNet of one model")
+    return widths[0]
 
 
 def safetensors_kv_keys(path: Path) -> list[str]:
@@ -158,17 +185,8 @@ def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -
     if not keys:
         raise InputError("no cross-attention K/V weights (keys ending in attn2.to_k.weight / attn2.to_v.weight)",
                          path=src, fix="pass the UNet weights of a text-conditioned diffusion model")
-    weights, spans = {}, {}
-    for k, info in kv.items():
-        start = info["data_offsets"][0]
-        count = math.prod(info["shape"])
-        if info["dtype"] == "BF16":
-            raw = read_range(src, base + start, count, np.uint16)
-            t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-        else:
-            t = torch.from_numpy(read_range(src, base + start, count, NUMPY_DTYPES[info["dtype"]]))
-        weights[k] = t.reshape(info["shape"])
-        spans[k] = base + start
+    weights = {k: read_tensor(src, info, base) for k, info in kv.items()}
+    spans = {k: base + info["data_offsets"][0] for k, info in kv.items()}
     new, stats = apply_to_weights(edit, weights)
     rows = [tensor_report(k, weights[k], stats[k]) for k in keys]
     patches = [(spans[k], _tensor_bytes(new[k])) for k in keys]

@@ -7,9 +7,15 @@ Encoders, all local (nothing downloads):
   vocabulary shipped inside the installed `open-clip-torch` wheel (read as a file; `import open_clip` fails
   beside the CPU torch here).
 
+Which states: SD 1.x/2.x pipelines feed the UNet the last hidden state (SD 2.x's encoder already ends at the
+OpenCLIP penultimate layer); SDXL feeds the penultimate states (`hidden_states[-2]`, no final norm) of `text_encoder`
+and `text_encoder_2` concatenated per token (`ConcatTextEncoder`), the refiner those of `text_encoder_2` alone.
+
 Aggregation (how token states become rows of X): "mean" over the prompt's real, non-special tokens (default),
 "eot" (the end-of-text / [SEP] token), "last" (the last real word token, UCE's choice) or "all" (every non-padding
-token is its own row). Flattening padding and the constant BOS token gives a near full-rank projector.
+token is its own row). Flattening padding and the constant BOS token gives a near full-rank projector. Real tokens
+are those of the attention mask, cut after the first end-of-text: CLIP pads with end-of-text and OpenCLIP (SD 2.x,
+SDXL's second tokenizer) with "!" (id 0, also a real token in "a cat!"), so neither pad id marks padding.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from edgeml.errors import InputError, MissingDependencyError
 DEFAULT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 STYLE_TEMPLATES = ("a painting in the style of {}", "art by {}", "an artwork in the style of {}", "{} style")
 AGGREGATIONS = ("mean", "eot", "last", "all")
+STATES = ("last", "penultimate")
+OPEN_CLIP_PAD = "!"
 
 
 @dataclass
@@ -46,16 +54,34 @@ class TextEncoder(Protocol):
     def encode(self, prompts: list[str]) -> TokenStates: ...
 
 
-def _token_masks(tok, prompts: list[str], max_length: int, pad_to_max: bool = False) -> dict:
-    # Aggregations only read real tokens, so padding to the longest prompt suffices (fixed-shape ONNX aside).
-    enc = tok(list(prompts), padding="max_length" if pad_to_max else "longest", truncation=True,
-              max_length=max_length,
-              return_special_tokens_mask=True, return_tensors="np")
+def describe_encoder(encoder: TextEncoder) -> list[dict]:
+    """Report rows for an encoder: [{component, width, states, pad_token, kind}] (one per concatenated part)."""
+    if hasattr(encoder, "describe"):
+        return encoder.describe()
+    return [{"component": type(encoder).__name__, "width": int(encoder.width), "states": "last", "kind": "custom"}]
+
+
+def _token_masks(tok, prompts: list[str], max_length: int, pad_to: int | None = None) -> dict:
+    """Token ids and masks [B, L]; padded to the longest prompt (aggregations read real tokens only) or to `pad_to`."""
+    enc = tok(list(prompts), padding="max_length" if pad_to else "longest", truncation=True,
+              max_length=pad_to or max_length, return_special_tokens_mask=True, return_tensors="np")
     ids = enc["input_ids"]
     real = enc["attention_mask"].astype(bool) if "attention_mask" in enc else np.ones_like(ids, bool)
-    # CLIP pads with its EOT id, so the attention mask is the only reliable "real token" marker.
+    eos = getattr(tok, "eos_token_id", None)
+    if eos is not None and ids.shape[1]:
+        # A CLIP prompt ends at its first end-of-text, whatever the pad id (EOT for CLIP, "!" for OpenCLIP): this
+        # also holds where a tokenizer returns no attention mask.
+        hits = ids == eos
+        first = np.where(hits.any(1), hits.argmax(1), ids.shape[1] - 1)
+        real &= np.arange(ids.shape[1])[None, :] <= first[:, None]
     special = enc["special_tokens_mask"].astype(bool) & real
     return {"input_ids": ids, "real": real, "special": special, "attention_mask": real.astype(np.int64)}
+
+
+def token_count(tok, prompts: list[str], max_length: int) -> int:
+    """The padded length `_token_masks` gives `prompts` (the longest tokenization, truncated at `max_length`)."""
+    ids = tok(list(prompts), padding="longest", truncation=True, max_length=max_length)["input_ids"]
+    return max(len(i) for i in ids)
 
 
 def _max_length(tok, default: int = 77) -> int:
@@ -77,42 +103,117 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-class TransformersTextEncoder:
-    """A transformers text model + tokenizer from local folders; last hidden states [B, L, d]."""
+def _text_model_class(folder: Path, default):
+    """The transformers class a text-encoder folder names when it is a CLIP text tower (SDXL's text_encoder_2 is
+    CLIPTextModelWithProjection: loading it as AutoModel's CLIPTextModel prints an unexpected-key report), else
+    `default`."""
+    import json
 
-    def __init__(self, model_dir: str | Path, tokenizer_dir: str | Path | None = None, max_length: int | None = None):
+    try:
+        arch = (json.loads((folder / "config.json").read_text()).get("architectures") or [None])[0]
+    except (OSError, ValueError, AttributeError):
+        return default
+    if arch in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        import transformers
+
+        return getattr(transformers, arch)
+    return default
+
+
+def _check_states(states: str) -> str:
+    if states not in STATES:
+        raise InputError(f"unknown text-encoder states {states!r}", fix=f"use one of {', '.join(STATES)}")
+    return states
+
+
+class TransformersTextEncoder:
+    """A transformers text model + tokenizer; last or penultimate hidden states [B, L, d]."""
+
+    def __init__(self, model_dir: str | Path, tokenizer_dir: str | Path | None = None, max_length: int | None = None,
+                 *, states: str = "last", component: str = "text_encoder"):
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(Path(tokenizer_dir or model_dir), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(Path(tokenizer_dir or model_dir), local_files_only=True)
             with _quiet_progress():  # its progress bar on stderr would break the CLI's one-line error contract
                 # use_safetensors: a pickled pytorch_model.bin is refused, never unpickled.
-                model = AutoModel.from_pretrained(self.model_dir, local_files_only=True, use_safetensors=True).eval()
+                model = _text_model_class(self.model_dir, AutoModel).from_pretrained(
+                    self.model_dir, local_files_only=True, use_safetensors=True).eval()
         except (OSError, ValueError, KeyError) as e:  # transformers' errors for a broken or foreign folder
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"cannot load the text encoder or its tokenizer: {first}", path=self.model_dir,
                              fix="pass --text-encoder / --tokenizer folders saved by transformers (safetensors)"
                              ) from None
-        self.model = getattr(model, "text_model", model)  # a full CLIPModel: use its text tower
+        self._setup(model, tokenizer, max_length, states, component)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, states: str = "last", component: str = "text_encoder",
+                   max_length: int | None = None) -> TransformersTextEncoder:
+        """Wrap a text model already in memory (e.g. converted from a single-file checkpoint)."""
+        self = cls.__new__(cls)
+        self.model_dir = None
+        self._setup(model.eval(), tokenizer, max_length, states, component)
+        return self
+
+    def _setup(self, model, tokenizer, max_length: int | None, states: str, component: str) -> None:
+        self.tokenizer = tokenizer
+        self.model = getattr(model, "text_model", model)  # CLIPModel / CLIPTextModel(WithProjection): the tower
         self.width = int(self.model.config.hidden_size)
         positions = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_length = max_length or min(_max_length(self.tokenizer), positions)
+        self.states, self.component = _check_states(states), component
 
-    def encode(self, prompts: list[str]) -> TokenStates:
+    def describe(self) -> list[dict]:
+        source = str(self.model_dir) if self.model_dir else getattr(self, "source", None)
+        return [{"component": self.component, "width": self.width, "states": self.states,
+                 "pad_token": self.tokenizer.pad_token, "kind": getattr(self.model.config, "model_type", "custom"),
+                 "hidden_act": getattr(self.model.config, "hidden_act", None), "source": source}]
+
+    def token_count(self, prompts: list[str]) -> int:
+        return token_count(self.tokenizer, prompts, self.max_length)
+
+    def encode(self, prompts: list[str], length: int | None = None) -> TokenStates:
+        """prompts -> TokenStates [B, L, d]; L = the longest prompt's tokens, or `length` (a concatenation's)."""
         import torch
 
-        t = _token_masks(self.tokenizer, prompts, self.max_length)
+        t = _token_masks(self.tokenizer, prompts, self.max_length, pad_to=length)
+        penultimate = self.states == "penultimate"
         with torch.no_grad():
             out = self.model(input_ids=torch.from_numpy(t["input_ids"]),
-                             attention_mask=torch.from_numpy(t["attention_mask"]))
-        return TokenStates(out.last_hidden_state.float().numpy(), t["real"], t["special"])
+                             attention_mask=torch.from_numpy(t["attention_mask"]), output_hidden_states=penultimate)
+        states = out.hidden_states[-2] if penultimate else out.last_hidden_state
+        return TokenStates(states.float().numpy(), t["real"], t["special"])
+
+
+class ConcatTextEncoder:
+    """Several encoders' states concatenated per token, as SDXL builds `prompt_embeds`: [B, L, Σ d_i].
+
+    Every part tokenizes the prompts to the same length L (the longest over all tokenizers, as the pipeline pads
+    both to 77); real/special masks are the first part's.
+    """
+
+    def __init__(self, parts: list[TextEncoder]):
+        if not parts:
+            raise InputError("no text encoder to concatenate")
+        self.parts = list(parts)
+        self.width = sum(int(p.width) for p in self.parts)
+
+    def describe(self) -> list[dict]:
+        return [row for p in self.parts for row in describe_encoder(p)]
+
+    def encode(self, prompts: list[str]) -> TokenStates:
+        length = max(p.token_count(prompts) for p in self.parts)
+        outs = [p.encode(prompts, length=length) for p in self.parts]
+        return TokenStates(np.concatenate([o.states for o in outs], axis=-1), outs[0].real, outs[0].special)
 
 
 class OnnxTextEncoder:
-    """An ONNX text encoder (input_ids [B, L] -> last_hidden_state [B, L, d]) run with onnxruntime."""
+    """An ONNX text encoder (input_ids [B, L] -> last_hidden_state, or the penultimate of its `hidden_states.N`
+    outputs, [B, L, d]) run with onnxruntime."""
 
-    def __init__(self, onnx_path: str | Path, tokenizer, max_length: int | None = None):
+    def __init__(self, onnx_path: str | Path, tokenizer, max_length: int | None = None, *, states: str = "last",
+                 component: str = "text_encoder"):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -129,15 +230,32 @@ class OnnxTextEncoder:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         out = self.session.get_outputs()
         names = [o.name for o in out]
-        self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
+        self.states, self.component = _check_states(states), component
+        if self.states == "penultimate":
+            hidden = sorted((int(n.rsplit(".", 1)[1]), n) for n in names
+                            if n.startswith("hidden_states.") and n.rsplit(".", 1)[1].isdigit())
+            if len(hidden) < 2:
+                raise InputError("the ONNX text encoder has no hidden_states.N outputs; this model family reads the "
+                                 "penultimate layer", path=self.path,
+                                 fix="export the text encoder with output_hidden_states=True (optimum does for SDXL)")
+            self.output = hidden[-2][1]
+        else:
+            self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
         self.width = int(out[names.index(self.output)].shape[-1])
         shape = self.inputs.get("input_ids").shape if "input_ids" in self.inputs else [None, None]
         fixed = shape[1] if isinstance(shape[1], int) else None
-        self.fixed_length = fixed is not None
+        self.fixed_length = fixed
         self.max_length = max_length or fixed or _max_length(tokenizer)
 
-    def encode(self, prompts: list[str]) -> TokenStates:
-        t = _token_masks(self.tokenizer, prompts, self.max_length, pad_to_max=self.fixed_length)
+    def describe(self) -> list[dict]:
+        return [{"component": self.component, "width": self.width, "states": self.states,
+                 "pad_token": self.tokenizer.pad_token, "kind": "onnx"}]
+
+    def token_count(self, prompts: list[str]) -> int:
+        return self.fixed_length or token_count(self.tokenizer, prompts, self.max_length)
+
+    def encode(self, prompts: list[str], length: int | None = None) -> TokenStates:
+        t = _token_masks(self.tokenizer, prompts, self.max_length, pad_to=self.fixed_length or length)
         feeds = {}
         for name, info in self.inputs.items():
             src = t["input_ids"] if "ids" in name else t["attention_mask"] if "mask" in name else None
@@ -174,9 +292,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
-@lru_cache(maxsize=1)
-def clip_tokenizer():
-    """A transformers CLIPTokenizer built from open_clip's BPE vocabulary (same ids as openai/clip-vit-large)."""
+@lru_cache(maxsize=2)
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A transformers CLIPTokenizer built from open_clip's BPE vocabulary (same ids as openai/clip-vit-large);
+    `pad_token="!"` gives OpenCLIP's padding (SD 2.x, SDXL's second tokenizer)."""
     from transformers import CLIPTokenizer
 
     path = clip_bpe_vocab_path()
@@ -187,26 +306,15 @@ def clip_tokenizer():
     pairs = [tuple(m.split()) for m in merges]
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(p) for p in pairs] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs,
-                         model_max_length=77)
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs, model_max_length=77,
+                         pad_token=pad_token)
 
 
-def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None) -> TextEncoder:
-    """A text encoder from a local path: diffusers folder, transformers folder, or `.onnx` file / ONNX folder.
-
-    For ONNX, the tokenizer comes from `tokenizer` (a folder), a sibling `tokenizer/` folder of the pipeline, or
-    the CLIP BPE vocabulary of the installed open-clip-torch wheel.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError("text encoder not found", path=p, fix="pass a local folder or .onnx file")
-    if p.is_dir() and (p / "text_encoder").is_dir():
-        root, p = p, p / "text_encoder"
-        tokenizer = tokenizer or (root / "tokenizer" if (root / "tokenizer").is_dir() else None)
-    else:
-        root = p.parent if p.is_file() else p.parent
-        if tokenizer is None and (root / "tokenizer").is_dir():
-            tokenizer = root / "tokenizer"
+def _load_component(p: Path, tokenizer: str | Path | None, *, states: str, component: str) -> TextEncoder:
+    """One encoder: a transformers folder or an `.onnx` file / ONNX folder (tokenizer from `tokenizer`, a sibling
+    `tokenizer/` folder, or the CLIP BPE vocabulary)."""
+    if tokenizer is None and (p.parent / "tokenizer").is_dir() and p.parent != p:
+        tokenizer = p.parent / "tokenizer"
     onnx_file = p if p.suffix == ".onnx" else (p / "model.onnx" if (p / "model.onnx").is_file() else None)
     if onnx_file is not None:
         from transformers import AutoTokenizer
@@ -216,11 +324,39 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None) -> 
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"cannot load the tokenizer ({type(e).__name__})", path=tokenizer,
                              fix="pass --tokenizer with a folder saved by transformers") from None
-        return OnnxTextEncoder(onnx_file, tok)
+        return OnnxTextEncoder(onnx_file, tok, states=states, component=component)
     if not (p / "config.json").is_file():
         raise InputError("no text encoder here (no config.json, text_encoder/ or model.onnx)", path=p,
                          fix="pass --text-encoder with a transformers/diffusers folder or an ONNX text encoder")
-    return TransformersTextEncoder(p, tokenizer)
+    return TransformersTextEncoder(p, tokenizer, states=states, component=component)
+
+
+def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None) -> TextEncoder:
+    """A text encoder from a local path: a diffusers pipeline folder, a transformers folder, or `.onnx` file / ONNX
+    folder.
+
+    A pipeline folder gives what its pipeline feeds the UNet: `text_encoder/` alone (SD 1.x / 2.x: last hidden
+    state), `text_encoder/` + `text_encoder_2/` (SDXL: penultimate states concatenated per token, tokenizers from
+    `tokenizer/` and `tokenizer_2/`), or `text_encoder_2/` alone (SDXL refiner: its penultimate states).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError("text encoder not found", path=p, fix="pass a local folder or .onnx file")
+    if p.is_dir() and (p / "text_encoder_2").is_dir():
+        names = [n for n in ("text_encoder", "text_encoder_2") if (p / n).is_dir()]
+        if tokenizer is not None and len(names) > 1:
+            raise InputError("--tokenizer names one tokenizer, this SDXL pipeline has two", path=p,
+                             fix="leave --tokenizer out: tokenizer/ and tokenizer_2/ are read from the pipeline")
+        parts = []
+        for name in names:
+            tok_dir = p / name.replace("text_encoder", "tokenizer")
+            parts.append(_load_component(p / name, tokenizer or (tok_dir if tok_dir.is_dir() else None),
+                                         states="penultimate", component=name))
+        return ConcatTextEncoder(parts) if len(parts) > 1 else parts[0]
+    if p.is_dir() and (p / "text_encoder").is_dir():
+        tokenizer = tokenizer or (p / "tokenizer" if (p / "tokenizer").is_dir() else None)
+        return _load_component(p / "text_encoder", tokenizer, states="last", component="text_encoder")
+    return _load_component(p, tokenizer, states="last", component=p.stem if p.suffix == ".onnx" else p.name)
 
 
 def aggregate(tokens: TokenStates, mode: str = "mean") -> np.ndarray:

@@ -18,6 +18,8 @@ import torch
 
 from edgeml.errors import InputError
 
+GRAM_ROWS = 256  # from this many embedding rows (and fewer than their width) the basis comes from X Xᵀ
+
 
 def expansion(r: np.ndarray, alpha: float) -> np.ndarray:
     """Energy expansion f(r; α) = α r / ((α − 1) r + 1): identity at α = 1, → 1 for every r > 0 as α → ∞."""
@@ -40,12 +42,25 @@ def _check_embeddings(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
 def spectral_basis(x: np.ndarray | torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """[n, d] embeddings -> (V [d, k], f(r) [k]) with `P = V diag(f) Vᵀ`; null directions (σ ≈ 0) dropped."""
     x = _check_embeddings(x, "concept")
+    n, d = x.shape
+    eps = np.finfo(np.float64).eps
+    if GRAM_ROWS <= n < d:
+        # Many prompts (100 concepts × 5 templates): eigenvectors of the n×n Gram matrix X Xᵀ give V = Xᵀ U Σ⁻¹,
+        # 5× faster than the SVD of X at n = 500, d = 2048. Energies are the eigenvalues themselves; directions
+        # below σ₀·√(d·eps) are dropped (their energy share < d·eps: f(r) is ~0 for any sane α).
+        energy, u = np.linalg.eigh(x @ x.T)
+        energy, u = energy[::-1], u[:, ::-1]
+        if energy[0] <= 0:
+            raise InputError("embeddings are all zero; they span no direction to erase")
+        keep = energy > energy[0] * max(n, d) * eps
+        v = (x.T @ u[:, keep]) / np.sqrt(energy[keep])
+        return v, expansion(energy[keep] / energy[energy > 0].sum(), alpha)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     energy = s**2
     total = energy.sum()
     if total == 0:
         raise InputError("embeddings are all zero; they span no direction to erase")
-    keep = s > s[0] * max(x.shape) * np.finfo(np.float64).eps
+    keep = s > s[0] * max(x.shape) * eps
     return vt[keep].T, expansion(energy[keep] / total, alpha)
 
 
@@ -74,10 +89,16 @@ class LowRankEdit:
         return self.left @ self.right
 
     def rank(self, rtol: float = 1e-10) -> int:
-        """Numerical rank of D (at most k)."""
-        if self.left.shape[1] == 0:
+        """Numerical rank of D (at most k), from k×k factors: L R = Q_L (R_L R_Rᵀ) Q_Rᵀ with L = Q_L R_L and
+        Rᵀ = Q_R R_R (a d×d SVD took seconds at SDXL's d = 2048)."""
+        k = self.left.shape[1]
+        if k == 0:
             return 0
-        s = np.linalg.svd(self.dense(), compute_uv=False)
+        if k >= self.width:
+            s = np.linalg.svd(self.dense(), compute_uv=False)
+        else:
+            s = np.linalg.svd(np.linalg.qr(self.left, mode="r") @ np.linalg.qr(self.right.T, mode="r").T,
+                              compute_uv=False)
         return int((s > rtol * max(s[0], 1e-300)).sum())
 
     def _check(self, n_in: int, name: str) -> None:
@@ -126,18 +147,19 @@ def discriminative_projector(forget: np.ndarray | torch.Tensor, retain: np.ndarr
     return LowRankEdit(left=np.ascontiguousarray(vf), right=np.ascontiguousarray(ff[:, None] * right))
 
 
-def apply_to_weights(edit: LowRankEdit, weights: dict[str, torch.Tensor], *, inplace: bool = False
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+def apply_to_weights(edit: LowRankEdit, weights: dict[str, torch.Tensor], *, inplace: bool = False,
+                     stats: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
     """{name: W [out, d]} -> ({name: W (I − D)}, {name: norm statistics}); one shared factorisation for all layers.
 
     Per layer this is two thin GEMMs, `W·L` [out, k] then `W − (W·L)·R` as one `addmm` in the weight's compute
-    dtype (float32 for float16/bfloat16 storage), in place when `inplace` and the dtype allows: the weights are
-    read twice and written once, nothing [out, d]-sized is allocated. L, R come from float64 SVDs; rounding them to
-    float32 costs ~k·eps relative, far below float32 weight storage precision.
-    The norms (‖W‖, ‖ΔW‖, ‖W'‖) come from the thin products in float64, at no extra pass over W.
+    dtype (float32 for float16/bfloat16 storage), in place when `inplace` and the dtype allows: nothing
+    [out, d]-sized is allocated. `W·L` is computed as `(Lᵀ·Wᵀ)ᵀ`: MKL's kernel for a row-major W times a k-column
+    matrix ran 2× slower than the transposed product. L, R come from float64 SVDs; rounding them to float32 costs
+    ~k·eps relative, far below float32 weight storage precision.
+    With `stats`, the norms (‖W‖, ‖ΔW‖, ‖W'‖) come from one more thin product and one read of W.
     """
-    out, stats = {}, {}
-    factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    out, norms = {}, {}
+    factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for name, w in weights.items():
         edit._check(w.shape[-1], name)
         w = w.detach()
@@ -145,22 +167,22 @@ def apply_to_weights(edit: LowRankEdit, weights: dict[str, torch.Tensor], *, inp
         if compute not in factors:
             left = torch.from_numpy(edit.left).to(compute)
             right = torch.from_numpy(edit.right).to(compute)
-            factors[compute] = (left, right, right @ right.T)
-        left, right, rrt = factors[compute]
+            factors[compute] = (left.T.contiguous(), right, right.contiguous(), (right @ right.T).double())
+        left_t, right, right_rows, rrt = factors[compute]
         wc = w if w.dtype == compute else w.to(compute)
-        wl = wc @ left                                     # [out, k]
-        wr = wc @ right.T                                  # [out, k]: for ⟨W, ΔW⟩
-        norm2 = float(torch.linalg.vector_norm(wc, dtype=torch.float64)) ** 2
-        wl64, wr64 = wl.double(), wr.double()
-        change2 = float(((wl64 @ rrt.double()) * wl64).sum())
-        inner = float((wl64 * wr64).sum())
-        after2 = max(norm2 - 2 * inner + change2, 0.0)
+        wl = (left_t @ wc.T).T                             # [out, k]
+        if stats:
+            wr64 = (right_rows @ wc.T).T.double()          # [out, k]: for ⟨W, ΔW⟩
+            norm2 = float(torch.linalg.vector_norm(wc)) ** 2
+            wl64 = wl.double()
+            change2 = float(((wl64 @ rrt) * wl64).sum())
+            after2 = max(norm2 - 2 * float((wl64 * wr64).sum()) + change2, 0.0)
+            norm = norm2 ** 0.5
+            norms[name] = {"norm": norm, "norm_change": change2 ** 0.5, "norm_after": after2 ** 0.5,
+                           "relative_change": change2 ** 0.5 / norm if norm else 0.0}
         if inplace and w.dtype == compute:
             w.addmm_(wl, right, alpha=-1)
             out[name] = w
         else:
             out[name] = torch.addmm(wc, wl, right, alpha=-1).to(w.dtype)
-        norm = norm2 ** 0.5
-        stats[name] = {"norm": norm, "norm_change": change2 ** 0.5, "norm_after": after2 ** 0.5,
-                       "relative_change": change2 ** 0.5 / norm if norm else 0.0}
-    return out, stats
+    return out, norms

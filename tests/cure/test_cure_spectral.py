@@ -155,3 +155,15 @@ def test_low_rank_edit_rejects_a_width_mismatch():
     edit = LowRankEdit(np.zeros((16, 1)), np.zeros((1, 16)))
     with pytest.raises(InputError, match="does not match"):
         edit.apply_weight(np.zeros((4, 32)))
+
+
+def test_many_rows_take_the_gram_path_and_give_the_svd_projector(monkeypatch):
+    """500 prompts × width 2048 (100 concepts × 5 templates at SDXL width): X Xᵀ eigenvectors = the SVD basis."""
+    import edgeml.cure.spectral as spectral
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(500, 40)) @ rng.normal(size=(40, 2048)) + 1e-3 * rng.normal(size=(500, 2048))
+    fast = spectral.spectral_projector(x, 2.0)
+    monkeypatch.setattr(spectral, "GRAM_ROWS", 10**9)
+    exact = spectral.spectral_projector(x, 2.0)
+    np.testing.assert_allclose(fast, exact, atol=1e-9 * np.abs(exact).max())

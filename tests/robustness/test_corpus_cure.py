@@ -371,3 +371,110 @@ def test_tiny_onnx_control_is_edited(tmp_path, assets):
     path = _tiny_onnx(tmp_path / "work" / "m" / "model.onnx", np.ones((TEXT_WIDTH, 8), np.float32))
     outcome = run_cli(_cure(path, tmp_path / "work" / "out", text=assets["text"]))
     assert outcome.rc == 0, outcome.stderr
+
+
+# --- concept files: read as text, checked, never an output --------------------------------------------------------
+
+@pytest.mark.parametrize("content,contains", [
+    (None, "concept file not found"), (b"\xff\xfe\x00broken", "not UTF-8"), (b"# only a comment\n\n  \n", "no concept"),
+    (b"van gogh\x00\n", "NUL"), (b"x" * ((1 << 20) + 1), "larger than")])
+def test_bad_concept_files_are_one_line_errors(tmp_path, assets, content, contains):
+    src = _work_copy(tmp_path, assets, "safetensors")
+    concepts = tmp_path / "work" / "forget.txt"
+    if content is not None:
+        concepts.write_bytes(content)
+    argv = ["cure", "--model", str(src), "--forget", f"@{concepts}", "--out",
+            str(tmp_path / "work" / "new.safetensors"), "--text-encoder", str(assets["text"])]
+    _check(tmp_path, argv, contains)
+
+
+def test_out_that_is_the_concept_file_is_refused_even_with_force(tmp_path, assets):
+    src = _work_copy(tmp_path, assets, "safetensors")
+    concepts = tmp_path / "work" / "forget.safetensors"  # an odd name, but the user's file all the same
+    concepts.write_text("circle\nred\n")
+    argv = ["cure", "--model", str(src), "--forget", f"@{concepts}", "--out", str(concepts), "--force",
+            "--text-encoder", str(assets["text"])]
+    _check(tmp_path, argv, "is the input")
+
+
+def test_concept_file_control_erases_every_listed_concept(tmp_path, assets):
+    src = _work_copy(tmp_path, assets, "safetensors")
+    (tmp_path / "work" / "forget.txt").write_text("\ufeff# shapes\ncircle\n\nsquare  \n")
+    out = tmp_path / "work" / "new.safetensors"
+    guard = Guard(tmp_path, out, tmp_path / "work" / "new.cure.json")
+    outcome = run_cli(_cure(src, out, "--forget", str(tmp_path / "work" / "forget.txt"), text=assets["text"]))
+    assert outcome.rc == 0, outcome.stderr
+    guard.assert_untouched()
+    assert json.loads((tmp_path / "work" / "new.cure.json").read_text())["forget"] == ["circle", "circle", "square"]
+
+
+# --- single-file checkpoints (LDM layout): their text encoders are read through the checked header ---------------
+
+def _single_file(path: Path, *, damage: str | None = None) -> Path:
+    """model.diffusion_model K/V (context 64) + an SD 1.x text encoder under cond_stage_model.transformer."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    enc = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=1, max_position_embeddings=77))
+    tensors = {f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}": v
+               for k, v in enc.state_dict().items() if not k.endswith("position_ids")}
+    unet = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
+    tensors.update({unet + "to_k.weight": torch.randn(8, 64), unet + "to_v.weight": torch.randn(8, 64),
+                    unet + "to_q.weight": torch.randn(8, 8)})
+    layer1 = "cond_stage_model.transformer.text_model.encoder.layers.1."
+    if damage == "missing_tensor":
+        del tensors[layer1 + "mlp.fc2.weight"]
+    elif damage == "layer_gap":
+        tensors = {k.replace(".layers.1.", ".layers.5."): v for k, v in tensors.items()}
+    elif damage == "wrong_shape":
+        tensors[layer1 + "mlp.fc1.weight"] = torch.randn(128, 32)
+    elif damage == "integer_embedding":
+        key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+        tensors[key] = tensors[key].to(torch.int32)
+    elif damage == "mixed_context":
+        tensors[unet.replace("input_blocks.1", "input_blocks.2") + "to_k.weight"] = torch.randn(8, 32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("damage,contains", [
+    ("missing_tensor", "does not fit a CLIP text model"), ("layer_gap", "not numbered"),
+    ("wrong_shape", "does not fit a CLIP text model"), ("integer_embedding", "incomplete"),
+    ("mixed_context", "different widths")])
+def test_broken_single_file_checkpoints_are_one_line_errors(tmp_path, damage, contains):
+    src = _single_file(tmp_path / "work" / "model.safetensors", damage=damage)
+    _check(tmp_path, ["cure", "--model", str(src), "--forget", "circle", "--out",
+                      str(tmp_path / "work" / "new.safetensors")], contains)
+
+
+def test_single_file_text_encoder_of_the_wrong_width_is_a_one_line_error(tmp_path, assets):
+    src = _single_file(tmp_path / "work" / "model.safetensors")
+    _check(tmp_path, _cure(src, tmp_path / "work" / "new.safetensors", text=assets["text"]), "does not match")
+
+
+def test_single_file_control_uses_its_own_text_encoder(tmp_path):
+    src = _single_file(tmp_path / "work" / "model.safetensors")
+    out = tmp_path / "work" / "new.safetensors"
+    guard = Guard(tmp_path, out, tmp_path / "work" / "new.cure.json")
+    outcome = run_cli(["cure", "--model", str(src), "--forget", "circle", "--out", str(out)])
+    assert outcome.rc == 0, outcome.stderr
+    guard.assert_untouched()
+    report = json.loads((tmp_path / "work" / "new.cure.json").read_text())
+    assert report["family"]["name"] == "sd1" and report["tensors_edited"] == 2
+    assert report["family"]["encoders"][0]["source"] == "model.safetensors:cond_stage_model.transformer."
+
+
+@pytest.mark.parametrize("report", [b"{not json", b'["a", 1]', b'{"edits": "many"}', b"\xff" * 64])
+def test_a_hostile_earlier_report_is_ignored_not_trusted(tmp_path, assets, report):
+    src = _work_copy(tmp_path, assets, "safetensors")
+    (tmp_path / "work" / "unet.cure.json").write_bytes(report)
+    out = tmp_path / "work" / "new.safetensors"
+    guard = Guard(tmp_path, out, tmp_path / "work" / "new.cure.json")
+    outcome = run_cli(_cure(src, out, text=assets["text"]))
+    assert outcome.rc == 0, outcome.stderr
+    guard.assert_untouched()
+    assert len(json.loads((tmp_path / "work" / "new.cure.json").read_text())["edits"]) == 1
