@@ -1,4 +1,4 @@
-// The LLS local loss of one block (DESIGN §5) and its gradient w.r.t. the block output.
+// The LLS local loss of one block (docs/architecture.md §5) and its gradient w.r.t. the block output.
 //   z  = adaptive_avg_pool(a, p x p).flatten()      [B, D]   (a is [B,C,H,W]; a [B,N] output is taken as is)
 //   zn = z / max(||z||_2, 1e-12)
 //   y0 = zn B^T                                      [B, K]   B[k,n] = sin(f_k * n), f = linspace(f_min, f_max, K)

@@ -1,7 +1,7 @@
 """CURE concept erasure (spectral eraser + expansion) and the UCE baseline for text-conditioned diffusion UNets.
 
 `erase(model, out, forget, ...)` edits a diffusers folder, a safetensors state dict or an ONNX UNet;
-`build_edit` + `edit_module` do the same for a UNet in memory. See DESIGN.md §6 for the math.
+`build_edit` + `edit_module` do the same for a UNet in memory. See docs/architecture.md §6 for the math.
 """
 
 from edgeml.cure.apply import cross_attention_layers, edit_module

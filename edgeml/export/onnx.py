@@ -2,9 +2,9 @@
 
 Every graph is checked (onnx.checker), shape-inferred and simplified (onnxsim, the `export` extra, folds constants
 and removes redundant nodes; when it is missing or fails the unsimplified graph is kept and the reason recorded).
-Spiking models with the streaming API (`stream_init`, `stream_step`, `stream_head`, contract B) are also exported as
-two graphs: `stream_step` (one P-step, membrane state as explicit inputs `state_in_i` and outputs `state_out_i`) and
-`stream_head` (I-frame + stacked P-tokens -> logits), so a device can run frame by frame.
+Spiking models with the streaming API (`stream_init`, `stream_step`, `stream_head`, docs/architecture.md §4) are
+also exported as two graphs: `stream_step` (one P-step, membrane state as explicit inputs `state_in_i` and outputs
+`state_out_i`) and `stream_head` (I-frame + stacked P-tokens -> logits), so a device can run frame by frame.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def op_types(path: str | Path) -> list[tuple[str, str]]:
 
 
 def is_streaming(model: Any) -> bool:
-    """True for models with the streaming API of contract B (spiking video models)."""
+    """True for models with the streaming API (docs/architecture.md §4: spiking video models)."""
     return all(callable(getattr(model, k, None)) for k in ("stream_init", "stream_step", "stream_head"))
 
 

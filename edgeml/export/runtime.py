@@ -1,8 +1,9 @@
-"""`open_runtime(artefact_dir, backend)`: one interface over every backend of an export folder (contract D).
+"""`open_runtime(artefact_dir, backend)`: one interface over every backend of an export folder.
 
-A Runtime has `.input_names`, `.output_names`, `.backend`, `.device` and `.run(feeds: dict[str, np.ndarray]) ->
-list[np.ndarray]`. Backends: `torch` (the exported weights, `model.safetensors`), `ort` (model.onnx), `ort-fp16`,
-`ort-int8` (model.int8.onnx), `tvm` (tvm/model.so, host architecture only), `trt` (TensorRT plan; needs tensorrt).
+The runtime contract (docs/architecture.md §7): a Runtime has `.input_names`, `.output_names`, `.backend`, `.device`
+and `.run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]`. Backends: `torch` (the exported weights,
+`model.safetensors`), `ort` (model.onnx), `ort-fp16`, `ort-int8` (model.int8.onnx), `tvm` (tvm/model.so, host
+architecture only), `trt` (TensorRT plan; needs tensorrt).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Front of the compiled motion-vector kernels (edgeml._C): rows, fields, accumulation, residuals.
 
-Conventions (DESIGN.md §3): a field is float32 `[2, ceil(H/g), ceil(W/g)]` (channel 0 = x), painted with each block's
-`dst - src` in whole pixels; cell (i, j) stands for pixel (i*g, j*g). A pixel p came from `p - field(p)` in the
-reference. Warping is nearest-neighbour with clamping at the borders (vectors are whole pixels, so bilinear would
+Conventions (docs/architecture.md §3): a field is float32 `[2, ceil(H/g), ceil(W/g)]` (channel 0 = x), painted with
+each block's `dst - src` in whole pixels; cell (i, j) stands for pixel (i*g, j*g). A pixel p came from `p - field(p)`
+in the reference. Warping is nearest-neighbour with clamping at the borders (vectors are whole pixels, so bilinear would
 give the same numbers); residual = current - warp(reference), so current == residual + warp(reference) exactly.
 """
 

@@ -1,4 +1,4 @@
-"""CURE's spectral math (DESIGN §6) and the UCE closed form, on random data."""
+"""CURE's spectral math (docs/architecture.md §6) and the UCE closed form, on random data."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Test-only models for the export tests: a tiny spiking video model with the streaming API (contract B) and a
-tiny image CNN, registered under names no real model uses. Importing this module registers them."""
+"""Test-only models for the export tests: a tiny spiking video model with the streaming API (docs/architecture.md
+§4) and a tiny image CNN, registered under names no real model uses. Importing this module registers them."""
 
 from __future__ import annotations
 
