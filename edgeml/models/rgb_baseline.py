@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeml.errors import ConfigError, InputError
+from edgeml.errors import ConfigError
+from edgeml.models.video_baselines import FramesModel
 from edgeml.registry import register_model
 
 # channels of the stem and of each stage (stage 2+ halve the spatial size); blocks per stage.
@@ -48,7 +49,7 @@ class ResBlock2Plus1D(nn.Module):
         return torch.relu(self.conv2(self.conv1(x)) + self.skip(x))
 
 
-class RGBBaseline(nn.Module):
+class RGBBaseline(FramesModel):
     """R(2+1)D-style network: frames [B, T+1, 3, H, W] -> logits [B, num_classes]."""
 
     def __init__(self, size: str = "small", num_classes: int = 10, clip_len: int = 8, height: int = 64,
@@ -73,17 +74,9 @@ class RGBBaseline(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(cin, num_classes)
 
-    def check_inputs(self, frames: torch.Tensor) -> None:
-        c = self.config
-        want = (frames.shape[0] if frames.dim() else 0, c["clip_len"] + 1, 3, c["height"], c["width"])
-        if tuple(frames.shape) != want:
-            raise InputError(f"frames has shape {list(frames.shape)}, expected {list(want)} for this model",
-                             fix="build the clips with the model's clip_len/size, or the model with the clips'")
-
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, T+1, 3, H, W] (0..255) -> logits [B, num_classes]."""
-        self.check_inputs(frames)
-        x = ((frames / 255.0 - 0.45) / 0.25).transpose(1, 2)  # [B, 3, T+1, H, W]
+        x = self.normalised(frames).transpose(1, 2)  # [B, 3, T+1, H, W]
         x = self.pool(self.layers(self.stem(x))).flatten(1)
         return self.head(self.drop(x))
 

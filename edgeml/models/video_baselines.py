@@ -25,7 +25,7 @@ from edgeml.registry import register_model
 _MEAN, _STD = 0.45, 0.25  # the normalisation every edgeml video model applies to 0..255 frames
 
 
-class _FramesModel(nn.Module):
+class FramesModel(nn.Module):
     """Shared input contract: config, shape check and normalisation of `frames` [B, T+1, 3, H, W]."""
 
     model_name = ""
@@ -80,7 +80,7 @@ class R2Plus1DBlock(nn.Module):
         return torch.relu(self.conv2(self.conv1(x)) + skip)
 
 
-class R2Plus1D18(_FramesModel):
+class R2Plus1D18(FramesModel):
     """R(2+1)D-18: frames [B, T+1, 3, H, W] -> logits [B, num_classes]; stages of 64/128/256/512 channels, the
     last three halving T, H and W."""
 
@@ -144,7 +144,7 @@ class X3DBlock(nn.Module):
 X3D_S_STAGES: tuple[tuple[int, int], ...] = ((3, 24), (5, 48), (11, 96), (7, 192))  # (blocks, channels)
 
 
-class X3DS(_FramesModel):
+class X3DS(FramesModel):
     """X3D-S: frames [B, T+1, 3, H, W] -> logits [B, num_classes]; no temporal striding, spatial stride 32."""
 
     model_name = "x3d_s"
@@ -240,7 +240,7 @@ def mobilenet_v2_trunk(width_mult: float = 1.0, shift_frames: int = 0) -> tuple[
     return nn.Sequential(*layers), cin
 
 
-class MobileNetV2TSM(_FramesModel):
+class MobileNetV2TSM(FramesModel):
     """MobileNetV2 1.0 on every frame with temporal shifts; per-frame logits averaged (TSN consensus):
     frames [B, T+1, 3, H, W] -> logits [B, num_classes]."""
 
@@ -267,7 +267,7 @@ class MobileNetV2TSM(_FramesModel):
 
 
 # ----------------------------------------------------------------------------------------------- registry
-def _example_inputs(model: _FramesModel, batch: int) -> tuple[torch.Tensor]:
+def _example_inputs(model: FramesModel, batch: int) -> tuple[torch.Tensor]:
     c = model.config
     g = torch.Generator().manual_seed(0)
     return (torch.rand(batch, c["clip_len"] + 1, 3, c["height"], c["width"], generator=g) * 255,)
