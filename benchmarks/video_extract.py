@@ -4,11 +4,13 @@ Per real clip (the XviD ASP clip with packed B-frames in tests/video/data, and i
 at the full 720x528 — inputs of the benchmark, not of the pipeline), ms per video of
   plain decode                  PyAV decode only (no side data)
   decode + MV export            flags2=+export_mvs, each frame's vectors read out (the least libavcodec does to
-                                hand out vectors; same thread count as every other contender: 1)
+                                hand out vectors; the same decoder threading as the extraction: PyAV's default)
   edgeml 64x64 / 224x224        edgeml.video.extract(path, size=(S, S), grid=4, accumulate=True): RGB I-frames
                                 through libswscale, accumulated MVs pooled to the model grid, fused residuals —
-                                the model's inputs, computed from the native stream (resize policy "crop")
-  edgeml MV-only                edgeml.video.codec.decode(path, mv_only=True): every MV row, pixels skipped
+                                the model's inputs, computed from the native stream (resize policy "crop"); its
+                                default: the kernels (edgeml._C.Extractor) in one worker thread beside the decoder
+  edgeml MV-only                edgeml.video.codec.decode(path, mv_only=True): every MV row, pixels skipped, on
+                                codec.MV_ONLY_THREADS frame threads (as mv-extractor, which uses one per core)
   mv-extractor frames+MVs       mvextractor.videocap.VideoCap read loop (BGR frame + MV array per frame)
   mv-extractor MV-only          the same with set_decode_frames(False)
 Contenders run interleaved over --rounds rounds (edgeml.bench.rounds); each measurement is the best of --loops

@@ -1,12 +1,14 @@
 // pybind11 glue for csrc/mv (and its CUDA twins).
 #include <cstring>
 #include <memory>
+#include <tuple>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "bind_util.h"
 #include "mv/accumulate.h"
+#include "mv/extract.h"
 #include "mv/rasterise.h"
 #include "mv/resample.h"
 #include "mv/residual.h"
@@ -386,18 +388,19 @@ void rows_of(const py::object& obj, Rows& rows) {
   }
   const auto* p = static_cast<const uint8_t*>(rows.raw->ptr);
   const size_t n = bytes / kAVMotionVectorBytes;
-  rows.parsed.reserve(n * edgeml::mv::kRowCols);
+  rows.parsed.resize(n * edgeml::mv::kRowCols);  // sized once, written through a pointer (no per-row insert)
+  int32_t* out = rows.parsed.data();
   for (size_t k = 0; k < n; ++k, p += kAVMotionVectorBytes) {
     int32_t source;
     int16_t xy[4];
     std::memcpy(&source, p, 4);
     std::memcpy(xy, p + 6, 8);  // src_x, src_y, dst_x, dst_y
     if (source >= 0) continue;  // predicted from a later frame (B-frames): not this chain's reference
-    const int32_t row[edgeml::mv::kRowCols] = {p[4], p[5], xy[0], xy[1], xy[2], xy[3]};
-    rows.parsed.insert(rows.parsed.end(), row, row + edgeml::mv::kRowCols);
+    out[0] = p[4], out[1] = p[5], out[2] = xy[0], out[3] = xy[1], out[4] = xy[2], out[5] = xy[3];
+    out += edgeml::mv::kRowCols;
   }
   rows.data = rows.parsed.data();
-  rows.n = static_cast<int64_t>(rows.parsed.size() / edgeml::mv::kRowCols);
+  rows.n = static_cast<int64_t>((out - rows.parsed.data()) / edgeml::mv::kRowCols);
 }
 
 // One P-frame of model-resolution extraction in one call: rasterise its vectors at native resolution, chain them
@@ -444,6 +447,71 @@ py::array_t<float> extract_step(const py::object& mvs, const py::sequence& cur_s
   }
   return field;
 }
+
+
+// The stateful CPU chain (edgeml::mv::Extractor) behind edgeml._C.Extractor: planes checked as extract_step checks them.
+class PyExtractor {
+ public:
+  PyExtractor(int height, int width, int grid, bool accumulate, const py::object& window, const py::object& size,
+              int channels)
+      : height_(height), width_(width), grid_(grid), channels_(channels) {
+    require_positive(height, "height");
+    require_positive(width, "width");
+    check_grid(grid);
+    if (channels < 1 || channels > 4) throw py::value_error("channels must be 1 to 4, got " + std::to_string(channels));
+    win_ = window_of(window, size, height, width);
+    std::tie(mh_, mw_) = model_cells(win_, height, width, grid);
+    impl_ = std::make_unique<edgeml::mv::Extractor>(height, width, grid, accumulate, win_, channels);
+  }
+
+  void reset(const py::sequence& planes_seq) {
+    Keep keep;
+    auto planes = checked(planes_seq, "planes", keep);
+    py::gil_scoped_release release;
+    impl_->reset(planes.data());
+  }
+
+  void step(const py::object& mvs, const py::sequence& cur_seq, const py::object& residual_out,
+            const py::object& mv_out) {
+    if (!impl_->ready()) throw py::value_error("step() before reset(): the chain has no reference frame yet");
+    Keep keep;
+    auto cur = checked(cur_seq, "cur", keep);
+    auto res = require<int16_t>(residual_out, "residual_out", {channels_, win_.out_h, win_.out_w});
+    auto mvo = require<float>(mv_out, "mv_out", {2, mh_, mw_});
+    if (!res.writeable() || !mvo.writeable()) throw py::value_error("residual_out and mv_out must be writeable");
+    Rows rows;
+    rows_of(mvs, rows);
+    int16_t* rp = res.mutable_data();
+    float* mp = mvo.mutable_data();
+    py::gil_scoped_release release;
+    impl_->step(rows.data, rows.n, cur.data(), rp, mp);
+  }
+
+  py::array_t<float> field() const {
+    const auto& f = impl_->field();
+    py::array_t<float> out({static_cast<py::ssize_t>(2), static_cast<py::ssize_t>(edgeml::mv::cells(height_, grid_)),
+                            static_cast<py::ssize_t>(edgeml::mv::cells(width_, grid_))});
+    std::copy(f.begin(), f.end(), out.mutable_data());
+    return out;
+  }
+
+ private:
+  std::vector<edgeml::mv::Plane> checked(const py::sequence& seq, const char* name, Keep& keep) const {
+    int h = 0, w = 0;
+    auto planes = planes_of(seq, name, h, w, keep);
+    if (static_cast<int>(planes.size()) != channels_ || h != height_ || w != width_) {
+      throw py::value_error(std::string(name) + ": expected " + std::to_string(channels_) + " planes of a " +
+                            std::to_string(height_) + "x" + std::to_string(width_) + " frame, got " +
+                            std::to_string(planes.size()) + " of " + std::to_string(h) + "x" + std::to_string(w));
+    }
+    return planes;
+  }
+
+  int height_, width_, grid_, channels_;
+  py::ssize_t mh_ = 0, mw_ = 0;
+  edgeml::mv::Window win_{};
+  std::unique_ptr<edgeml::mv::Extractor> impl_;
+};
 
 }  // namespace
 
@@ -547,4 +615,16 @@ void bind_mv(py::module_& m) {
         return extract_step(mvs, cur, ref, prev, grid, accumulate, win, size, res_out, mv_out, true);
       }, py::arg("mvs"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
       py::arg("window"), py::arg("size"), py::arg("residual_out"), py::arg("mv_out"), "CUDA twin of extract_step.");
+  py::class_<PyExtractor>(m, "Extractor",
+      "Model-resolution extraction of one video as a stateful CPU chain (the hot path of edgeml.video.extract):\n"
+      "reset(planes) at each I-frame copies its planes once as the reference (widened to full resolution for the\n"
+      "fused kernel) and restarts the chain; step(mvs, cur, residual_out, mv_out) per P-frame rasterises mvs (side\n"
+      "data bytes or int32 [N, 6] rows, as extract_step), chains the native field (accumulate), pools it into mv_out\n"
+      "and writes the fused residual into residual_out. The same numbers as extract_step in turn; GIL released.")
+      .def(py::init<int, int, int, bool, const py::object&, const py::object&, int>(), py::arg("height"),
+           py::arg("width"), py::arg("grid"), py::arg("accumulate"), py::arg("window"), py::arg("size"),
+           py::arg("channels") = 3)
+      .def("reset", &PyExtractor::reset, py::arg("planes"))
+      .def("step", &PyExtractor::step, py::arg("mvs"), py::arg("cur"), py::arg("residual_out"), py::arg("mv_out"))
+      .def_property_readonly("field", &PyExtractor::field, "The last step's native field (a copy).");
 }

@@ -35,4 +35,14 @@ void warp(const Plane* ref, int channels, const float* field, int height, int wi
 void residual_pooled(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width,
                      int grid, const Window& win, int16_t* out);
 
+// residual_pooled with reference planes already at full resolution with unit column stride (shift 0, col_stride 1:
+// e.g. from widen_plane), the form the fused kernel reads; a caller that reuses one reference for many frames (the
+// I-frame of a GOP) widens it once. Not for an identity window (use residual()).
+void residual_pooled_wide(const Plane* cur, const Plane* wide_ref, int channels, const float* field, int height,
+                          int width, int grid, const Window& win, int16_t* out);
+
+// A plane at full resolution: out (height x width bytes, rows `width` apart) = p(y >> shift_y, x >> shift_x), any
+// column stride.
+void widen_plane(const Plane& p, int height, int width, uint8_t* out);
+
 }  // namespace edgeml::mv

@@ -161,26 +161,41 @@ def _crop(frame: Any, window: tuple[int, int, int, int]) -> Any:
 
 class _KernelChain:
     """The per-P-frame kernel work with its state (reference planes, accumulated native field). Calls must come in
-    decode order; run in one worker thread they overlap with decoding (both release the GIL)."""
+    decode order; run in one worker thread they overlap with decoding (both release the GIL). On the CPU the state
+    lives in C++ (edgeml._C.Extractor: the I-frame's planes copied and widened once per GOP, the field never leaves
+    C++); the CUDA twin goes through extract_step with the state kept here."""
 
-    def __init__(self, grid: int, accumulate: bool, device: str, plan: Resize):
+    def __init__(self, grid: int, accumulate: bool, device: str, plan: Resize, channels: int = 3):
         self.grid, self.accumulate, self.plan = grid, accumulate, plan
-        self.step_fn = mv._pick("extract_step", device)
+        self.native: Any = None
+        if device == "cpu":
+            self.native = mv._C.Extractor(*plan.native, grid, accumulate, plan.window, plan.size, channels)
+        else:
+            self.step_fn = mv._pick("extract_step", device)
         self.ref = self.prev = self.acc = None
         self.seconds = self.cpu_seconds = 0.0
 
     def reset(self, planes: Any) -> None:
+        if self.native is not None:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            self.native.reset(planes)
+            self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.thread_time() - c0
+            return
         self.ref = self.prev = planes
         self.acc = None
 
     def step(self, mvs: Any, cur: Any, residual: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t0, c0 = time.perf_counter(), time.thread_time()
-        ref = self.ref if self.accumulate else self.prev
-        acc = self.step_fn(mvs, cur, ref, self.acc, self.grid, self.accumulate, self.plan.window, self.plan.size,
-                           residual, field)
-        if self.accumulate:
-            self.acc = acc
-        self.prev = cur
+        if self.native is not None:
+            self.native.step(mvs, cur, residual, field)
+        else:
+            ref = self.ref if self.accumulate else self.prev
+            acc = self.step_fn(mvs, cur, ref, self.acc, self.grid, self.accumulate, self.plan.window,
+                               self.plan.size, residual, field)
+            if self.accumulate:
+                self.acc = acc
+            self.prev = cur
         self.seconds += time.perf_counter() - t0
         self.cpu_seconds += time.thread_time() - c0
         return field, residual
@@ -318,7 +333,7 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
             frame = fr.frame
             if plan is None:
                 plan = resize_plan((frame.height, frame.width), size, resize, path=path)
-                chain = _KernelChain(grid, accumulate, device, plan)
+                chain = _KernelChain(grid, accumulate, device, plan, channels=len(_planes(frame)))
             elif (frame.height, frame.width) != plan.native:
                 raise VideoError(f"the frame size changes within the stream ({plan.native[0]}x{plan.native[1]} -> "
                                  f"{frame.height}x{frame.width})", path=path,
@@ -366,7 +381,7 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
 
 
 def extract(video: str | os.PathLike, *, size: tuple[int, int] | None = None, grid: int = 4, accumulate: bool = True,
-            resize: str = "crop", device: str = "cpu", threads: int = 1, pipeline: bool = False,
+            resize: str = "crop", device: str = "cpu", threads: int = 1, pipeline: bool | None = None,
             timings: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Every P-step of a video at the model's size, straight from the native stream -> (tensors, metadata).
 
@@ -375,10 +390,13 @@ def extract(video: str | os.PathLike, *, size: tuple[int, int] | None = None, gr
     reached by the `resize` policy ("crop": the largest centred window of the model's aspect, "stretch": the
     whole frame; see resize_plan) with no re-encode; None keeps the video's size (full resolution). metadata:
     codec, sizes, GOPs, grid, modes and the resize block (policy, window, how each tensor was resized).
-    timings: per-stage wall and CPU seconds (see iter_gops). Raises VideoError for bad input (truncated, intra-only,
-    smaller than `size`) and InputError for a size the grid does not divide.
+    timings: per-stage wall and CPU seconds (see iter_gops). pipeline: run the kernels in a worker thread beside the
+    decoder (iter_gops); None = wherever there are at least two cores. Raises VideoError for bad input (truncated,
+    intra-only, smaller than `size`) and InputError for a size the grid does not divide.
     """
     video = Path(video)
+    if pipeline is None:
+        pipeline = (os.cpu_count() or 1) >= 2
     buffer = _GrowingResiduals()
     info = codec.probe(video)
     gops = list(iter_gops(video, grid=grid, accumulate=accumulate, size=size, resize=resize, device=device,

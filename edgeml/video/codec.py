@@ -99,9 +99,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 # What libavcodec may skip when only the motion vectors are wanted: deblocking and the inverse transform change the
 # pixels, never the vectors (rows proven identical in tests/video/test_video_model_size.py).
 MV_ONLY_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
+# Decoder threads in MV-only mode: libavcodec's frame threads on up to two cores, as mv-extractor decodes (it sets
+# thread_count to the core count); the rows are the same as single-threaded decoding (tested).
+MV_ONLY_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
-def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int = 1,
+def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int | None = None,
            check_complete: bool = True, raw_mvs: bool = False, mv_only: bool = False) -> Iterator[DecodedFrame]:
     """Decode every frame of the first video stream, in presentation order.
 
@@ -109,7 +112,8 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
     raw_mvs: `mvs` is the MOTION_VECTORS side data itself (a buffer of AVMotionVector, what edgeml._C.extract_step
     reads without a numpy conversion) instead of a structured array. mv_only: skip what does not change the vectors
     (MV_ONLY_OPTIONS: the pixels are wrong, so frames=True is refused).
-    threads > 1 turns on libavcodec's frame/slice threading (it was slower on 2 cores, hence off by default).
+    threads > 1 turns on libavcodec's frame/slice threading; None = MV_ONLY_THREADS in MV-only mode, else 1 (PyAV's
+    default threading: frame decoding overlaps the caller's per-frame work instead).
     Raises VideoError for undecodable data, a stream with no frames, or (check_complete) a packet the demuxer marks
     broken — a truncated file's last, partial packet. The container's declared frame count is never trusted: FFmpeg's
     own mpeg4-in-AVI muxing declares one frame more than it writes, and a hostile header can declare 2^31.
@@ -123,6 +127,8 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
             raise ValueError("mv_only decoding skips the inverse transform: its frames are not the video's pixels")
         if mvs or mv_only:
             cc.options = {**({"flags2": "+export_mvs"} if mvs else {}), **(MV_ONLY_OPTIONS if mv_only else {})}
+        if threads is None:
+            threads = MV_ONLY_THREADS if mv_only else 1
         if threads > 1:
             stream.thread_type = "AUTO"
             stream.thread_count = threads
@@ -158,7 +164,8 @@ def picture_type(code: int) -> str:
 def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
     """`edgeml data mvs`: every exported motion vector as one CSV row, exactly as FFmpeg's
     doc/examples/extract_mvs.c prints it (same header, columns, number formatting; `framenum` counts every decoded
-    frame from 1, in decoder output order), decoded in MV-only mode (MV_ONLY_OPTIONS). Returns the number of rows. A
+    frame from 1, in decoder output order), decoded in MV-only mode (MV_ONLY_OPTIONS, MV_ONLY_THREADS). Returns the
+    number of rows. A
     truncated file or one without any motion vector (intra-only) is a VideoError and writes nothing."""
     from edgeml.io import atomic_write
 

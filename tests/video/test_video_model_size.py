@@ -131,6 +131,113 @@ def test_extract_step_equals_the_kernels_in_turn(rng, accumulate):
         np.testing.assert_array_equal(res, _C.residual_pooled(cur, ref, field, grid, window, size))
 
 
+# ------------------------------------------------------------------------------------------------- fused kernel paths
+
+
+def test_fused_residual_folds_many_full_weight_rows_exactly(rng):
+    """More than 128 native rows per output row (the int16 row sums are folded into int32 before they could
+    overflow), in tall and wide windows, with clamped vectors."""
+    for native, window, size in (((600, 40), (0, 0, 600, 40), (2, 8)), ((301, 520), (1, 3, 300, 516), (1, 3)),
+                                 ((260, 33), (0, 0, 260, 33), (1, 1))):
+        cur, ref = yuv420(rng, *native), yuv420(rng, *native)
+        extreme = [np.full(native, 255, np.uint8)] * 3, [np.zeros(native, np.uint8)] * 3  # the largest sums
+        field = rng.integers(-80, 81, (2, -(-native[0] // 4), -(-native[1] // 4))).astype(np.float32)
+        for a, b in ((cur, ref), extreme):
+            np.testing.assert_array_equal(_C.residual_pooled(a, b, field, 4, window, size),
+                                          mv.np_residual_pooled(a, b, field, 4, window, size))
+
+
+def test_fused_residual_of_a_window_too_large_for_int32_sums_is_exact(rng):
+    """255 * hs * ws >= 2^31 (a ~3000 x 3000 window): the 64-bit prefix sums and divisions, checked on one plane
+    against the area mean of a whole-frame translation (the reference built without a per-pixel gather)."""
+    h0, w0, size = 3000, 2900, (3, 5)
+    cur, ref = rng.integers(0, 256, (h0, w0), dtype=np.uint8), rng.integers(0, 256, (h0, w0), dtype=np.uint8)
+    for vx, vy in ((0, 0), (7, -5)):
+        cells = (-(-h0 // 16), -(-w0 // 16))
+        field = np.stack([np.full(cells, vx), np.full(cells, vy)])
+        got = _C.residual_pooled([cur], [ref], field.astype(np.float32), 16, (0, 0, h0, w0), size)
+        warped = ref[np.clip(np.arange(h0) - vy, 0, h0 - 1)][:, np.clip(np.arange(w0) - vx, 0, w0 - 1)]
+        want = mv.np_area_mean((cur.astype(np.int16) - warped)[None], (0, 0, h0, w0), size)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("layout", ["rgb", "strided", "yuv422", "mixed"])
+def test_fused_residual_on_packed_strided_and_422_planes(rng, layout):
+    """Planes the fused kernel must widen first (packed RGB columns, strided views, 4:2:2 chroma, a strided current
+    frame against a planar reference) give the reference numbers."""
+    from test_video_kernels import strided
+
+    h0, w0, window, size = 45, 70, (2, 4, 40, 62), (15, 31)
+    if layout == "rgb":
+        cur = mv.packed_planes(rng.integers(0, 256, (h0, w0, 3), dtype=np.uint8))
+        ref = mv.packed_planes(rng.integers(0, 256, (h0, w0, 3), dtype=np.uint8))
+    elif layout == "yuv422":
+        cur, ref = ([rng.integers(0, 256, (h0, w), dtype=np.uint8) for w in (w0, 35, 35)] for _ in range(2))
+    else:
+        cur, ref = yuv420(rng, h0, w0), yuv420(rng, h0, w0)
+        cur = strided(cur, 3)
+        ref = ref if layout == "mixed" else strided(ref, 2)
+    for grid in (1, 4, 8):
+        field = rng.integers(-30, 31, (2, -(-h0 // grid), -(-w0 // grid))).astype(np.float32)
+        np.testing.assert_array_equal(_C.residual_pooled(cur, ref, field, grid, window, size),
+                                      mv.np_residual_pooled(cur, ref, field, grid, window, size))
+
+
+# ------------------------------------------------------------------------------------------------- the stateful chain
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize(("native", "window", "size"), [((48, 80), (0, 8, 48, 64), (24, 32)),
+                                                        ((37, 53), (0, 0, 37, 53), (37, 53)),
+                                                        ((45, 70), (2, 4, 40, 62), (20, 28))])
+def test_extractor_chain_equals_extract_step_in_turn(rng, accumulate, native, window, size):
+    """edgeml._C.Extractor (the reference kept in C++, copied once per I-frame) over two GOPs, with side data and
+    row arrays, equals extract_step called frame by frame with the reference and previous field passed in."""
+    from test_video_kernels import random_rows
+
+    h0, w0 = native
+    grid = 4
+    identity = size == native
+    cells = (-(-h0 // grid), -(-w0 // grid)) if identity else (size[0] // grid, size[1] // grid)
+    chain = _C.Extractor(h0, w0, grid, accumulate, window, size)
+    ref = prev = None
+    for k in range(9):
+        frame = yuv420(rng, h0, w0)
+        if k % 4 == 0:  # an I-frame
+            chain.reset(frame)
+            ref, prev, last = frame, None, frame
+            continue
+        rows = random_rows(rng, 40, h0, w0)
+        source = np.where(rng.random(40) < 0.2, 1, -1)
+        mvs = side_data_bytes(rows, source) if k % 2 else np.ascontiguousarray(rows[source < 0])
+        res, pooled = np.empty((3, *size), np.int16), np.empty((2, *cells), np.float32)
+        want_res, want_mv = np.empty_like(res), np.empty_like(pooled)
+        chain.step(mvs, frame, res, pooled)
+        native_field = _C.extract_step(mvs, frame, ref if accumulate else last, prev, grid, accumulate, window, size,
+                                       want_res, want_mv)
+        np.testing.assert_array_equal(res, want_res)
+        np.testing.assert_array_equal(pooled, want_mv)
+        np.testing.assert_array_equal(chain.field, native_field)
+        prev, last = (native_field if accumulate else None), frame
+
+
+def test_extractor_checks_its_inputs(rng):
+    chain = _C.Extractor(32, 48, 4, True, (0, 0, 32, 48), (16, 24))
+    frame = yuv420(rng, 32, 48)
+    res, pooled = np.empty((3, 16, 24), np.int16), np.empty((2, 4, 6), np.float32)
+    with pytest.raises(ValueError, match="before reset"):
+        chain.step(None, frame, res, pooled)
+    with pytest.raises(ValueError, match="3 planes of a 32x48 frame"):
+        chain.reset(yuv420(rng, 32, 40))
+    chain.reset(frame)
+    with pytest.raises(ValueError, match="residual_out"):
+        chain.step(None, frame, np.empty((3, 16, 20), np.int16), pooled)
+    with pytest.raises(ValueError, match="must divide"):
+        _C.Extractor(32, 48, 4, True, (0, 0, 32, 48), (18, 24))
+    chain.step(None, frame, res, pooled)  # no vectors: the residual against the I-frame itself
+    np.testing.assert_array_equal(res, _C.residual_pooled(frame, frame, None, 4, (0, 0, 32, 48), (16, 24)))
+
+
 def test_kernels_reject_bad_windows_and_sizes(rng):
     cur = yuv420(rng, 32, 48)
     with pytest.raises(ValueError, match="not inside"):
@@ -297,13 +404,14 @@ def test_extract_cli_refuses_a_size_it_cannot_make(canonical, tmp_path, args, te
 
 
 @pytest.mark.parametrize("codec_name", ["xvid", "mpeg4", "h264"])
-def test_mv_only_decoding_gives_identical_rows(tmp_path, codec_name):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mv_only_decoding_gives_identical_rows(tmp_path, codec_name, threads):
     from edgeml.video.codec import decode, prepare
 
     path = REAL if codec_name == "xvid" else prepare(REAL, tmp_path / f"v.{'avi' if codec_name == 'mpeg4' else 'mp4'}",
                                                      codec=codec_name, size=(96, 128))
     full = [(f.pict_type, f.mvs) for f in decode(path)]
-    fast = [(f.pict_type, f.mvs) for f in decode(path, mv_only=True)]
+    fast = [(f.pict_type, f.mvs) for f in decode(path, mv_only=True, threads=threads)]
     assert len(full) == len(fast) and sum(m is not None for _, m in full) > 10
     for (ka, a), (kb, b) in zip(full, fast, strict=True):
         assert ka == kb and (a is None) == (b is None)
@@ -316,3 +424,17 @@ def test_mv_only_refuses_frames():
 
     with pytest.raises(ValueError, match="mv_only"):
         next(decode(REAL, frames=True, mv_only=True))
+
+
+@pytest.mark.parametrize("size", [(64, 64), None])
+def test_extract_is_the_same_pipelined_and_with_decoder_threads(size):
+    """The kernels in a worker thread beside the decoder (extract's default on two or more cores) and libavcodec's
+    own frame threads change no number: the same tensors as the inline, single-threaded extraction."""
+    from edgeml.video import extract
+
+    want, meta = extract(REAL, size=size, pipeline=False, threads=1)
+    for kwargs in ({"pipeline": True}, {"pipeline": True, "threads": 2}, {}):
+        got, got_meta = extract(REAL, size=size, **kwargs)
+        assert got_meta == meta
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=f"{k} {kwargs}")
