@@ -1,8 +1,10 @@
 """Power and energy meters: Intel RAPL, NVIDIA NVML and Jetson INA3221 rails, behind one interface.
 
-Discovery (`available_sensors`, used by `edgeml info`) and measurement (`open_meters`, `Meter.measure`) take
-`root` (default "/") so tests can point them at a fake sysfs tree, and NVML functions take the `pynvml` module
-so tests can pass a fake one.
+`open_meters(sensors=profile.power.sensors)` measures exactly the sensors a target profile names (`[power]
+sensors`: sysfs files or globs -- RAPL `energy_uj`, INA3221 `in*_input` / `curr*_input` / `power*_input` -- and
+`nvml:N`); without `sensors` it scans the machine for RAPL, NVML and INA3221 (as `available_sensors`, used by
+`edgeml info`, does). Every function takes `root` (default "/") so tests can point it at a fake sysfs tree, and
+NVML functions take the `pynvml` module so tests can pass a fake one.
 
 Two kinds of meter:
 - counters (RAPL `energy_uj`, NVML total energy): read at start, at every sampling tick and at stop; the
@@ -18,9 +20,10 @@ that fails during a run marks that reading invalid with the reason.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,14 +371,15 @@ class Ina3221Meter(Meter):
     """Jetson INA3221 rails under hwmon: power = `in{n}_input` [mV] × `curr{n}_input` [mA], as jtop reads it.
 
     A `power{n}_input` file (µW, the hwmon ABI) is used where the driver provides one. The module input rail
-    (VDD_IN and its aliases) is measured where present; otherwise every rail is summed.
+    (VDD_IN and its aliases) is measured where present; otherwise every rail is summed. `channels`: only these
+    (hwmon folder, channel number) pairs (the ones a profile names), else every labelled channel.
     """
 
     kind = "ina3221"
     method = "power-sampling"
 
-    def __init__(self, hwmons: list[Path], interval: float = 0.05):
-        self.rails = _ina_rails(hwmons)
+    def __init__(self, hwmons: list[Path], interval: float = 0.05, channels: set[tuple[Path, int]] | None = None):
+        self.rails = _ina_rails(hwmons) if channels is None else _ina_channel_rails(channels)
         total = {k: v for k, v in self.rails.items() if k.split("@")[0] in _INA_TOTAL_RAILS}
         if total:
             self.rails = dict(list(total.items())[:1])
@@ -409,6 +413,21 @@ def _ina_rails(hwmons: list[Path]) -> dict[str, Callable[[], float]]:
     return rails
 
 
+def _ina_channel_rails(channels: set[tuple[Path, int]]) -> dict[str, Callable[[], float]]:
+    """Rails of the given (hwmon folder, channel) pairs that carry a current or power reading (INA3221's
+    `in4..6_input` are shunt voltages without one: not rails)."""
+    rails: dict[str, Callable[[], float]] = {}
+    for hw, n in sorted(channels):
+        power, volts, amps = hw / f"power{n}_input", hw / f"in{n}_input", hw / f"curr{n}_input"
+        if not (power.exists() or amps.exists()):
+            continue
+        label = _read_label(hw / f"in{n}_label", f"in{n}")
+        if label.upper().startswith("SUM OF"):  # Orin's summed channel would double count
+            continue
+        rails[f"{label}@{hw.name}"] = _power_file_reader(power) if power.exists() else _v_times_i_reader(volts, amps)
+    return rails
+
+
 # ----------------------------------------------------------------------------------------------- opening
 
 
@@ -437,11 +456,16 @@ class MeterSet:
 
 
 def open_meters(root: str | Path = "/", nvml: Any | None = None, interval: float = 0.05,
-                kinds: tuple[str, ...] = ("rapl", "nvml", "ina3221")) -> MeterSet:
-    """Every meter that reads on this machine (RAPL, NVML, INA3221); unreadable ones go to `problems`.
+                kinds: tuple[str, ...] = ("rapl", "nvml", "ina3221"),
+                sensors: Sequence[str] | None = None) -> MeterSet:
+    """The meters that read on this machine; unreadable ones go to `problems`.
 
-    `nvml`: a pynvml-like module (tests pass a fake), None to import pynvml, False to skip NVML.
+    `sensors`: a target profile's `[power] sensors` -- exactly those are measured (none when it is empty); None
+    scans for every RAPL, NVML and INA3221 sensor (`kinds` limits the scan). `nvml`: a pynvml-like module (tests
+    pass a fake), None to import pynvml, False to skip NVML.
     """
+    if sensors is not None:
+        return _profile_meters(sensors, root, nvml, interval)
     candidates: list[Meter] = []
     problems: list[str] = []
     if "rapl" in kinds and (zones := _rapl_top_zones(root)):
@@ -466,6 +490,11 @@ def open_meters(root: str | Path = "/", nvml: Any | None = None, interval: float
             candidates.append(meter)
         else:
             problems.append(f"{', '.join(map(str, hwmons))}: ina3221 without labelled rails")
+    return _checked(candidates, problems)
+
+
+def _checked(candidates: list[Meter], problems: list[str]) -> MeterSet:
+    """The candidates that read now; each one that does not adds its reason to `problems`."""
     meters = []
     for m in candidates:
         if (why := m.check()) is None:
@@ -473,3 +502,59 @@ def open_meters(root: str | Path = "/", nvml: Any | None = None, interval: float
         else:
             problems.append(why)
     return MeterSet(meters, problems)
+
+
+_INA_FILE = re.compile(r"(in|curr|power)(\d+)_input")
+
+
+def _profile_meters(sensors: Sequence[str], root: str | Path, nvml: Any | None, interval: float) -> MeterSet:
+    """Meters over exactly the sensors a profile names: `nvml:N`, RAPL `energy_uj` files, INA3221 channel files
+    (globs allowed; each resolved under `root`). A sensor that is absent or unknown here goes to `problems`."""
+    if not sensors:
+        return MeterSet([], ["the target profile names no power sensor ([power] sensors = [])"])
+    problems: list[str] = []
+    candidates: list[Meter] = []
+    zones: list[Path] = []
+    channels: set[tuple[Path, int]] = set()
+    for sensor in sensors:
+        if sensor.startswith("nvml:"):
+            candidates.extend(_nvml_sensor(sensor, nvml, interval, problems))
+            continue
+        found = sorted(Path(root).glob(sensor.lstrip("/"))) if sensor.strip("/") else []
+        if not found:
+            problems.append(f"{sensor}: not present on this machine")
+        for path in found:
+            if path.name == "energy_uj":
+                zones.append(path.parent)
+            elif m := _INA_FILE.fullmatch(path.name):
+                channels.add((path.parent, int(m.group(2))))
+            else:
+                problems.append(f"{path}: not a sensor edgeml reads (RAPL energy_uj, INA3221 in/curr/power*_input, "
+                                "nvml:N)")
+    if zones:
+        candidates.append(RaplMeter(sorted(set(zones)), interval))
+    if channels:
+        meter = Ina3221Meter(sorted({hw for hw, _ in channels}), interval, channels)
+        if meter.rails:
+            candidates.append(meter)
+        else:
+            problems.append(f"{', '.join(sorted(str(hw / f'in{n}_input') for hw, n in channels))}: "
+                            "no current or power reading beside them")
+    return _checked(candidates, problems)
+
+
+def _nvml_sensor(sensor: str, nvml: Any | None, interval: float, problems: list[str]) -> list[Meter]:
+    """The NvmlMeter of `nvml:N` (a list of one), or none with the reason added to `problems`."""
+    index = sensor.partition(":")[2]
+    if not index.isdigit():
+        problems.append(f"{sensor}: expected nvml:N with N a GPU index")
+        return []
+    nvml = _import_pynvml() if nvml is None else nvml
+    if not nvml:
+        problems.append(f"{sensor}: pynvml is not installed (pip install 'edgeml[nvml]')")
+        return []
+    try:
+        return [NvmlMeter(nvml, int(index), interval)]
+    except Exception as e:  # NVMLError_*: no driver, no such GPU
+        problems.append(f"{sensor}: {e}")
+        return []

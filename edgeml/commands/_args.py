@@ -66,3 +66,29 @@ def size_hw(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected HxW like 64x64, got {text!r}")
     return parts[0], parts[1]
+
+
+def model_options(items: list[str]) -> dict[str, object]:
+    """`--set KEY=VALUE` items -> model config overrides; a value is JSON (numbers, true/false, null, lists) or else
+    the text itself, never NaN/inf. Keys and types are checked against the model by the registry (`check_config`)."""
+    import json
+
+    from edgeml.errors import InputError
+
+    def value(key: str, text: str) -> object:
+        def refuse(constant: str) -> float:
+            raise InputError(f"--set {key}={text}: expected a finite number, got {constant}")
+
+        try:
+            return json.loads(text, parse_constant=refuse,
+                              parse_float=lambda t: float(t) if math.isfinite(float(t)) else refuse(t))
+        except json.JSONDecodeError:
+            return text
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r} is not KEY=VALUE")
+        out[key] = value(key, text)
+    return out

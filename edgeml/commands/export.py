@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeml.commands._args import nonneg_int, positive_int
+from edgeml.commands._args import model_options, nonneg_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead of a static batch")
     p.add_argument("--calib-samples", type=positive_int, default=64, help="int8 calibration samples (default 64)")
     p.add_argument("--parity-samples", type=positive_int, default=64, help="real samples for parity (default 64)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, as for `edgeml train` (repeatable), e.g. --random-init --set size=m224 "
+                        "--set height=224 --set width=224; keys and types are checked against the model")
     p.add_argument("--tune-trials", type=nonneg_int, default=0,
-                   help="TVM MetaSchedule trials, split evenly over the conv/matmul kernels and measured on this "
-                        "machine (host targets only; 0 = no tuning). Untuned conv/matmul kernels are naive loops; "
-                        "benchmarks/export_latency.py measures video_spiking with 1024 trials (~13 min on 2 cores)")
+                   help="TVM: tune the conv/matmul kernels from scratch with this many MetaSchedule trials, measured "
+                        "on this machine (host targets only), showing tasks and trials done and the best latency so "
+                        "far. 0 (default): use the tuning records edgeml ships for the model (x86-tvm: video_spiking, "
+                        "tuned on an x86 CPU), no tuner run; kernels they do not cover stay untuned")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim simplification")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles and exit")
     p.set_defaults(func=run)
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     path = export_model(args.model, args.target, out, checkpoint=args.checkpoint, random_init=args.random_init,
                         force=args.force, opset=args.opset, dynamic_batch=args.dynamic_batch, data=args.data,
                         calib_samples=args.calib_samples, parity_samples=args.parity_samples,
-                        tune_trials=args.tune_trials, simplify=not args.no_simplify, progress=True, log=print)
+                        tune_trials=args.tune_trials, simplify=not args.no_simplify,
+                        overrides=model_options(args.set), progress=True, log=print)
     _print_summary(path)
     return 0
 
@@ -83,3 +88,6 @@ def _print_summary(path: object) -> None:
     summary = read_json(Path(str(path)) / "parity.json").get("summary", {})
     for key, val in summary.items():
         print(f"[export] parity {key}: {val}")
+    precision = read_json(Path(str(path)) / "manifest.json").get("precision") or {}
+    if precision.get("recommended"):
+        print(f"[export] recommended precision: {precision['recommended']} ({precision['why']})")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,60 +84,317 @@ def _preprocessing(task: str, config: dict[str, Any], dataset: Any) -> dict[str,
     return pre
 
 
-class _Steps:
-    """A rich progress bar over the export steps (transient), or plain log lines when `progress` is off."""
+class ExportStep(NamedTuple):
+    """One named stage of `export_model`: `run(job)` adds its files to `job.tmp` and its facts to `job`;
+    `applies(job)` says whether the job needs it (fp16 only when the profile lists it, ...).
 
-    def __init__(self, total: int, progress: bool, log: Callable[[str], None]):
-        self.log, self.bar, self.task = log, None, None
-        if progress:
-            from rich.progress import Progress
+    Not the demo's `Step`: a demo step is cached on its own output between runs, while an export's steps share
+    one temp folder that is renamed into place only when all of them succeeded."""
 
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task("export", total=total)
+    name: str
+    describe: Callable[[ExportJob], str]
+    run: Callable[[ExportJob], None]
+    applies: Callable[[ExportJob], bool] = lambda job: True
 
-    def __enter__(self) -> _Steps:
-        if self.bar:
-            self.bar.start()
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar:
-            self.bar.stop()
+@dataclass
+class ExportJob:
+    """What the steps of one export share: its inputs (checked) and what the steps made so far."""
 
-    def step(self, what: str) -> None:
-        if self.bar:
-            self.bar.update(self.task, description=what, advance=1)
-        self.log(f"[export] {what}")
+    model: str
+    target: str
+    profile: Any  # TargetProfile
+    spec: Any  # ModelSpec
+    net: Any
+    weights: dict[str, Any]
+    config: dict[str, Any]
+    datasets: dict[str, Any]
+    opset: int
+    trt_max_opset: int | None
+    options: dict[str, Any]  # dynamic_batch, simplify, calib/parity/random/eval samples, tune_trials, data
+    log: Callable[[str], None]
+    tmp: Path = Path()
+    names: list[str] = field(default_factory=list)
+    outs: list[str] = field(default_factory=list)
+    example: tuple = ()
+    feeds0: dict[str, np.ndarray] = field(default_factory=dict)
+    backends: dict[str, Any] = field(default_factory=dict)
+    quant: dict[str, Any] = field(default_factory=dict)
+    stream: dict[str, Any] | None = None
+    calibration: tuple[str, list[dict[str, np.ndarray]]] | None = None
+    trt_op_check: Any = None
+    report: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
+    tuning_progress: Callable[[Any], None] | None = None
+
+
+def _save_weights(job: ExportJob) -> None:
+    from edgeml.io import save_checkpoint
+
+    save_checkpoint(job.tmp / "model.safetensors", {f"model.{k}": v for k, v in job.net.state_dict().items()},
+                    {"model": job.model, "config": job.config, "exported_from": job.weights["source"]})
+
+
+def _onnx(job: ExportJob) -> None:
+    from edgeml.export import onnx as ox
+
+    notes = ox.export_onnx(job.net, job.example, job.tmp / "model.onnx", input_names=job.names,
+                           output_names=job.outs, opset=job.opset, dynamic_batch=job.options["dynamic_batch"],
+                           simplify=job.options["simplify"], max_opset=job.trt_max_opset)
+    if notes["opset"] != job.opset:
+        job.log(f"[export] the TorchScript exporter could not express an op: used the dynamo exporter at opset "
+                f"{notes['opset']}")
+    job.opset = notes["opset"]  # the dynamo fallback may raise it to 18
+    job.backends["onnxruntime"] = {"files": {"fp32": "model.onnx"}, **notes}
+    job.feeds0 = {k: v.detach().numpy() for k, v in zip(job.names, job.example, strict=True)}
+
+
+def _tensorrt_op_check(job: ExportJob) -> None:
+    """Fail fast, before the slow steps, when TensorRT cannot take an op."""
+    from edgeml.export import tensorrt as trt
+
+    job.trt_op_check = trt.check_ops(job.tmp / "model.onnx", job.profile)
+
+
+def _streaming(job: ExportJob) -> None:
+    from edgeml.export import onnx as ox
+
+    stream = ox.export_streaming(job.net, job.example, job.tmp / "stream", input_names=job.names,
+                                 output_names=job.outs, opset=job.opset, simplify=job.options["simplify"])
+    job.stream = {**stream, "step": "stream/stream_step.onnx", "head": "stream/stream_head.onnx"}
+    init = job.net.stream_init(job.profile.batch)
+    if any(float(s.abs().max()) != 0.0 for s in init):
+        raise ExportError("stream_init returned non-zero states; the streaming runner assumes zeros",
+                          fix="make stream_init return zero membrane states (docs/architecture.md §4)")
+
+
+def _fp16(job: ExportJob) -> None:
+    from edgeml.export import quantize
+
+    job.quant["fp16"] = quantize.to_fp16(job.tmp / "model.onnx", job.tmp / "model.fp16.onnx")
+    job.backends["onnxruntime"]["files"]["fp16"] = "model.fp16.onnx"
+
+
+def _int8(job: ExportJob) -> None:
+    from edgeml.export import quantize
+
+    note, calib = _calib(job)
+    job.quant["int8"] = {**quantize.to_int8_qdq(job.tmp / "model.onnx", job.tmp / "model.int8.onnx", calib,
+                                                **quantize.int8_settings(job.profile.backend)),
+                         "calibration_data": note}
+    job.backends["onnxruntime"]["files"]["int8"] = "model.int8.onnx"
+
+
+def _tensorrt(job: ExportJob) -> None:
+    from edgeml.export import onnx as ox
+    from edgeml.export import tensorrt as trt
+
+    tmp, profile = job.tmp, job.profile
+    if (tmp / "model.int8.onnx").is_file():
+        trt.check_ops(tmp / "model.int8.onnx", profile)
+    io = ox.graph_io(tmp / "model.onnx")
+    files = {"fp32": "../model.onnx"}
+    if "fp16" in profile.precisions:
+        files["fp16"] = "../model.onnx"  # TensorRT builds fp16 from the fp32 graph with --fp16
+    if (tmp / "model.int8.onnx").is_file():
+        files["int8"] = "../model.int8.onnx"
+    info = {**trt.write_build_files(tmp / "tensorrt", profile, io, files, job.options["dynamic_batch"]),
+            "op_check": job.trt_op_check}
+    plan = trt.build_here(tmp / "tensorrt")
+    info["engine"] = plan.name if plan else None
+    info["engine_note"] = "built here" if plan else "tensorrt not importable here: run build_engine.sh on the device"
+    job.backends["tensorrt"] = info
+
+
+def _tvm_source(job: ExportJob) -> str:
+    """How the TVM kernels get their schedules: tuning here, the shipped records, or none."""
+    if job.options["tune_trials"]:
+        return f"tuning {job.options['tune_trials']} trials here"
+    return "shipped tuning records" if _tvm_records(job) else "untuned"
+
+
+def _tvm_records(job: ExportJob) -> Path | None:
+    from edgeml.export.tvm import shipped_records
+
+    return shipped_records(job.model, job.profile.name) if job.profile.tvm.host_runnable else None
+
+
+def _tvm(job: ExportJob) -> None:
+    from edgeml.export import tvm as tvmx
+
+    info = tvmx.build(job.tmp / "model.onnx", job.tmp / "tvm", job.profile.tvm,
+                      tune_trials=job.options["tune_trials"], records=_tvm_records(job),
+                      progress=job.tuning_progress, log=lambda s: None)
+    tuning = info.get("tuning") or {}
+    if tuning.get("source") == "shipped records" and tuning["tasks_scheduled"] < tuning["tasks"]:
+        job.log(f"[export] the shipped TVM records cover {tuning['tasks_scheduled']} of {tuning['tasks']} kernels "
+                f"(they were tuned for {job.model}'s shipped configuration): the rest stay untuned; "
+                "--tune-trials N tunes them here")
+    job.backends["tvm"] = info
+
+
+def _parity(job: ExportJob) -> None:
+    from edgeml.io import write_json
+
+    o = job.options
+    job.report = _parity_report(job.net, job.tmp, job.names, job.outs, job.feeds0, job.datasets, job.stream,
+                                job.backends, job.profile, o["parity_samples"], o["random_samples"],
+                                o["eval_samples"])
+    job.report["calibration"] = _calib(job)[0]
+    write_json(job.tmp / "parity.json", job.report)
+
+
+def _precision(job: ExportJob) -> None:
+    from edgeml.export.quantize import recommend_precision
+
+    job.precision = recommend_precision(job.profile, job.tmp)
+
+
+def _manifest(job: ExportJob) -> None:
+    from edgeml.export import onnx as ox
+    from edgeml.io import sha256_file, write_json
+
+    tmp, profile = job.tmp, job.profile
+    io = ox.graph_io(tmp / "model.onnx")
+    spec = job.spec
+    classes = job.weights["meta"].get("classes") or getattr(job.datasets.get("test"), "classes", None)
+    data = job.options["data"]
+    manifest = {
+        "format": "edgeml-export", "format_version": 1, "model": job.model, "task": spec.task,
+        "version": tool_versions()["edgeml"], "config": job.config, "classes": classes,
+        "target": profile.name, "target_requested": job.target, "backend": profile.backend,
+        "profile": profile.raw, "opset": job.opset, "batch": profile.batch,
+        "dynamic_batch": job.options["dynamic_batch"], "inputs": io["inputs"], "outputs": io["outputs"],
+        "preprocessing": _preprocessing(spec.task, job.config, job.datasets.get("test")),
+        "weights": {k: v for k, v in job.weights.items() if k != "meta"},
+        "data": str(data) if data is not None else None, "streaming": job.stream, "quantization": job.quant,
+        "precision": job.precision, "backends": job.backends, "parity_summary": job.report.get("summary"),
+        "power_sensors": list(profile.power.sensors),
+        "tools": tool_versions(), "host": {"machine": platform.machine(), "system": platform.system()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "export_seconds": round(time.perf_counter() - job.options["t_start"], 2),
+    }
+    manifest["checksums"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
+                             if p.is_file()}
+    write_json(tmp / "manifest.json", manifest)
+
+
+def _calib(job: ExportJob) -> tuple[str, list[dict[str, np.ndarray]]]:
+    if job.calibration is None:
+        job.calibration = _calibration(job.datasets, job.names, job.options["calib_samples"], job.profile.batch,
+                                       job.feeds0)
+    return job.calibration
+
+
+def _has(precision: str) -> Callable[[ExportJob], bool]:
+    return lambda job: precision in job.profile.precisions
+
+
+STEPS: tuple[ExportStep, ...] = (
+    ExportStep("weights", lambda j: "weights (model.safetensors)", _save_weights),
+    ExportStep("onnx", lambda j: f"ONNX opset {j.opset} ({j.model}, batch {j.profile.batch}"
+               f"{', dynamic' if j.options['dynamic_batch'] else ''})", _onnx),
+    ExportStep("tensorrt-op-check", lambda j: f"TensorRT {j.profile.tensorrt.version} op check", _tensorrt_op_check,
+               lambda j: j.profile.wants_tensorrt),
+    ExportStep("streaming", lambda j: "streaming graphs (one P-step per call, membrane state as I/O)", _streaming,
+               lambda j: _is_streaming(j.net)),
+    ExportStep("fp16", lambda j: "fp16 conversion", _fp16, _has("fp16")),
+    ExportStep("int8", lambda j: f"int8 QDQ quantization ({j.options['calib_samples']} calibration samples)",
+               _int8, _has("int8")),
+    ExportStep("tensorrt", lambda j: f"TensorRT {j.profile.tensorrt.version} build_engine.sh", _tensorrt,
+               lambda j: j.profile.wants_tensorrt),
+    ExportStep("tvm", lambda j: f"TVM build for {j.profile.tvm.target} ({_tvm_source(j)})", _tvm,
+               lambda j: j.profile.wants_tvm),
+    ExportStep("parity", lambda j: "parity against PyTorch", _parity),
+    ExportStep("precision", lambda j: "recommended precision", _precision),
+    ExportStep("manifest", lambda j: "manifest", _manifest),
+)
+
+
+def _is_streaming(net: Any) -> bool:
+    from edgeml.export.onnx import is_streaming
+
+    return is_streaming(net)
 
 
 def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint: str | Path | None = None,
                  random_init: bool = False, force: bool = False, opset: int | None = None,
                  dynamic_batch: bool = False, data: str | Path | None = None, calib_samples: int = 64,
                  parity_samples: int = 64, random_samples: int = 4, eval_samples: int | None = 512,
-                 tune_trials: int = 0, simplify: bool = True, progress: bool = False,
-                 log: Callable[[str], None] | None = None) -> Path:
+                 tune_trials: int = 0, simplify: bool = True, overrides: dict[str, Any] | None = None,
+                 progress: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Export registered `model` for `target` into folder `out`; returns `out`.
 
+    Runs the `STEPS` the profile asks for, in order, inside one temp folder renamed into place at the end.
     `data`: the model's data set (clip cache for video, image data set name/folder) for real-input parity, int8
     calibration (train split) and int8-vs-fp32 accuracy (test split); without it random inputs are used (recorded
     as such) -- never a folder named in the checkpoint's metadata, so the result does not depend on what happens
-    to exist on this machine. Bad inputs (an `out` that is or holds the checkpoint or the data included) raise
-    EdgeMLError subclasses before anything is written; a failure during the build leaves no folder behind, and
-    temp folders a killed export left beside `out` are removed by the next export to it.
+    to exist on this machine. `overrides`: model options (`--set KEY=VALUE`), checked by the registry. TVM
+    profiles use the tuning records edgeml ships for the model unless `tune_trials` > 0 tunes here. Bad inputs (an
+    `out` that is or holds the checkpoint or the data included) raise EdgeMLError subclasses before anything is
+    written; a failure during the build leaves no folder behind, and temp folders a killed export left beside
+    `out` are removed by the next export to it.
     """
     import torch
 
-    from edgeml.export.targets import load_profile
     from edgeml.io import atomic_dir, remove_stale_temps
-    from edgeml.registry import create_model, model_spec
+    from edgeml.progress import Progress
 
     log = log or (lambda s: None)
+    job = _prepare(model, target, Path(out), checkpoint=checkpoint, random_init=random_init, force=force,
+                   opset=opset, data=data, overrides=overrides or {}, log=log,
+                   options={"dynamic_batch": dynamic_batch, "simplify": simplify, "calib_samples": calib_samples,
+                            "parity_samples": parity_samples, "random_samples": random_samples,
+                            "eval_samples": eval_samples, "tune_trials": tune_trials, "data": data,
+                            "t_start": time.perf_counter()})
+    out = Path(out)
+    steps = [s for s in STEPS if s.applies(job)]
+    remove_stale_temps(out.parent, [out.name])  # what a killed export to `out` left (kill -9 skips all cleanup)
+    with atomic_dir(out, force=force) as tmp, Progress(progress, transient=True, quiet=True) as bar, \
+            torch.no_grad():
+        job.tmp = tmp
+        task = bar.add("export", total=len(steps))
+        job.tuning_progress = _tuning_reporter(bar, log)
+        for step in steps:
+            what = step.describe(job)
+            bar.advance(task, 0, description=what)
+            log(f"[export] {what}")
+            step.run(job)
+            bar.advance(task)
+    remove_stale_temps(out.parent, [out.name])  # a `.old` kept above held the only copy until now
+    log(f"[export] wrote {out}")
+    return out
+
+
+def _tuning_reporter(bar: Any, log: Callable[[str], None]) -> Callable[[Any], None]:
+    """MetaSchedule progress as a bar (tasks and trials done, best latency so far) and a log line per new task."""
+    state: dict[str, Any] = {"task": None, "bar": None, "done": 0}
+
+    def report(p: Any) -> None:
+        if state["bar"] is None:
+            state["bar"] = bar.add("TVM tuning", total=p.trials_total)
+        bar.advance(state["bar"], p.trials_done - state["done"], info=p.line())
+        state["done"] = p.trials_done
+        if p.last_task != state["task"] or p.trials_done == p.trials_total:
+            state["task"] = p.last_task
+            log(f"[export] TVM tuning: {p.line()}")
+
+    return report
+
+
+def _prepare(model: str, target: str | Path, out: Path, *, checkpoint: str | Path | None, random_init: bool,
+             force: bool, opset: int | None, data: str | Path | None, overrides: dict[str, Any],
+             log: Callable[[str], None], options: dict[str, Any]) -> ExportJob:
+    """Check every input (nothing is written) and build the model: the job the steps run on."""
+    import torch
+
+    from edgeml.export.targets import OPSET_RANGE, load_profile
+    from edgeml.paths import refuse_overwrite
+    from edgeml.registry import check_config, create_model, model_spec
+
     spec = model_spec(model)
     profile = load_profile(target)
-    from edgeml.export.targets import OPSET_RANGE
-    from edgeml.paths import refuse_overwrite
-
-    out = Path(out)
+    check_config(model, overrides, source="--set")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError("checkpoint not found (or not a file)", path=checkpoint,
                          fix="pass the .safetensors file `edgeml train` wrote")
@@ -155,115 +413,19 @@ def export_model(model: str, target: str | Path, out: str | Path, *, checkpoint:
     weights = resolve_weights(model, checkpoint, random_init)
     if weights["source"] == "random-init":
         torch.manual_seed(0)
-        net = create_model(model)
+        net = create_model(model, **overrides)
     else:
-        net = create_model(model, checkpoint=weights["checkpoint"])
-    net = net.eval()
-    config = {**spec.defaults, **weights["meta"].get("config", {})}
+        net = create_model(model, checkpoint=weights["checkpoint"], **overrides)
+    if overrides:
+        weights["overrides"] = dict(overrides)
+    config = {**spec.defaults, **weights["meta"].get("config", {}), **overrides}
     datasets = _open_data(spec.task, Path(data)) if data is not None else {}
-
-    from edgeml.export import onnx as ox
-    from edgeml.export import quantize
-
+    job = ExportJob(model=model, target=str(target), profile=profile, spec=spec, net=net.eval(), weights=weights,
+                    config=config, datasets=datasets, opset=opset, trt_max_opset=trt_max, options=options, log=log,
+                    names=list(spec.input_names), outs=list(spec.output_names))
     with torch.no_grad():
-        example = tuple(spec.example_inputs(net, profile.batch))
-    names, outs = list(spec.input_names), list(spec.output_names)
-    streaming = ox.is_streaming(net)
-    n_steps = 4 + streaming + ("fp16" in profile.precisions) + ("int8" in profile.precisions) + \
-        profile.wants_tvm + profile.wants_tensorrt
-    t_start = time.perf_counter()
-    remove_stale_temps(out.parent, [out.name])  # what a killed export to `out` left (kill -9 skips all cleanup)
-    with atomic_dir(out, force=force) as tmp, _Steps(n_steps, progress, log) as steps, torch.no_grad():
-        from edgeml.io import save_checkpoint, sha256_file, write_json
-
-        save_checkpoint(tmp / "model.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
-                        {"model": model, "config": config, "exported_from": weights["source"]})
-        steps.step(f"ONNX opset {opset} ({model}, batch {profile.batch}{', dynamic' if dynamic_batch else ''})")
-        onnx_notes = ox.export_onnx(net, example, tmp / "model.onnx", input_names=names, output_names=outs,
-                                    opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
-                                    max_opset=trt_max)
-        if onnx_notes["opset"] != opset:
-            log(f"[export] the TorchScript exporter could not express an op: used the dynamo exporter at opset "
-                f"{onnx_notes['opset']}")
-        opset = onnx_notes["opset"]  # the dynamo fallback may raise it to 18
-        backends: dict[str, Any] = {"onnxruntime": {"files": {"fp32": "model.onnx"}, **onnx_notes}}
-        if profile.wants_tensorrt:  # fail fast, before the slow steps, when TensorRT cannot take an op
-            from edgeml.export import tensorrt as trt
-
-            op_check = trt.check_ops(tmp / "model.onnx", profile)
-        stream = None
-        if streaming:
-            steps.step("streaming graphs (one P-step per call, membrane state as I/O)")
-            stream = ox.export_streaming(net, example, tmp / "stream", input_names=names, output_names=outs,
-                                         opset=opset, simplify=simplify)
-            stream = {**stream, "step": "stream/stream_step.onnx", "head": "stream/stream_head.onnx"}
-            init = net.stream_init(profile.batch)
-            if any(float(s.abs().max()) != 0.0 for s in init):
-                raise ExportError("stream_init returned non-zero states; the streaming runner assumes zeros",
-                                  fix="make stream_init return zero membrane states (contract B)")
-        feeds0 = {k: v.detach().numpy() for k, v in zip(names, example, strict=True)}
-        calib_note, calib = _calibration(datasets, names, calib_samples, profile.batch, feeds0)
-        quant: dict[str, Any] = {}
-        if "fp16" in profile.precisions:
-            steps.step("fp16 conversion")
-            quant["fp16"] = quantize.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-            backends["onnxruntime"]["files"]["fp16"] = "model.fp16.onnx"
-        if "int8" in profile.precisions:
-            steps.step(f"int8 QDQ quantization ({len(calib)} calibration samples, {calib_note})")
-            quant["int8"] = {**quantize.to_int8_qdq(tmp / "model.onnx", tmp / "model.int8.onnx", calib),
-                             "calibration_data": calib_note}
-            backends["onnxruntime"]["files"]["int8"] = "model.int8.onnx"
-        if profile.wants_tensorrt:
-            steps.step(f"TensorRT {profile.tensorrt.version} op check + build_engine.sh")
-            if (tmp / "model.int8.onnx").is_file():
-                trt.check_ops(tmp / "model.int8.onnx", profile)
-            io = ox.graph_io(tmp / "model.onnx")
-            files = {"fp32": "../model.onnx"}
-            if "fp16" in profile.precisions:
-                files["fp16"] = "../model.onnx"  # TensorRT builds fp16 from the fp32 graph with --fp16
-            if (tmp / "model.int8.onnx").is_file():
-                files["int8"] = "../model.int8.onnx"
-            backends["tensorrt"] = {**trt.write_build_files(tmp / "tensorrt", profile, io, files, dynamic_batch),
-                                    "op_check": op_check}
-            plan = trt.build_here(tmp / "tensorrt")
-            backends["tensorrt"]["engine"] = plan.name if plan else None
-            backends["tensorrt"]["engine_note"] = ("built here" if plan else
-                                                   "tensorrt not importable here: run build_engine.sh on the device")
-        if profile.wants_tvm:
-            steps.step(f"TVM build for {profile.tvm.target}" + (f", tuning {tune_trials} trials"
-                                                                   if tune_trials else ""))
-            from edgeml.export import tvm as tvmx
-
-            backends["tvm"] = tvmx.build(tmp / "model.onnx", tmp / "tvm", profile.tvm, tune_trials=tune_trials,
-                                         log=lambda s: None)
-        steps.step("parity against PyTorch")
-        report = _parity_report(net, tmp, names, outs, feeds0, datasets, stream, backends, profile,
-                                parity_samples, random_samples, eval_samples)
-        report["calibration"] = calib_note
-        write_json(tmp / "parity.json", report)
-        steps.step("manifest")
-        io = ox.graph_io(tmp / "model.onnx")
-        classes = weights["meta"].get("classes") or getattr(datasets.get("test"), "classes", None)
-        manifest = {
-            "format": "edgeml-export", "format_version": 1, "model": model, "task": spec.task,
-            "version": tool_versions()["edgeml"], "config": config, "classes": classes,
-            "target": profile.name, "target_requested": str(target), "backend": profile.backend,
-            "profile": profile.raw, "opset": opset, "batch": profile.batch, "dynamic_batch": dynamic_batch,
-            "inputs": io["inputs"], "outputs": io["outputs"],
-            "preprocessing": _preprocessing(spec.task, config, datasets.get("test")),
-            "weights": {k: v for k, v in weights.items() if k != "meta"},
-            "data": str(data) if data is not None else None, "streaming": stream, "quantization": quant,
-            "backends": backends, "parity_summary": report.get("summary"),
-            "tools": tool_versions(), "host": {"machine": platform.machine(), "system": platform.system()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "export_seconds": round(time.perf_counter() - t_start, 2),
-        }
-        manifest["checksums"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
-                                 if p.is_file()}
-        write_json(tmp / "manifest.json", manifest)
-    remove_stale_temps(out.parent, [out.name])  # a `.old` kept above held the only copy until now
-    log(f"[export] wrote {out}")
-    return out
+        job.example = tuple(spec.example_inputs(job.net, profile.batch))
+    return job
 
 
 def _open_data(task: str, data: Path) -> dict[str, Any]:

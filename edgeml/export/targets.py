@@ -2,7 +2,8 @@
 
 A profile says which backend builds the deployable artefact (onnxruntime, tvm, tensorrt), the ONNX opset,
 the static batch, which precisions to produce (fp32 always; fp16 / int8 QDQ), and backend settings
-(TensorRT version and trtexec flags, TVM target dict, onnxruntime providers, power sensor paths).
+(TensorRT version and trtexec flags, TVM target dict, onnxruntime providers, power sensors) and which precision
+to deploy (with the measured reason).
 
 Profiles are typed (`TargetProfile` and one dataclass per table) and validated when loaded: an unknown key, a
 value of the wrong type or a missing required key is a ConfigError naming the file and the key.
@@ -64,9 +65,18 @@ class OnnxRuntimeSettings:
 
 @dataclass(frozen=True)
 class PowerSettings:
-    """`[power]`: sensor paths (globs) of the device, recorded in the manifest."""
+    """`[power]`: the device's power sensors, which the bench meters read (`edgeml.bench.meters.open_meters`):
+    sysfs files (globs; RAPL `energy_uj`, INA3221 `in*_input` / `curr*_input` / `power*_input`) or `nvml:N`."""
 
     sensors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """`[precision]`: which of the profile's precisions to deploy, and the measurement that decided it."""
+
+    recommended: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class TargetProfile:
     tvm: TVMSettings | None = None
     onnxruntime: OnnxRuntimeSettings = field(default_factory=OnnxRuntimeSettings)
     power: PowerSettings = field(default_factory=PowerSettings)
+    precision: PrecisionSettings | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,7 +111,7 @@ class TargetProfile:
 _TOP_LEVEL: dict[str, Any] = {"name": str, "description": str, "aliases": list[str], "backend": str, "opset": int,
                               "batch": int, "precisions": list[str]}
 _TABLES: dict[str, type] = {"tensorrt": TensorRTSettings, "tvm": TVMSettings, "onnxruntime": OnnxRuntimeSettings,
-                            "power": PowerSettings}
+                            "power": PowerSettings, "precision": PrecisionSettings}
 
 
 def targets_dir() -> Path:
@@ -260,7 +271,11 @@ def _parse(data: dict, path: Path) -> TargetProfile:
     if ort.graph_optimization_level not in ORT_OPTIMIZATION_LEVELS:
         raise ConfigError(f"key 'onnxruntime.graph_optimization_level' must be one of {ORT_OPTIMIZATION_LEVELS}, "
                           f"got {ort.graph_optimization_level!r}", path=path)
+    precision = sections.get("precision")
+    if precision is not None and precision.recommended not in precisions:
+        raise ConfigError(f"key 'precision.recommended' must be one of the profile's precisions {list(precisions)}, "
+                          f"got {precision.recommended!r}", path=path)
     return TargetProfile(
         name=top.get("name", path.stem), description=top.get("description", ""), backend=backend, opset=opset,
         batch=batch, precisions=precisions, path=path, aliases=top.get("aliases", ()), tensorrt=trt, tvm=tvm,
-        onnxruntime=ort, power=sections.get("power", PowerSettings()), raw=data)
+        onnxruntime=ort, power=sections.get("power", PowerSettings()), precision=precision, raw=data)

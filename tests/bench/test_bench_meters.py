@@ -186,3 +186,86 @@ def test_meters_keep_sampling_while_the_main_thread_is_busy(tmp_path):
             pass
     assert out[0].samples >= 3
     assert out[0].joules == pytest.approx(50.0 * out[0].seconds, rel=1e-6)
+
+
+# ------------------------------------------------------------------ the sensors a target profile names
+
+
+def _on_i2c_bus(root, hw, device: str):
+    """Expose hwmon `hw` where the Jetson profiles name it: /sys/bus/i2c/drivers/ina3221/<device>/hwmon/<hw> (a
+    symlink, as in sysfs)."""
+    link = root / "sys/bus/i2c/drivers/ina3221" / device / "hwmon" / hw.name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(hw)
+
+
+def test_profile_sensors_measure_only_the_rapl_zone_the_profile_names(tmp_path):
+    from edgeml.export.targets import load_profile
+
+    z0, z1 = make_rapl(tmp_path, {"package-0": (0, 10**12), "package-1": (0, 10**12)})
+    meters = open_meters(tmp_path, interval=0.01, sensors=load_profile("x86-cpu").power.sensors)
+    (meter,) = meters.meters
+    assert meter.kind == "rapl" and meter.scope == "package-0" and meters.problems == []
+    with meters.measure() as out:
+        write_atomic(z0 / "energy_uj", "2000000\n")
+        write_atomic(z1 / "energy_uj", "9000000\n")  # not named by the profile: not counted
+    assert out[0].joules == pytest.approx(2.0)
+
+
+def test_profile_ina3221_globs_read_the_named_rail_through_the_i2c_path(tmp_path):
+    from edgeml.export.targets import load_profile
+
+    hw = make_ina3221(tmp_path, {"VDD_IN": (5000, 1000), "VDD_CPU_GPU_CV": (5000, 400), "VDD_SOC": (5000, 200)})
+    _on_i2c_bus(tmp_path, hw, "1-0040")
+    meters = open_meters(tmp_path, interval=0.01, sensors=load_profile("jetson-orin-nano").power.sensors)
+    (meter,) = meters.meters  # the profile names channel 1's voltage and current: VDD_IN only
+    assert isinstance(meter, Ina3221Meter) and meter.scope == "VDD_IN" and meters.problems == []
+    with meter.measure() as out:
+        time.sleep(0.1)
+    assert out[0].watts == pytest.approx(5.0, rel=1e-6)
+
+
+def test_profile_ina3221_glob_over_all_channels_skips_shunt_voltages_and_keeps_the_input_rail(tmp_path):
+    from edgeml.export.targets import load_profile
+
+    hw = make_ina3221(tmp_path, {"GPU": (1000, 1000), "VDD_IN": (5000, 2000), "CPU": (1000, 500)})
+    for n in (4, 5, 6):  # the driver's shunt-voltage channels: in4..6_input without a current
+        (hw / f"in{n}_input").write_text("12\n")
+    _on_i2c_bus(tmp_path, hw, "1-0040")
+    meters = open_meters(tmp_path, interval=0.01, sensors=load_profile("jetson-agx-orin").power.sensors)
+    (meter,) = meters.meters
+    assert meter.scope == "VDD_IN"
+    assert meters.problems == ["/sys/bus/i2c/drivers/ina3221/1-0041/hwmon/hwmon*/in*_input: not present on this "
+                               "machine"]  # the profile's second monitor is not in this fake tree
+
+
+def test_profile_nvml_sensor_measures_that_gpu_only():
+    from edgeml.export.targets import load_profile
+
+    nvml = FakePynvml(wavy_power, energy_counter=False, gpus=2)
+    meters = open_meters("/nonexistent", nvml=nvml, sensors=load_profile("cuda-gpu").power.sensors)
+    assert [m.scope for m in meters.meters] == ["GPU 0 (Fake H100)"]
+
+
+def test_profile_without_sensors_measures_nothing_and_says_so(tmp_path):
+    from edgeml.export.targets import load_profile
+
+    make_rapl(tmp_path, {"package-0": (0, 10**12)})  # present, but the rpi4 profile names no sensor
+    meters = open_meters(tmp_path, sensors=load_profile("rpi4").power.sensors)
+    assert not meters.measured and "names no power sensor" in meters.problems[0]
+
+
+def test_profile_sensor_absent_here_is_a_problem_not_an_error(tmp_path):
+    meters = open_meters(tmp_path, nvml=False, sensors=["/sys/class/powercap/intel-rapl:0/energy_uj", "nvml:x",
+                                                        "/sys/class/thermal/thermal_zone0/temp"])
+    assert meters.meters == []
+    assert meters.problems[0] == "/sys/class/powercap/intel-rapl:0/energy_uj: not present on this machine"
+    assert "nvml:N" in meters.problems[1]
+
+
+def test_profile_sensor_of_an_unknown_kind_is_named(tmp_path):
+    temp = tmp_path / "sys/class/thermal/thermal_zone0/temp"
+    temp.parent.mkdir(parents=True)
+    temp.write_text("45000\n")
+    meters = open_meters(tmp_path, sensors=["/sys/class/thermal/thermal_zone0/temp"])
+    assert meters.meters == [] and "not a sensor edgeml reads" in meters.problems[0]

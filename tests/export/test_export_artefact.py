@@ -131,6 +131,9 @@ def test_jetson_export_writes_the_tensorrt_build_files(tmp_path: Path):
     assert m["backends"]["tensorrt"]["op_check"]["blocking"] == []
     cfg = json.loads((out / "tensorrt" / "build_config.json").read_text())
     assert cfg["onnx"]["int8"] == "../model.int8.onnx" and cfg["tensorrt_version"] == "10.3"
+    assert m["quantization"]["int8"]["activations"] == "int8 symmetric"  # TensorRT needs zero points of 0
+    assert m["precision"] == {"recommended": None, "why": "the profile recommends none: measure on the device "
+                                                          "(edgeml bench)"}  # and nothing measured here
     assert json.loads((out / "parity.json").read_text())["backends"]["ort-fp16"]["random"]["top1_agreement"] == 1.0
 
 
@@ -251,9 +254,98 @@ def test_int8_on_real_data_is_within_tolerance_and_reported(tmp_path: Path, fash
 
 @pytest.mark.slow
 def test_tuned_tvm_build_keeps_parity_and_records_the_budget(tmp_path: Path):
-    out = export_model(export_tiny.VIDEO, "x86-tvm", tmp_path / "art", random_init=True, tune_trials=16)
+    lines: list[str] = []
+    out = export_model(export_tiny.VIDEO, "x86-tvm", tmp_path / "art", random_init=True, tune_trials=16,
+                       log=lines.append)
     manifest = json.loads((out / "manifest.json").read_text())
     tvm_info = manifest["backends"]["tvm"]
-    assert tvm_info["tuned"] and tvm_info["tune_tasks"] >= 1 and tvm_info["trials_per_task"] >= 8
+    assert tvm_info["tuned"] and tvm_info["tuning"]["tasks"] >= 1 and tvm_info["tuning"]["trials_per_task"] >= 8
+    assert tvm_info["tuning"]["source"] == "tuned here" and (out / "tvm/tuning/database_workload.json").is_file()
+    progress = [line for line in lines if line.startswith("[export] TVM tuning: tasks ")]
+    assert progress and "best " in progress[-1] and "ms per run" in progress[-1]  # never silent
     summary = json.loads((out / "parity.json").read_text())["summary"]
     assert summary["tvm_fp32"]["pass"] and summary["tvm_fp32"]["max_rel"] <= 1e-4
+
+
+def test_export_runs_the_named_steps_its_profile_asks_for_in_order(tmp_path: Path):
+    lines: list[str] = []
+    export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "o", random_init=True, log=lines.append)
+    steps = [line.split("] ", 1)[1] for line in lines if line.startswith("[export] ")]
+    assert [s.split(" ")[0] for s in steps[:-1]] == ["weights", "ONNX", "int8", "parity", "recommended", "manifest"]
+    assert not any("fp16" in s or "TVM" in s or "TensorRT" in s for s in steps)  # x86-cpu asks for none of them
+
+
+def test_manifest_says_which_precision_the_profile_recommends_and_why(tvm_x86: Path):
+    p = json.loads((tvm_x86 / "manifest.json").read_text())["precision"]
+    assert p["recommended"] == "fp32" and "int8" in p["why"] and "benchmarks/export_latency.py" in p["why"]
+    here = p["measured_here"]  # fp32 vs int8 timed on this machine during the export, interleaved
+    assert here["fp32_ms"] > 0 and here["int8_ms"] > 0 and here["faster"] in ("fp32", "int8")
+    assert here["int8_vs_fp32"] == pytest.approx(here["int8_ms"] / here["fp32_ms"], rel=1e-2)
+    assert isinstance(here["valid"], bool) and isinstance(here["reasons"], list)
+
+
+def test_cpu_int8_quantizes_only_conv_gemm_matmul_with_uint8_activations(tvm_x86: Path):
+    import onnx
+
+    graph = onnx.load(str(tvm_x86 / "model.int8.onnx")).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    used_by: dict[str, set[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            used_by.setdefault(i, set()).add(n.op_type)
+    in_int8 = {n.op_type for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+               and any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+               and any("QuantizeLinear" in used_by.get(o, ()) for o in n.output)}
+    assert "Conv" in in_int8 and in_int8 <= {"Conv", "Gemm", "MatMul", "Relu", "Softmax"}  # Relu/Softmax: fused
+    assert in_int8.isdisjoint({"Mul", "Add", "Sub", "Greater", "Cast"})  # no QDQ around the LIF ops
+    inits = {t.name: t for t in graph.initializer}
+    act_zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in act_zero_points)
+    q = json.loads((tvm_x86 / "manifest.json").read_text())["quantization"]["int8"]
+    assert q["activations"] == "uint8 asymmetric" and q["ops"] == ["Conv", "Gemm", "MatMul"]
+
+
+def test_model_options_reach_the_model_and_the_manifest(tmp_path: Path):
+    out = export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "o", random_init=True,
+                       overrides={"image_size": 24, "num_classes": 5})
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["inputs"][0]["shape"] == [1, 1, 24, 24] and m["outputs"][0]["shape"] == [1, 5]
+    assert m["config"]["image_size"] == 24 and m["weights"]["overrides"] == {"image_size": 24, "num_classes": 5}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"image_sise": 24}, ["unknown --set key 'image_sise'", "valid keys:", "image_size"]),
+    ({"image_size": "big"}, ["--set key 'image_size'", "must be int", "'big'"]),
+])
+def test_bad_model_options_are_config_errors_before_anything_is_written(tmp_path: Path, overrides, words):
+    from edgeml.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "o", random_init=True, overrides=overrides)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_tvm_records_of_another_model_schedule_nothing_and_say_so(tvm_x86: Path, tmp_path: Path):
+    from edgeml.export import tvm as tvmx
+    from edgeml.export.targets import load_profile
+
+    records = tvmx.shipped_records("video_spiking", "x86-tvm")
+    assert records is not None
+    info = tvmx.build(tvm_x86 / "model.onnx", tmp_path / "tvm", load_profile("x86-tvm").tvm, records=records,
+                      log=lambda s: None)
+    t = info["tuning"]
+    assert t["source"] == "shipped records" and t["tasks"] >= 1 and t["tasks_scheduled"] == 0 and not info["tuned"]
+    assert (tmp_path / "tvm" / "tuning" / "database_tuning_record.json").is_file()  # the records used, kept
+
+
+def test_tuning_progress_counts_tasks_trials_and_the_best_latency():
+    from edgeml.export.tvm import TuningProgress
+
+    p = TuningProgress(["fused_conv2d", "matmul"], [2.0, 1.0], trials_total=6)
+    p.update(0, [[30e-6, 10e-6], None, [50e-6]])  # mean 20 us, a failed build, 50 us
+    assert (p.tasks_done, p.trials_done, p.best_s[0]) == (1, 3, pytest.approx(20e-6))
+    p.update(1, [[5e-6], [7e-6], [6e-6]])
+    assert p.tuned_kernels_ms == pytest.approx(2 * 0.020 + 0.005)  # calls per run x best, in ms
+    assert p.failed == 1
+    assert p.line() == "tasks 2/2, trials 6/6 (1 failed), best matmul 5.0 us, tuned kernels 0.045 ms per run"

@@ -41,3 +41,25 @@ def test_export_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["export", "--model", export_tiny.IMAGE, "--target", "x86-cpu", "--out", str(out),
                  "--random-init"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_export_takes_model_options_like_train(tmp_path: Path):
+    out = tmp_path / "set"
+    assert main(["export", "--model", export_tiny.IMAGE, "--target", "x86-cpu", "--out", str(out), "--random-init",
+                 "--set", "image_size=20", "--set", "num_classes=3"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["image_size"] == 20 and m["outputs"][0]["shape"] == [1, 3]
+
+
+@pytest.mark.parametrize("item, words", [
+    ("image_sise=20", ["unknown --set key 'image_sise'", "valid keys:"]),
+    ("image_size=big", ["--set key 'image_size'", "must be int"]),
+    ("image_size", ["--set 'image_size' is not KEY=VALUE"]),
+    ("image_size=NaN", ["expected a finite number"]),
+])
+def test_bad_model_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, item, words):
+    assert main(["export", "--model", export_tiny.IMAGE, "--out", str(tmp_path / "o"), "--random-init",
+                 "--set", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,43 @@ def test_the_profiles_graph_optimization_level_reaches_the_ort_session(tmp_path:
     default = open_runtime(export_model(export_tiny.IMAGE, "x86-cpu", tmp_path / "all", random_init=True,
                                         simplify=False), "ort")
     assert default.session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_tvm_records_ship_inside_the_package_for_the_x86_tvm_profile():
+    import subprocess
+
+    import edgeml
+    from edgeml.export.tvm import RECORD_FILES, shipped_records
+
+    records = shipped_records("video_spiking", "x86-tvm")
+    assert records is not None and records.is_relative_to(Path(edgeml.__file__).parent)  # wheel.packages ships it
+    about = json.loads((records / "tuning.json").read_text())
+    assert about["model"] == "video_spiking" and about["profile"] == "x86-tvm" and about["trials"] > 0
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():  # scikit-build-core leaves git-ignored files out of the wheel
+        ignored = subprocess.run(["git", "check-ignore", *[str(records / f) for f in RECORD_FILES]], cwd=root,
+                                 capture_output=True, text=True).stdout
+        assert ignored == ""
+    assert shipped_records("video_spiking", "rpi4") is None  # aarch64: cannot be measured here, none shipped
+
+
+def test_shipped_tvm_records_cover_every_tuned_kernel_of_the_shipped_model(tmp_path: Path):
+    # If the model's graph changes, its kernels no longer match the records: re-tune (see tuning.json) and re-ship.
+    import torch
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgeml.export import onnx as ox
+    from edgeml.export import tvm as tvmx
+    from edgeml.export.artefact import shipped_checkpoint
+    from edgeml.registry import create_model, model_spec
+
+    profile = targets.load_profile("x86-tvm")
+    spec = model_spec("video_spiking")
+    net = create_model("video_spiking", checkpoint=shipped_checkpoint("video_spiking")).eval()
+    with torch.no_grad():
+        ox.export_onnx(net, tuple(spec.example_inputs(net, profile.batch)), tmp_path / "m.onnx",
+                       input_names=list(spec.input_names), output_names=list(spec.output_names), opset=profile.opset)
+    _, _, tasks = tvmx._tasks(tvmx.relax_module(tmp_path / "m.onnx"), profile.tvm.target)
+    db = ms.database.JSONDatabase(work_dir=str(tvmx.shipped_records("video_spiking", "x86-tvm")), allow_missing=False)
+    missing = [t.task_name for t in tasks if not db.has_workload(t.dispatched[0])]
+    assert tasks and missing == []
