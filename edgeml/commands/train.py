@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
-from edgeml.commands._args import nonneg_float, nonneg_int, positive_float, positive_int
+from edgeml.commands._args import model_options, nonneg_float, nonneg_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,32 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _value(key: str, text: str) -> object:
-    """A `--set` value: JSON (numbers, true/false, null, lists) or else the text itself; never NaN/inf."""
-
-    def refuse(constant: str) -> float:
-        from edgeml.errors import InputError
-
-        raise InputError(f"--set {key}={text}: expected a finite number, got {constant}")
-
-    try:
-        return json.loads(text, parse_constant=refuse,
-                          parse_float=lambda t: float(t) if math.isfinite(float(t)) else refuse(t))
-    except json.JSONDecodeError:
-        return text
-
-
 def run(args: argparse.Namespace) -> int:
     from edgeml.errors import InputError
     from edgeml.training.distributed import finish_distributed
     from edgeml.training.loop import train_from_args
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set {item!r} is not KEY=VALUE")
-        overrides[key] = _value(key, value)
+    overrides = model_options(args.set)
     if Path(args.data).is_file():
         raise InputError("--data is a file", path=args.data,
                          fix="pass a folder (a clip cache or an image data set) or a data set name")
