@@ -311,7 +311,7 @@ def bench(*, model: str | None = None, artefact: str | Path | None = None, backe
         inputs = [artefact, checkpoint, data]
         inputs += [p for d in (artefact, data) if d is not None and Path(d).is_dir() for p in Path(d).rglob("*")]
         refuse_overwrite(out, inputs)
-    meters = meters if meters is not None else open_meters()
+    meters = meters if meters is not None else open_meters(sensors=_profile_sensors(artefact))
     with cpu_threads(threads), tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
         given_artefact = artefact
         manifest, runtime, torch_model, artefact = _prepare(model, artefact, backend, target, checkpoint,
@@ -642,6 +642,16 @@ def _summary(r: dict) -> dict:
         "front_end_cpu_s_per_video": e2e.get("front_end_cpu_s_per_video") if e2e else None,
         "videos_per_s_ray": r["ray"]["videos_per_s"] if r.get("ray") else None,
     }
+
+
+def _profile_sensors(artefact: str | Path | None) -> list[str] | None:
+    """The `[power] sensors` of the profile an artefact was exported for (its manifest); None (scan the host)
+    when there is no artefact or the profile names none."""
+    manifest = Path(artefact) / "manifest.json" if artefact is not None else None
+    if manifest is None or not manifest.is_file():
+        return None
+    sensors = read_json(manifest).get("power_sensors")
+    return [str(x) for x in sensors] if isinstance(sensors, list) and sensors else None
 
 
 # ----------------------------------------------------------------------------------------------- results files

@@ -122,7 +122,7 @@ def test_tensorrt_missing_here_names_its_extra(tmp_path):
 
 
 def test_cli_bench_prints_throughput_and_energy_label(ort_artefact, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench_run, "open_meters", lambda: NO_METERS)
+    monkeypatch.setattr(bench_run, "open_meters", lambda **kw: NO_METERS)
     out = tmp_path / "r.json"
     assert cli.main(["bench", "--artefact", str(ort_artefact), "--backend", "ort", "--batch-sizes", "1,2",
                      "--repeats", "3", "--warmup", "1", "--out", str(out)]) == 0
@@ -264,3 +264,13 @@ def test_engine_ray_needs_video_input_and_address_needs_ray(ort_artefact):
         bench(artefact=ort_artefact, backend="ort", engine="ray", meters=NO_METERS, progress=False)
     with pytest.raises(InputError, match="--address.*needs --engine ray"):
         bench(artefact=ort_artefact, backend="ort", address="auto", meters=NO_METERS, progress=False)
+
+
+def test_bench_reads_the_sensors_its_artefacts_profile_names(tmp_path):
+    """The profile's [power] sensors (recorded in the manifest) choose the meters; none named, the host is scanned."""
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({"power_sensors": ["/sys/class/powercap/intel-rapl:0"]}))
+    assert bench_run._profile_sensors(art) == ["/sys/class/powercap/intel-rapl:0"]
+    (art / "manifest.json").write_text(json.dumps({"power_sensors": []}))
+    assert bench_run._profile_sensors(art) is None and bench_run._profile_sensors(None) is None

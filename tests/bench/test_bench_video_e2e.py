@@ -50,7 +50,7 @@ def test_bench_on_real_videos_reports_videos_per_s_energy_and_split(video_setup,
 def test_cli_bench_prints_the_pipeline_split_and_energy_line(video_setup, tmp_path, capsys, monkeypatch):
     from edgeml.bench import run as bench_run
 
-    monkeypatch.setattr(bench_run, "open_meters", lambda: MeterSet([], []))
+    monkeypatch.setattr(bench_run, "open_meters", lambda **kw: MeterSet([], []))
     videos, art = video_setup
     assert cli.main(["bench", "--artefact", str(art), "--backend", "ort", "--input", "data", "--data", str(videos),
                      "--videos", "2", "--batch-sizes", "1", "--repeats", "3", "--threads", "1"]) == 0
