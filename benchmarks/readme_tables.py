@@ -217,7 +217,25 @@ def _lls_fashion_mnist(d: dict) -> list[list[Any]]:
              _verdict(g["lls_within_1.5_points_of_bp"]),
              f"BP {acc['bp']:.2f} %"],
             ["LLS needs less training memory", "BP / LLS ≥ 1.5×", _x(g["memory_ratio"]),
-             _verdict(g["lls_memory_ratio_at_least_1.5"]), "BP, same run"]]
+             _verdict(g["lls_memory_ratio_at_least_1.5"]), "BP, same run"]] + _lls_table1(d)
+
+
+def _lls_table1(d: dict) -> list[list[Any]]:
+    """The paper's Table 1 (basis waveforms x LLS modes, Fashion-MNIST): one row per net and mode."""
+    rows = []
+    for net, t in d.get("table1", {}).items():
+        acc = {r["key"]: r["test_accuracy"] for r in t["rows"]}
+        budget = (f"{t['epochs']} epoch(s) on {t['train_images']:,} images, tested on {t['test_images']:,}; paper "
+                  f"{t['paper_epochs']} epochs on 60,000")
+        for mode, label in (("lls", "LLS"), ("lls_m", "LLS-M"), ("lls_mxm", "LLS-MxM")):
+            waves = [w for w in t["waveforms"] if f"{mode}-{w}" in acc]
+            if not waves:
+                continue
+            rows.append([f"Table 1: {net.removeprefix('lls_')} {label} by basis waveform ({budget})",
+                         "comparison, no goal",
+                         " / ".join(f"{w} {acc[f'{mode}-{w}']:.2f}" for w in waves) + " %", "–",
+                         f"BP {acc['bp']:.2f} %" if "bp" in acc else "–"])
+    return rows
 
 
 def _lls_device(d: dict) -> list[list[Any]]:

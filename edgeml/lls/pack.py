@@ -33,6 +33,7 @@ VERSION = 1
 ALIGN = 64
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header_len, data_len
 ENGINE_MODES = ("lls", "lls_m", "lls_mxm")
+ENGINE_WAVEFORMS = ("square", "sine")  # the closed forms csrc/lls computes (edgeml.lls.basis); not "random"
 # The schema's optimizer defaults: the C++ engine's OptimizerSpec holds the same values (a test keeps them equal),
 # so a header that leaves a field out trains identically in both.
 DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
@@ -172,6 +173,9 @@ def model_graph(model: Any) -> dict[str, Any]:
                    "local": {"mode": "ce", "label_smoothing": 0.0}})
     if len(waveforms) > 1:
         raise ConfigError(f"blocks use different waveforms {sorted(waveforms)}; the pack holds one basis")
+    if waveforms - set(ENGINE_WAVEFORMS):
+        raise ConfigError(f"the engine computes the {' and '.join(ENGINE_WAVEFORMS)} bases, not "
+                          f"{waveforms.pop()!r}", fix="train the net with --set waveform=square (or sine)")
     return {"blocks": blocks, "waveform": waveforms.pop() if waveforms else "square"}
 
 
@@ -339,7 +343,7 @@ def _check_graph(c: _Checker, header: dict[str, Any]) -> None:
             c.fail(f"input {key!r} must hold {shape[0]} finite numbers (std non-zero)")
     c.int(header.get("num_classes"), 1, 1 << 16, "'num_classes'")
     basis = c.obj(header.get("basis"), "'basis'")
-    if basis.get("waveform", "square") not in ("square", "sine"):
+    if basis.get("waveform", "square") not in ENGINE_WAVEFORMS:
         c.fail(f"basis waveform {basis.get('waveform')!r} is not square or sine")
     for key in ("f_min", "f_max"):
         if basis.get(key) is not None:

@@ -3,13 +3,14 @@
 For a block output `a` ([B, C, H, W] conv or [B, N] linear), with the block's input detached:
 
     u = adaptive_avg_pool(a, (p, p)).flatten(1)          [B, D]   (D = C p p; a [B, N] output: D = N, no pooling)
-    z = u / max(||u||_2, 1e-12)                           [B, D]   (F.normalize)
+    z = u / max(||u||_2, 1e-12)                           [B, D]   (F.normalize; the random basis: z = u)
     s = z B^T                                             [B, K]   (B: fixed periodic basis, edgeml.lls.basis)
     y = s (lls) | s * m (lls_m, m [K]) | s M (lls_mxm, M [K, K])
     L = CE(y / T, label, label_smoothing)                 mean over the batch
 
 `local_learnable` is the classic local-classifier baseline: `y = u W^T` with a learnable `W` [K, D] and no
-normalisation (as in the authors' `LocalLosses` mode). This is exactly the authors' public code
+normalisation (as in the authors' `LocalLosses` mode); the `random` waveform is their `LLS_Random`: the same
+unnormalised path through a fixed random matrix (edgeml.lls.basis). This is exactly the authors' public code
 (`compute_LLS` in models/layers/lls_layers.py); the C++ engine (csrc/lls) reproduces `local_loss_grad`.
 """
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeml.errors import ConfigError
-from edgeml.lls.basis import WAVEFORMS, periodic_basis
+from edgeml.lls.basis import WAVEFORMS, is_periodic, periodic_basis
 
 MODES = ("bp", "lls", "lls_m", "lls_mxm", "local_learnable")
 LOCAL_MODES = ("lls", "lls_m", "lls_mxm", "local_learnable")
@@ -104,7 +105,7 @@ def local_logits(a: torch.Tensor, rule: LocalRule, head: torch.Tensor | None = N
     u = pool_features(a, rule.pool)
     if rule.mode == "local_learnable":
         return u @ head.t()
-    z = F.normalize(u, dim=1, eps=NORM_EPS)
+    z = F.normalize(u, dim=1, eps=NORM_EPS) if is_periodic(rule.waveform) else u
     s = z @ periodic_basis(rule.num_classes, z.shape[1], rule.waveform, device=z.device, dtype=z.dtype).t()
     if rule.mode == "lls_m":
         return s * head
@@ -126,16 +127,19 @@ def local_loss_grad(a: torch.Tensor, labels: torch.Tensor, rule: LocalRule, head
 
     Backward of the chain above: `g = (softmax(y/T) - q) / (T B)` with `q` the smoothed one-hot target;
     `ds = g` (lls), `g * m` (lls_m), `g M^T` (lls_mxm); `dz = ds B`; through the normalisation
-    `du = (dz - z (z . dz)) / ||u||`; then the adjoint of the adaptive average pooling.
+    `du = (dz - z (z . dz)) / ||u||` (the random basis: `du = dz`); then the adjoint of the adaptive average
+    pooling.
     """
     a = a.detach()
     batch, k = a.shape[0], rule.num_classes
     u = pool_features(a, rule.pool)
-    if rule.mode == "local_learnable":
-        z = u
-    else:
+    normalised = rule.mode != "local_learnable" and is_periodic(rule.waveform)
+    if normalised:
         norm = u.norm(dim=1, keepdim=True)
         z = u / norm.clamp_min(NORM_EPS)
+    else:
+        z = u
+    if rule.mode != "local_learnable":
         basis = periodic_basis(k, z.shape[1], rule.waveform, device=z.device, dtype=z.dtype)
         s = z @ basis.t()
     y = {"lls": lambda: s, "lls_m": lambda: s * head, "lls_mxm": lambda: s @ head,
@@ -160,9 +164,12 @@ def local_loss_grad(a: torch.Tensor, labels: torch.Tensor, rule: LocalRule, head
         else:
             ds = g
         dz = ds @ basis
-        # F.normalize divides by max(||u||, eps): below eps it is a plain scaling, with no projection.
-        proj = torch.where(norm > NORM_EPS, z * (z * dz).sum(1, keepdim=True), torch.zeros_like(dz))
-        grad_u = (dz - proj) / norm.clamp_min(NORM_EPS)
+        if normalised:
+            # F.normalize divides by max(||u||, eps): below eps it is a plain scaling, with no projection.
+            proj = torch.where(norm > NORM_EPS, z * (z * dz).sum(1, keepdim=True), torch.zeros_like(dz))
+            grad_u = (dz - proj) / norm.clamp_min(NORM_EPS)
+        else:
+            grad_u = dz
     return loss, _unpool_features(grad_u, a.shape, rule.pool), grad_head
 
 

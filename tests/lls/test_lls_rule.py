@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from edgeml.lls import basis as basis_module
 from edgeml.lls.basis import periodic_basis
 from edgeml.lls.rule import LOCAL_MODES, LLSBlock, LocalRule, head_shape, local_loss, local_loss_grad, pool_features
 from edgeml.registry import create_model
@@ -37,6 +38,27 @@ def test_basis_is_cached_and_built_on_request_device():
         periodic_basis(10, 32, "triangle")
 
 
+def test_random_basis_is_the_authors_llsrandom_matrix_pooled_to_the_width():
+    """LLS_Random: a fixed 0.1 N(0, 1) [K, 2048] matrix, adaptive-average-pooled to D; seeded, so runs agree."""
+    full = periodic_basis(10, 2048, "random", dtype=torch.float64)
+    assert full.std().item() == pytest.approx(0.1, rel=0.05) and abs(full.mean().item()) < 0.01
+    half = periodic_basis(10, 1024, "random", dtype=torch.float64)
+    assert torch.allclose(half, 0.5 * (full[:, 0::2] + full[:, 1::2]), atol=1e-15)
+    assert torch.equal(basis_module._random_basis(10, 1024), half)  # drawn afresh, not only cached
+
+
+def test_random_basis_takes_unnormalised_features_as_the_authors_compute_locallosses():
+    torch.manual_seed(0)
+    a = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    rule = LocalRule("lls", num_classes=5, pool=2, waveform="random", temperature=0.5)
+    u = pool_features(a, 2)
+    y = u @ periodic_basis(5, 16, "random", dtype=torch.float64).t()
+    labels = torch.tensor([0, 2, 4])
+    expected = torch.nn.functional.cross_entropy(y / 0.5, labels)
+    assert local_loss(a, labels, rule).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert local_loss(3.0 * a, labels, rule).item() != pytest.approx(expected.item(), rel=1e-3)
+
+
 def test_pooling_matches_torch_adaptive_pooling_on_uneven_sizes():
     a = torch.randn(2, 3, 7, 7)
     assert pool_features(a, 2).shape == (2, 12)
@@ -52,11 +74,12 @@ def _head(mode: str, rule: LocalRule, dim: int) -> torch.Tensor | None:
     return None if shape is None else torch.randn(shape, dtype=torch.float64, requires_grad=True)
 
 
+@pytest.mark.parametrize("waveform", ["square", "random"])
 @pytest.mark.parametrize("mode", LOCAL_MODES)
 @pytest.mark.parametrize(("shape", "pool"), CASES)
-def test_closed_form_gradient_matches_autograd(mode, shape, pool):
+def test_closed_form_gradient_matches_autograd(mode, shape, pool, waveform):
     torch.manual_seed(0)
-    rule = LocalRule(mode, num_classes=5, pool=pool, waveform="square", temperature=0.5, label_smoothing=0.1)
+    rule = LocalRule(mode, num_classes=5, pool=pool, waveform=waveform, temperature=0.5, label_smoothing=0.1)
     a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 3, 4])
     head = _head(mode, rule, pool_features(a, pool).shape[1])

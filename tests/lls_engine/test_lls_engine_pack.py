@@ -141,6 +141,14 @@ def test_unsupported_mode_is_refused(tmp_path):
         write_pack(tmp_path / "l.pack", model)
 
 
+def test_random_basis_is_refused_naming_the_waveform(tmp_path):
+    """The engine computes the square and sine closed forms; a net trained with the random basis says so."""
+    model = create_model("lls_smallconv", mode="lls", waveform="random").eval()
+    with pytest.raises(ConfigError, match="not 'random'"):
+        write_pack(tmp_path / "r.pack", model)
+    assert not (tmp_path / "r.pack").exists()
+
+
 def test_pack_from_an_edgeml_train_checkpoint(tmp_path):
     from edgeml.io import save_checkpoint
     from edgeml.lls.pack import pack_from_checkpoint
