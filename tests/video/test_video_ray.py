@@ -211,7 +211,7 @@ def test_bench_engine_ray_reports_aggregate_videos_per_s_beside_one_process(ray_
     from edgeml.bench.meters import MeterSet
     from edgeml.video.synth import CLASSES
 
-    monkeypatch.setattr(bench_run, "open_meters", lambda: MeterSet([], []))
+    monkeypatch.setattr(bench_run, "open_meters", lambda **kw: MeterSet([], []))
     art = _iframe_artefact(tmp_path / "art", list(CLASSES))
     out = tmp_path / "r.json"
     assert cli.main(["bench", "--artefact", str(art), "--backend", "ort", "--input", "data", "--data",
