@@ -271,6 +271,22 @@ def _lls_macs(d: dict) -> list[list[Any]]:
              _verdict(r["bp_over_lls_total"] >= 300), f"BP {r['total']['bp']:,} MACs/sample"] for r in d["rows"]]
 
 
+def _scale_out(d: dict) -> list[list[Any]]:
+    ok, g, q, med = d["valid"], d["goals"], d["ratios"], d["medians_videos_per_s"]
+    caveat = None if ok else "invalid run: machine busy or rounds disagree"
+    rows = [["Ray scales the dataset build from 1 to 2 workers (2 cores)", "≥ 1.6×", _x(q["ray2_over_ray1"]),
+             _verdict(g["ray2_ge_1.6x_ray1"] if ok else None, caveat),
+             f"local pool {_x(q['local2_over_local1'])}"]]
+    for n in (1, 2):
+        rows.append([f"Ray's overhead over the local process pool, {n} worker(s)", "≤ +15 %",
+                     f"{100 * (q[f'local{n}_over_ray{n}'] - 1):+.1f} %",
+                     _verdict(g[f"ray_overhead_le_15pct_at_{n}"] if ok else None, caveat),
+                     f"local@{n} {med[f'local@{n}']:.1f} videos/s"])
+    rows.append(["`edgeml bench --engine ray` (2 workers) vs one process", "comparison, no goal",
+                 _x(q["bench_ray2_over_single"]), "–", f"one process {med['bench@1']:.1f} videos/s"])
+    return rows
+
+
 def _video_extract(d: dict) -> list[list[Any]]:
     g = d["goal"]
     if "ratios" not in d["results"][0]:  # written before model-resolution extraction
@@ -315,7 +331,7 @@ def _video_train(d: dict) -> list[list[Any]]:
 # Per results file: the claims it supports, as rows of claim, goal, measured, verdict, same-run baseline.
 CLAIMS = {"cure_eval": _cure_eval, "cure_speed": _cure_speed, "export_latency": _export_latency,
           "lls_device": _lls_device, "lls_fashion_mnist": _lls_fashion_mnist, "lls_macs": _lls_macs,
-          "video_extract": _video_extract,
+          "scale_out": _scale_out, "video_extract": _video_extract,
           "video_train": _video_train}
 CLAIM_COLUMNS = ["claim", "goal", "measured", "verdict", "same-run baseline"]
 MAX_COLUMNS = 10

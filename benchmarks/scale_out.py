@@ -15,8 +15,8 @@ Goals (issue 21): ray@2 >= 1.6x ray@1; Ray's overhead over the local pool <= 15 
 The Ray instance's processes (raylet, GCS, workers) are this benchmark's own: their CPU time is moved from the
 "foreign load" edgeml.bench.rounds measures to this run's own before judging. The run is invalid when another
 process loaded the machine or rounds disagree; then nothing is written without --allow-invalid (which records the
-verdict). Results go to --out (default runs/scale_out.json; benchmarks/results/ needs a claims entry in
-benchmarks/readme_tables.py first).
+verdict). Results go to --out (default benchmarks/results/scale_out.json, which the README's claims table quotes
+through benchmarks/readme_tables.py).
 
     .venv/bin/pip install -e ".[ray]"
     .venv/bin/python benchmarks/scale_out.py [--per-class 8] [--rounds 3] [--allow-invalid]
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--max-spread", type=float, default=1.25, help="max/min of a contender's rounds (default 1.25)")
     ap.add_argument("--max-foreign-cores", type=float, default=0.25, help="other processes' load limit (cores)")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale_out.json", help="results JSON")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale_out.json",
+                    help="results JSON (default benchmarks/results/scale_out.json)")
     ap.add_argument("--allow-invalid", action="store_true",
                     help="write the results even when the run is judged invalid (marked valid: false)")
     args = ap.parse_args(argv)
