@@ -308,8 +308,10 @@ def main() -> None:
     ap.add_argument("--allow-invalid", action="store_true",
                     help="write the results even when the run is judged invalid (marked valid: false)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and a smaller pre-training run")
-    ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true",
+                    help="measure the cost part only; the results file keeps its accuracy part (with its own date)")
+    ap.add_argument("--skip-cost", action="store_true",
+                    help="measure the accuracy part only; the results file keeps its cost part and verdict")
     args = ap.parse_args()
     if args.worker:
         torch_worker(args)
@@ -330,20 +332,31 @@ def main() -> None:
             acc = accuracy_recovery(binary, work, train_n=6000 if args.quick else 12000, epochs=2,
                                     device_n=2000, ft_epochs=3)
     print_tables(rows, acc)
-    if not verdict["valid"]:
+    from edgeml.io import write_json
+
+    today = time.strftime("%Y-%m-%d")
+    # The two parts are independent experiments: a run that skips one keeps that part of the results file as it was
+    # measured (its date and, for cost, its verdict stay with it).
+    kept = json.loads(RESULTS.read_text()) if (args.skip_cost or args.skip_accuracy) and RESULTS.exists() else {}
+    if args.skip_cost:
+        rows = kept.get("cost", [])
+        verdict = kept.get("verdict", {"valid": False, "reasons": ["no cost part measured"]})
+    if not args.skip_cost and not verdict["valid"]:
         print("run judged INVALID: " + "; ".join(verdict["reasons"]), flush=True)
         if not args.allow_invalid:
             print(f"not writing {RESULTS} (rerun on a quiet machine, or pass --allow-invalid)")
             sys.exit(1)
-    from edgeml.io import write_json
-
-    write_json(RESULTS, {"benchmark": "lls_device", "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+    settings = {"rounds": args.rounds, "max_spread": args.max_spread, "max_foreign_cores": args.max_foreign_cores,
+                "batch": args.batch, "steps": steps}
+    write_json(RESULTS, {"benchmark": "lls_device", "cpu_count": os.cpu_count(),
                          "engine": binary.name, "engine_threads_option": engine_threads_supported(binary),
                          "valid": verdict["valid"], "verdict": verdict,
-                         "settings": {"rounds": args.rounds, "max_spread": args.max_spread,
-                                      "max_foreign_cores": args.max_foreign_cores, "batch": args.batch,
-                                      "steps": steps},
-                         "cost": rows, "accuracy": acc,
+                         "cost_date": kept.get("cost_date") if args.skip_cost else today,
+                         "load_average": kept.get("load_average") if args.skip_cost else os.getloadavg(),
+                         "settings": kept.get("settings") if args.skip_cost else settings,
+                         "cost": rows,
+                         "accuracy_date": kept.get("accuracy_date") if args.skip_accuracy else today,
+                         "accuracy": kept.get("accuracy") if args.skip_accuracy else acc,
                          "notes": "peak RSS = VmHWM of separate processes; C++ = standalone edgeml-finetune "
                                   "(no Python); PyTorch rows include the interpreter + libtorch; each value is the "
                                   "median over rounds of a process's median step"})
