@@ -64,12 +64,24 @@ def tool_versions() -> dict[str, str | None]:
     return out
 
 
+def _default_resize() -> str:
+    """The resize policy `edgeml.video.extract` applies when none is given."""
+    import inspect
+
+    from edgeml.video.clips import extract
+
+    return str(inspect.signature(extract).parameters["resize"].default)
+
+
 def _preprocessing(task: str, config: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """How a device makes the model's inputs. Video: clip geometry and the resize policy (`resize`: "crop" or
+    "stretch", from the clip cache's index when `dataset` is one, else the default of `edgeml.video.extract`)."""
     pre: dict[str, Any] = {}
     if task == "video":
         pre = {"inputs": "float32 tensors as edgeml.video.datasets.ClipDataset yields them (batched); "
                "the model scales them itself", "clip_len": config.get("clip_len"), "grid": config.get("grid"),
-               "size": [config.get("height"), config.get("width")]}
+               "size": [config.get("height"), config.get("width")], "resize": _default_resize(),
+               "resize_source": "default of edgeml.video.extract (no --data)"}
     elif task == "image":
         pre = {"inputs": "float32 [C,H,W] as edgeml.data.open_image_dataset yields them (batched)",
                "image_size": config.get("image_size"), "in_channels": config.get("in_channels")}
@@ -81,6 +93,10 @@ def _preprocessing(task: str, config: dict[str, Any], dataset: Any) -> dict[str,
                 pre[k] = meta.get(k, pre.get(k))
             if meta.get("size"):
                 pre["size"] = list(meta["size"])
+            if meta.get("resize"):
+                pre["resize"], pre["resize_source"] = str(meta["resize"]), "the clip cache's index (--data)"
+            else:
+                pre["resize_source"] = "default of edgeml.video.extract (the clip cache's index records none)"
     return pre
 
 
@@ -199,7 +215,7 @@ def _tensorrt(job: ExportJob) -> None:
     if (tmp / "model.int8.onnx").is_file():
         files["int8"] = "../model.int8.onnx"
     info = {**trt.write_build_files(tmp / "tensorrt", profile, io, files, job.options["dynamic_batch"]),
-            "op_check": job.trt_op_check}
+            "op_check": job.trt_op_check, "expected_memory": trt.expected_memory(tmp, list(files), profile.batch)}
     plan = trt.build_here(tmp / "tensorrt")
     info["engine"] = plan.name if plan else None
     info["engine_note"] = "built here" if plan else "tensorrt not importable here: run build_engine.sh on the device"

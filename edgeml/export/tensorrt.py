@@ -1,5 +1,6 @@
 """TensorRT artefacts: an op-support check against the profile's TensorRT version, `build_engine.sh` (trtexec
-with the profile's flags) and `build_engine.py` (the tensorrt Python API), to run on the device.
+with the profile's flags) and `build_engine.py` (the tensorrt Python API), to run on the device, and the expected
+engine size and activation memory per precision (`expected_memory`, from the ONNX graphs; see MEMORY_METHOD).
 
 TensorRT cannot be installed here (see NOTES.md), so engines are built on the target; this module validates the
 ONNX for it. The op lists follow onnx-tensorrt's operators.md for each TensorRT release.
@@ -7,8 +8,11 @@ ONNX for it. The op lists follow onnx-tensorrt's operators.md for each TensorRT 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +169,113 @@ def build_here(out_dir: str | Path, precision: str | None = None) -> Path | None
                  if cfg.get("timing_cache") else None,
                  optimization_level=cfg.get("builder_optimization_level"))
     return plan
+
+
+# ------------------------------------------------------------------------------------ expected engine memory
+
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# precision -> (ONNX file of the artefact whose graph TensorRT builds, bytes of a float element in that engine)
+_ENGINE_GRAPHS = {"fp32": ("model.onnx", 4), "fp16": ("model.onnx", 2), "int8": ("model.int8.onnx", 2)}
+MEMORY_METHOD = (
+    "From the ONNX graph TensorRT builds each engine from (fp32/fp16: model.onnx, built with --fp16 for fp16; int8: "
+    "the QDQ model.int8.onnx, built with --int8 --fp16), with float elements at the engine's precision (4 bytes for "
+    "fp32, 2 for fp16 and for the layers an int8 engine leaves unquantized) and integer elements at their own size. "
+    "weights_bytes: every initializer and Constant once (the engine file adds TensorRT's kernels and metadata, "
+    "typically a few MB, on top). activations: the graph's intermediate tensors from ONNX shape inference, before "
+    "TensorRT's layer fusion: sum_bytes = all of them at once (no memory reuse: an upper bound), peak_live_bytes = "
+    "the largest set alive together when the nodes run in graph order (each tensor from its producer to its last "
+    "consumer: what an allocator that reuses memory needs for this order). io_bytes: the graph's inputs and outputs "
+    "(the caller's buffers, float32 at every precision as build_engine.sh keeps them). Measure the real figures "
+    "on the device (trtexec reports the engine's device memory).")
+
+
+def _elem_bytes(elem_type: int, float_bytes: int) -> int:
+    from onnx import helper
+
+    if elem_type in _FLOAT_TYPES:
+        return float_bytes
+    return int(helper.tensor_dtype_to_np_dtype(elem_type).itemsize)
+
+
+def _numel(dims: Any, batch: int) -> tuple[int, bool]:
+    """Elements of a shape (symbolic dims taken as `batch`) and whether any dim was symbolic or unknown."""
+    n, symbolic = 1, False
+    for d in dims:
+        if d.HasField("dim_value"):
+            n *= int(d.dim_value)
+        else:
+            n *= batch
+            symbolic = True
+    return n, symbolic
+
+
+def graph_memory(onnx_path: str | Path, float_bytes: int = 4, batch: int = 1) -> dict[str, Any]:
+    """Weights and activation bytes of one ONNX graph (top level; see MEMORY_METHOD) with float elements of
+    `float_bytes` bytes and symbolic dims taken as `batch`: {weights_bytes, activations: {sum_bytes,
+    peak_live_bytes, io_bytes, tensors, unshaped, symbolic}}."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    with contextlib.suppress(Exception):  # where inference fails, the value_info the exporter stored stays
+        proto = onnx.shape_inference.infer_shapes(proto)
+    g = proto.graph
+    weights = sum(_elem_bytes(t.data_type, float_bytes) * math.prod(t.dims) for t in g.initializer)
+    constants: set[str] = set()
+    for node in g.node:
+        if node.op_type == "Constant" and (node.domain or "ai.onnx") == "ai.onnx":
+            constants.update(node.output)
+            for a in node.attribute:
+                if a.name == "value":
+                    weights += _elem_bytes(a.t.data_type, float_bytes) * math.prod(a.t.dims)
+    types = {v.name: v.type.tensor_type for v in [*g.value_info, *g.input, *g.output] if v.type.HasField("tensor_type")}
+    io_names = {v.name for v in g.input} | {v.name for v in g.output}
+    io_names -= {t.name for t in g.initializer}
+    unshaped = symbolic = 0
+
+    def size(name: str, elem_bytes: int = float_bytes) -> int:
+        nonlocal unshaped, symbolic
+        t = types.get(name)
+        if t is None or not t.HasField("shape"):
+            unshaped += 1
+            return 0
+        n, sym = _numel(t.shape.dim, batch)
+        symbolic += int(sym)
+        return n * _elem_bytes(t.elem_type, elem_bytes)
+
+    io_bytes = sum(size(n, 4) for n in io_names)  # the build script keeps the engine's I/O float32
+    born: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for name in node.input:
+            if name in born:
+                last[name] = i
+        if node.op_type != "Constant":
+            for name in node.output:
+                if name and name not in io_names:
+                    born[name] = last[name] = i
+    sizes = {name: size(name) for name in born}
+    delta = [0] * (len(g.node) + 1)
+    for name, b in born.items():
+        delta[b] += sizes[name]
+        delta[last[name] + 1] -= sizes[name]
+    live = peak = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return {"weights_bytes": int(weights),
+            "activations": {"sum_bytes": int(sum(sizes.values())), "peak_live_bytes": int(peak),
+                            "io_bytes": int(io_bytes), "tensors": len(born), "unshaped": unshaped,
+                            "symbolic": symbolic}}
+
+
+def expected_memory(art: str | Path, precisions: Sequence[str], batch: int = 1) -> dict[str, Any]:
+    """Expected engine size (bytes of weights) and activation memory per precision of the artefact folder `art`
+    (see MEMORY_METHOD); a precision whose ONNX file the folder lacks is left out."""
+    art = Path(art)
+    out: dict[str, Any] = {"method": MEMORY_METHOD, "batch": batch, "precisions": {}}
+    for prec in precisions:
+        file, float_bytes = _ENGINE_GRAPHS[prec]
+        if (art / file).is_file():
+            out["precisions"][prec] = {"onnx": file, "float_bytes": float_bytes,
+                                       **graph_memory(art / file, float_bytes, batch)}
+    return out
