@@ -12,6 +12,7 @@
 #include "mv/rasterise.h"
 #include "mv/resample.h"
 #include "mv/residual.h"
+#include "mv/simd.h"
 #ifdef EDGEML_WITH_CUDA
 #include "cuda/cuda_api.h"
 #endif
@@ -370,7 +371,8 @@ struct Rows {
   int64_t n = 0;
 };
 
-void rows_of(const py::object& obj, Rows& rows) {
+// storage: where parsed side data goes (a caller's buffer kept across frames: no allocation per frame), else rows.parsed.
+void rows_of(const py::object& obj, Rows& rows, std::vector<int32_t>* storage = nullptr) {
   if (obj.is_none()) return;
   if (py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<int32_t>())) {
     rows.array = require<int32_t>(obj, "mvs", {-1, edgeml::mv::kRowCols});
@@ -388,8 +390,9 @@ void rows_of(const py::object& obj, Rows& rows) {
   }
   const auto* p = static_cast<const uint8_t*>(rows.raw->ptr);
   const size_t n = bytes / kAVMotionVectorBytes;
-  rows.parsed.resize(n * edgeml::mv::kRowCols);  // sized once, written through a pointer (no per-row insert)
-  int32_t* out = rows.parsed.data();
+  std::vector<int32_t>& parsed = storage ? *storage : rows.parsed;
+  parsed.resize(n * edgeml::mv::kRowCols);  // sized once, written through a pointer (no per-row insert)
+  int32_t* out = parsed.data();
   for (size_t k = 0; k < n; ++k, p += kAVMotionVectorBytes) {
     int32_t source;
     int16_t xy[4];
@@ -399,8 +402,8 @@ void rows_of(const py::object& obj, Rows& rows) {
     out[0] = p[4], out[1] = p[5], out[2] = xy[0], out[3] = xy[1], out[4] = xy[2], out[5] = xy[3];
     out += edgeml::mv::kRowCols;
   }
-  rows.data = rows.parsed.data();
-  rows.n = static_cast<int64_t>((out - rows.parsed.data()) / edgeml::mv::kRowCols);
+  rows.data = parsed.data();
+  rows.n = static_cast<int64_t>((out - parsed.data()) / edgeml::mv::kRowCols);
 }
 
 // One P-frame of model-resolution extraction in one call: rasterise its vectors at native resolution, chain them
@@ -480,7 +483,7 @@ class PyExtractor {
     auto mvo = require<float>(mv_out, "mv_out", {2, mh_, mw_});
     if (!res.writeable() || !mvo.writeable()) throw py::value_error("residual_out and mv_out must be writeable");
     Rows rows;
-    rows_of(mvs, rows);
+    rows_of(mvs, rows, &parsed_);
     int16_t* rp = res.mutable_data();
     float* mp = mvo.mutable_data();
     py::gil_scoped_release release;
@@ -511,6 +514,7 @@ class PyExtractor {
   py::ssize_t mh_ = 0, mw_ = 0;
   edgeml::mv::Window win_{};
   std::unique_ptr<edgeml::mv::Extractor> impl_;
+  std::vector<int32_t> parsed_;  // the side data's rows, reused frame after frame
 };
 
 }  // namespace
@@ -615,6 +619,11 @@ void bind_mv(py::module_& m) {
         return extract_step(mvs, cur, ref, prev, grid, accumulate, win, size, res_out, mv_out, true);
       }, py::arg("mvs"), py::arg("cur"), py::arg("ref"), py::arg("prev"), py::arg("grid"), py::arg("accumulate"),
       py::arg("window"), py::arg("size"), py::arg("residual_out"), py::arg("mv_out"), "CUDA twin of extract_step.");
+  m.def("_mv_simd_cap", [](int level) { return edgeml::mv::set_simd_cap(level); }, py::arg("level"),
+        "Cap the instruction set of the motion-vector kernels (2 = AVX2 where the CPU has it, 1 = SSE2) and return "
+        "the previous cap; for tests, which run both paths (the numbers are the same).");
+  m.def("_mv_simd_level", [] { return edgeml::mv::simd_level(); },
+        "The instruction set the motion-vector kernels use now (2 = AVX2, 1 = SSE2).");
   py::class_<PyExtractor>(m, "Extractor",
       "Model-resolution extraction of one video as a stateful CPU chain (the hot path of edgeml.video.extract):\n"
       "reset(planes) at each I-frame copies its planes once as the reference (widened to full resolution for the\n"

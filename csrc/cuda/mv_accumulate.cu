@@ -106,8 +106,8 @@ __global__ void residual_pooled_kernel(const DevPlane* cur, const DevPlane* ref,
   out[k] = static_cast<int16_t>(mv::round_div(acc, static_cast<int64_t>(win.hs) * win.ws));
 }
 
-// One thread per model cell: the CPU's loop order with rounding-exact double steps (no FMA contraction), so the
-// same float32 result.
+// One thread per model cell: the CPU's loop order (per native cell column, the row-weighted sum; then the column
+// taps) with rounding-exact double steps (no FMA contraction), so the same float32 result.
 __global__ void pool_field_kernel(const float* field, int height, int width, int grid, mv::Window win, float* out) {
   const int mo_h = win.out_h / grid, mo_w = win.out_w / grid;
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -123,19 +123,19 @@ __global__ void pool_field_kernel(const float* field, int height, int width, int
   const int cx0 = (win.x0 + static_cast<int>(xlo / win.out_w)) / grid;
   const int cx1 = (win.x0 + static_cast<int>((xhi - 1) / win.out_w)) / grid;
   double nx = 0, ny = 0;
-  for (int r = ry0; r <= ry1; ++r) {
-    const int64_t p0 = static_cast<int64_t>(r) * grid - win.y0, p1 = min((r + 1) * grid, height) - win.y0;
-    const double wr = static_cast<double>(mv::overlap(ylo, yhi, p0 * win.out_h, p1 * win.out_h));
-    double rx = 0, ry = 0;
-    for (int c = cx0; c <= cx1; ++c) {
-      const int64_t q0 = static_cast<int64_t>(c) * grid - win.x0, q1 = min((c + 1) * grid, width) - win.x0;
-      const double wc = static_cast<double>(mv::overlap(xlo, xhi, q0 * win.out_w, q1 * win.out_w));
+  for (int c = cx0; c <= cx1; ++c) {
+    const int64_t q0 = static_cast<int64_t>(c) * grid - win.x0, q1 = min((c + 1) * grid, width) - win.x0;
+    const double wc = static_cast<double>(mv::overlap(xlo, xhi, q0 * win.out_w, q1 * win.out_w));
+    double tx = 0, ty = 0;
+    for (int r = ry0; r <= ry1; ++r) {
+      const int64_t p0 = static_cast<int64_t>(r) * grid - win.y0, p1 = min((r + 1) * grid, height) - win.y0;
+      const double wr = static_cast<double>(mv::overlap(ylo, yhi, p0 * win.out_h, p1 * win.out_h));
       const int64_t cell = static_cast<int64_t>(r) * wo + c;
-      rx = __dadd_rn(rx, __dmul_rn(wc, static_cast<double>(field[cell])));
-      ry = __dadd_rn(ry, __dmul_rn(wc, static_cast<double>(field[cell + plane])));
+      tx = __dadd_rn(tx, __dmul_rn(wr, static_cast<double>(field[cell])));
+      ty = __dadd_rn(ty, __dmul_rn(wr, static_cast<double>(field[cell + plane])));
     }
-    nx = __dadd_rn(nx, __dmul_rn(wr, rx));
-    ny = __dadd_rn(ny, __dmul_rn(wr, ry));
+    nx = __dadd_rn(nx, __dmul_rn(wc, tx));
+    ny = __dadd_rn(ny, __dmul_rn(wc, ty));
   }
   const double den = static_cast<double>(grid) * win.hs * grid * win.ws;
   out[k] = static_cast<float>(__dmul_rn(__ddiv_rn(nx, den), static_cast<double>(win.out_w) / win.ws));

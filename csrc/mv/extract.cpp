@@ -16,16 +16,16 @@ Extractor::Extractor(int height, int width, int grid, bool accumulate, const Win
   acc_.assign(cells_n, 0.0f);
   own_.resize(channels);
   ref_.resize(channels);
+  if (!identity_) pool_ = std::make_unique<FieldPool>(height, width, grid, win);
 }
 
 void Extractor::keep(const Plane* planes) {
   for (int c = 0; c < channels_; ++c) {
     const Plane& p = planes[c];
     std::vector<uint8_t>& buf = own_[c];
-    if (!identity_) {  // the fused kernel reads full-resolution unit-stride rows: widen once per reference
-      buf.resize(static_cast<size_t>(height_) * width_);
-      widen_plane(p, height_, width_, buf.data());
-      ref_[c] = {buf.data(), width_, 1, 0, 0};
+    if (!identity_) {  // the fused kernel reads padded full-resolution planes: widened once per reference
+      buf.resize(padded_size(height_, width_));
+      ref_[c] = widen_padded(p, height_, width_, buf.data());
       continue;
     }
     // residual() reads any layout: a compact copy keeping the plane's own subsampling
@@ -54,11 +54,15 @@ void Extractor::step(const int32_t* rows, int64_t n, const Plane* cur, int16_t* 
   float* f = field_.data();
   rasterise(rows, n, height_, width_, grid_, f);
   if (accumulate_ && chained_) accumulate(f, acc_.data(), height_, width_, grid_, f);
-  pool_field(f, height_, width_, grid_, win_, mv);
+  if (pool_) {
+    pool_->run(f, mv);
+  } else {
+    pool_field(f, height_, width_, grid_, win_, mv);  // the identity: a copy
+  }
   if (identity_) {
     mv::residual(cur, ref_.data(), channels_, f, height_, width_, grid_, residual);
   } else {
-    residual_pooled_wide(cur, ref_.data(), channels_, f, height_, width_, grid_, win_, residual);
+    residual_pooled_padded(cur, ref_.data(), channels_, f, height_, width_, grid_, win_, residual);
   }
   if (accumulate_) {
     field_.swap(acc_);  // the next step chains onto this field (rasterise overwrites the other buffer)

@@ -1,6 +1,7 @@
 // Model-resolution extraction of one video as a stateful chain: the reference planes are copied (and, for the fused
-// kernel, widened to full resolution) once per reference instead of once per frame, and the accumulated native field
-// stays in C++. The same numbers as rasterise -> accumulate -> pool_field / residual_pooled in turn. Plain C++17.
+// kernel, widened to full resolution and padded) once per reference instead of once per frame, and the accumulated
+// native field stays in C++. The same numbers as rasterise -> accumulate -> pool_field / residual_pooled in turn.
+// Plain C++17 (with run-time picked AVX2 loops, mv/simd.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -36,6 +37,7 @@ class Extractor {
   int height_, width_, grid_, channels_;
   bool accumulate_, identity_, ready_ = false, chained_ = false;
   Window win_;
+  std::unique_ptr<FieldPool> pool_;  // the field pooling's weights (not at an identity window)
   std::vector<float> field_, acc_;
   std::vector<std::vector<uint8_t>> own_;
   std::vector<Plane> ref_;

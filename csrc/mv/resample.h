@@ -2,6 +2,7 @@
 // covers, and exact integer area weights. Plain C++17; the helpers also compile as CUDA device code.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #ifdef __CUDACC__
 #define EDGEML_HD __host__ __device__
@@ -50,5 +51,26 @@ EDGEML_HD inline Taps taps(int k, int in, int out) {
 // out_h / hs). out: float32 [2, out_h / grid, out_w / grid] (out_h, out_w multiples of grid). An identity window
 // (the whole frame at its own size) copies the field exactly.
 void pool_field(const float* field, int height, int width, int grid, const Window& win, float* out);
+
+// pool_field with its weights computed once for one frame size, grid and window (a chain that pools every frame of a
+// video builds one); run() gives pool_field's numbers. Not for an identity window. Not thread-safe (scratch rows).
+class FieldPool {
+ public:
+  FieldPool(int height, int width, int grid, const Window& win);
+  void run(const float* field, float* out) const;
+
+  // Native cells a model cell's window rows (or columns) touch, from `first`, with their integer overlap weights.
+  struct Cells {
+    int first;
+    std::vector<int64_t> w;
+  };
+
+ private:
+  int height_, width_, grid_;
+  Window win_;
+  std::vector<Cells> rows_, cols_;
+  int c_lo_ = 0, c_hi_ = 0;  // the native cell columns any model cell touches
+  mutable std::vector<double> tx_, ty_;
+};
 
 }  // namespace edgeml::mv

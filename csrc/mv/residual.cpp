@@ -1,21 +1,22 @@
 #include "mv/residual.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <vector>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "mv/rasterise.h"
 #include "mv/resample.h"
+#include "mv/simd.h"
 
 namespace edgeml::mv {
 
 namespace {
 
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+std::atomic<int> g_simd_cap{2};  // set_simd_cap: the highest instruction set the kernels may pick
 
 struct Span {
   int x0, x1, dy, dx;
@@ -184,30 +185,7 @@ void run(const Plane* cur, const Plane* ref, int channels, const float* field, i
 }
 
 // The spans of cell row i over the columns [x0, x1) only (the window of a model-resolution output): as
-// cell_row_spans, cut to the window, so the cells outside it are never read.
-void window_spans(const float* field, int height, int width, int grid, int i, int x0, int x1,
-                  std::vector<Span>& spans) {
-  spans.clear();
-  const int wo = cells(width, grid);
-  const int64_t plane = static_cast<int64_t>(cells(height, grid)) * wo;
-  const float* fx = field ? field + static_cast<int64_t>(i) * wo : nullptr;
-  for (int j = x0 / grid; j * grid < x1; ++j) {
-    const int a = std::max(j * grid, x0), b = std::min(std::min((j + 1) * grid, width), x1);
-    int dx = 0, dy = 0;
-    if (fx) {
-      dx = floor_int(-fx[j]);
-      dy = floor_int(-fx[j + plane]);
-    }
-    if (!spans.empty() && spans.back().dx == dx && spans.back().dy == dy) {
-      spans.back().x1 = b;
-    } else {
-      spans.push_back({a, b, dy, dx, false});
-    }
-  }
-  for (Span& s : spans) s.clamped = s.x0 + s.dx < 0 || s.x1 - 1 + s.dx > width - 1;
-}
-
-inline bool is_unit(const Plane& p) { return p.col_stride == 1 && p.shift_x == 0 && p.shift_y == 0; }
+// ----------------------------------------------------------------------------------------- the fused pooled kernel
 
 // Full-resolution samples [x0, x0 + n) of plane row r (each sample repeated 2^shift_x times, any column stride).
 void widen_row(const Plane& p, int r, int x0, int n, uint8_t* dst) {
@@ -219,62 +197,22 @@ void widen_row(const Plane& p, int r, int x0, int n, uint8_t* dst) {
     if (x & 1) dst[k++] = src[x++ >> 1];
     const int pairs = (x0 + n - x) / 2;
     const uint8_t* s = src + (x >> 1);
-    for (int q = 0; q < pairs; ++q) dst[k + 2 * q] = dst[k + 2 * q + 1] = s[q];  // unpack-with-itself
+#if defined(__SSE2__)
+    int q = 0;
+    for (; q + 16 <= pairs; q += 16) {  // unpack-with-itself: 16 samples -> 32
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k + 2 * q), _mm_unpacklo_epi8(v, v));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k + 2 * q + 16), _mm_unpackhi_epi8(v, v));
+    }
+    for (; q < pairs; ++q) dst[k + 2 * q] = dst[k + 2 * q + 1] = s[q];
+#else
+    for (int q = 0; q < pairs; ++q) dst[k + 2 * q] = dst[k + 2 * q + 1] = s[q];
+#endif
     k += 2 * pairs;
     x += 2 * pairs;
     if (x < x0 + n) dst[k] = src[x >> 1];
   } else {
     for (int k = 0; k < n; ++k) dst[k] = src[((x0 + k) >> p.shift_x) * p.col_stride];
-  }
-}
-
-// The warped reference over rows [y, y + rows) of one cell row (all share `spans`): row t of `dst` (rows `pitch`
-// apart, column x at x - x0) = ref(clamp(y + t + dy), clamp(x + dx)). Inside the frame a span is one shifted copy per
-// row; at grid 4 most spans are one cell (fields chained to the I-frame change from cell to cell): a 4-byte move.
-void warp_rows(const Plane& b, const std::vector<Span>& spans, int y, int rows, int height, int width, int x0,
-               uint8_t* dst, int64_t pitch) {
-  for (const Span& sp : spans) {
-    const int n = sp.x1 - sp.x0;
-    uint8_t* d = dst + (sp.x0 - x0);
-    const int top = y + sp.dy;
-    if (!sp.clamped && top >= 0 && top + rows <= height) {  // the common case: no clamping at all
-      const uint8_t* s = b.data + top * b.row_stride + sp.x0 + sp.dx;
-      if (n == 4) {
-        for (int t = 0; t < rows; ++t, s += b.row_stride, d += pitch) std::memcpy(d, s, 4);
-      } else if (n % 4 == 0 && n <= 16) {  // a few cells with one vector: 4-byte moves, no memcpy call
-        for (int t = 0; t < rows; ++t, s += b.row_stride, d += pitch) {
-          for (int k = 0; k < n; k += 4) std::memcpy(d + k, s + k, 4);
-        }
-      } else {
-        for (int t = 0; t < rows; ++t, s += b.row_stride, d += pitch) std::memcpy(d, s, static_cast<size_t>(n));
-      }
-      continue;
-    }
-    for (int t = 0; t < rows; ++t, d += pitch) {
-      const uint8_t* brow = b.data + clampi(top + t, 0, height - 1) * b.row_stride;
-      if (!sp.clamped) {
-        std::memcpy(d, brow + sp.x0 + sp.dx, static_cast<size_t>(n));
-      } else {
-        for (int k = 0; k < n; ++k) d[k] = brow[clampi(sp.x0 + k + sp.dx, 0, width - 1)];
-      }
-    }
-  }
-}
-
-// A row of full weight (it lies inside one output row): acc += cur - warped, int16 (at most 128 rows before a fold:
-// 128 * 255 < 2^15). Contiguous and branch-free: the compiler vectorises it.
-inline void add_rows(const uint8_t* a, const uint8_t* b, int n, int16_t* acc) {
-  for (int x = 0; x < n; ++x) acc[x] = static_cast<int16_t>(acc[x] + (a[x] - b[x]));
-}
-
-// A row split between two output rows: weights w0 (this one) and w1 (the next), int16 x int16 -> int32 products
-// (SSE2 pmullw/pmulhw; a 32-bit multiply would need SSE4.1).
-inline void add_split(const uint8_t* a, const uint8_t* b, int n, int16_t w0, int16_t w1, int32_t* now,
-                      int32_t* next) {
-  for (int x = 0; x < n; ++x) {
-    const auto r = static_cast<int16_t>(a[x] - b[x]);
-    now[x] += static_cast<int32_t>(w0) * r;
-    next[x] += static_cast<int32_t>(w1) * r;
   }
 }
 
@@ -310,23 +248,19 @@ void round_row(const int32_t* n, int count, int64_t den, int16_t* out) {
   }
 }
 
-// Prefix sums of a finished output row's column sums s[u] = now[u] + oh * acc16[u]: p[u + 1] = s[0] + ... + s[u],
-// p[0] = 0 and p[n + 1] = p[n] (so p[q + 1] may be read at q = n). Where every partial sum fits int32 (the caller
-// checks), SSE2 does four lanes at a time: oh * acc16 by one pmaddwd, then two shifted adds within the register and
-// the carry of the lanes before.
+// Prefix sums p[u + 1] = s[0] + ... + s[u] of a finished output row's column sums, p[0] = 0 and p[n + 1] = p[n] (so
+// p[q + 1] may be read at q = n). In int32 (every partial sum fits: the caller checks) SSE2 does four lanes at a
+// time: two shifted adds within the register and the carry of the lanes before.
 template <typename T>
-void prefix_sums(const int32_t* now, const int16_t* acc16, int16_t oh, size_t n, T* p) {
+void prefix_sums(const int32_t* s, size_t n, T* p) {
   p[0] = 0;
   size_t u = 0;
   T run = 0;
 #if defined(__SSE2__)
   if constexpr (sizeof(T) == 4) {
     __m128i carry = _mm_setzero_si128();
-    const __m128i w = _mm_set1_epi32(oh);  // (oh, 0) int16 pairs
     for (; u + 4 <= n; u += 4) {
-      const __m128i a16 = _mm_unpacklo_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(acc16 + u)),
-                                             _mm_setzero_si128());
-      __m128i x = _mm_add_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(now + u)), _mm_madd_epi16(a16, w));
+      __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + u));
       x = _mm_add_epi32(x, _mm_slli_si128(x, 4));
       x = _mm_add_epi32(x, _mm_slli_si128(x, 8));
       x = _mm_add_epi32(x, carry);
@@ -336,7 +270,7 @@ void prefix_sums(const int32_t* now, const int16_t* acc16, int16_t oh, size_t n,
     run = p[u];
   }
 #endif
-  for (; u < n; ++u) p[u + 1] = run += now[u] + static_cast<int32_t>(oh) * acc16[u];
+  for (; u < n; ++u) p[u + 1] = run += s[u];
   p[n + 1] = p[n];
 }
 
@@ -360,7 +294,298 @@ std::vector<Boundary> boundaries(int in, int out) {
   return b;
 }
 
+// Column sums of a finished output row from its accumulators: s = wf * full + oh * folded + wa * above + wb * below
+// (int16 rows, int32 sums; folded may be null; a zero weight makes stale contents count nothing). Plain loops: the
+// compiler vectorises them for each instruction set.
+__attribute__((always_inline)) inline void column_sums(const int16_t* full, const int32_t* folded,
+                                                       const int16_t* above, const int16_t* below, int wf, int oh,
+                                                       int wa, int wb, size_t n, int32_t* s) {
+  for (size_t x = 0; x < n; ++x) s[x] = wf * full[x] + wa * above[x] + wb * below[x];
+  if (folded) {
+    for (size_t x = 0; x < n; ++x) s[x] += oh * folded[x];
+  }
+}
+
+// The boundaries' integrals I[j] = w_q[j] * p[q[j]] + w_next[j] * p[q[j] + 1] for j < count, modulo 2^32 (their
+// differences, the output sums, are exact), then sums[j] = I[j + 1] - I[j].
+struct Cols32 {
+  std::vector<int32_t> q, w_q, w_next;
+  explicit Cols32(const std::vector<Boundary>& b) {
+    for (const Boundary& x : b) {
+      q.push_back(x.q);
+      w_q.push_back(static_cast<int32_t>(x.w_q));
+      w_next.push_back(static_cast<int32_t>(x.w_next));
+    }
+  }
+};
+
+__attribute__((always_inline)) inline void sums_of(const uint32_t* integral, int count, int32_t* sums) {
+  for (int j = 0; j + 1 < count; ++j) sums[j] = static_cast<int32_t>(integral[j + 1] - integral[j]);
+}
+
+void column_sums_base(const int16_t* full, const int32_t* folded, const int16_t* above, const int16_t* below, int wf,
+                      int oh, int wa, int wb, size_t n, int32_t* s) {
+  column_sums(full, folded, above, below, wf, oh, wa, wb, n, s);
+}
+
+void boundary_sums_base(const int32_t* p, const Cols32& c, uint32_t* integral, int32_t* sums) {
+  const auto* u = reinterpret_cast<const uint32_t*>(p);
+  const int count = static_cast<int>(c.q.size());
+  for (int j = 0; j < count; ++j) {
+    integral[j] = static_cast<uint32_t>(c.w_q[j]) * u[c.q[j]] + static_cast<uint32_t>(c.w_next[j]) * u[c.q[j] + 1];
+  }
+  sums_of(integral, count, sums);
+}
+
+#if EDGEML_MV_AVX2
+// column_sums and prefix_sums<int32_t> in one pass, eight columns at a time: (full, above) pairs weighted by one
+// pmaddwd (wf, wa, wb < 2^15), then the prefix within each 128-bit lane by two shifted adds, the low lane's total
+// into the high lane, and the carry of the lanes before.
+__attribute__((target("avx2"))) void column_prefix_avx2(const int16_t* full, const int32_t* folded,
+                                                        const int16_t* above, const int16_t* below, int wf, int oh,
+                                                        int wa, int wb, size_t n, int32_t* p) {
+  p[0] = 0;
+  size_t u = 0;
+  __m256i carry = _mm256_setzero_si256();
+  const __m256i last = _mm256_set1_epi32(7);
+  const auto pair = (static_cast<uint32_t>(wa) << 16) | static_cast<uint16_t>(wf);  // int16 (wf, wa)
+  const __m256i wfa = _mm256_set1_epi32(static_cast<int>(pair));
+  const __m256i wbv = _mm256_set1_epi32(wb), wov = _mm256_set1_epi32(oh);
+  for (; u + 8 <= n; u += 8) {
+    const __m128i f = _mm_loadu_si128(reinterpret_cast<const __m128i*>(full + u));
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(above + u));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(below + u));
+    __m256i x = _mm256_madd_epi16(_mm256_set_m128i(_mm_unpackhi_epi16(f, a), _mm_unpacklo_epi16(f, a)), wfa);
+    x = _mm256_add_epi32(x, _mm256_mullo_epi32(_mm256_cvtepi16_epi32(b), wbv));
+    if (folded) {
+      const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(folded + u));
+      x = _mm256_add_epi32(x, _mm256_mullo_epi32(g, wov));
+    }
+    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+    x = _mm256_add_epi32(x, _mm256_shuffle_epi32(_mm256_permute2x128_si256(x, x, 0x08), 0xff));
+    x = _mm256_add_epi32(x, carry);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + u + 1), x);
+    carry = _mm256_permutevar8x32_epi32(x, last);
+  }
+  int32_t run = p[u];
+  for (; u < n; ++u) {
+    p[u + 1] = run += wf * full[u] + wa * above[u] + wb * below[u] + (folded ? oh * folded[u] : 0);
+  }
+  p[n + 1] = p[n];
+}
+
+__attribute__((target("avx2"))) void boundary_sums_avx2(const int32_t* p, const Cols32& c, uint32_t* integral,
+                                                        int32_t* sums) {
+  const int count = static_cast<int>(c.q.size());
+  int j = 0;
+  for (; j + 8 <= count; j += 8) {  // two gathers of the prefix sums, eight boundaries at a time
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.q.data() + j));
+    const __m256i a = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p), q, 4);
+    const __m256i b = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p + 1), q, 4);
+    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.w_q.data() + j));
+    const __m256i wn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.w_next.data() + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(integral + j),
+                        _mm256_add_epi32(_mm256_mullo_epi32(wq, a), _mm256_mullo_epi32(wn, b)));
+  }
+  const auto* u = reinterpret_cast<const uint32_t*>(p);
+  for (; j < count; ++j) {
+    integral[j] = static_cast<uint32_t>(c.w_q[j]) * u[c.q[j]] + static_cast<uint32_t>(c.w_next[j]) * u[c.q[j] + 1];
+  }
+  sums_of(integral, count, sums);
+}
+
+// round_row eight at a time (the same double arithmetic).
+__attribute__((target("avx2"))) void round_row_avx2(const int32_t* n, int count, int64_t den, int16_t* out) {
+  const double inv = 1.0 / static_cast<double>(den);
+  const __m256d vinv = _mm256_set1_pd(inv), half = _mm256_set1_pd(0.5 + 0x1p-30), sign = _mm256_set1_pd(-0.0);
+  int j = 0;
+  for (; j + 8 <= count; j += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(n + j));
+    const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
+    const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
+    const __m128i qlo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, lo), vinv), half));
+    const __m128i qhi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, hi), vinv), half));
+    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
+    const __m256i neg = _mm256_srai_epi32(v, 31);
+    const __m256i r = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(r, r), 0x08);  // lanes' halves together
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(packed));
+  }
+  round_row(n + j, count - j, den, out + j);
+}
+#else
+constexpr auto boundary_sums_avx2 = boundary_sums_base;  // never picked: simd_level() is 1 without AVX2
+constexpr auto round_row_avx2 = round_row;
+#endif
+
+// The vectors of cell row i as start offsets into padded reference planes (widen_padded; all share one layout):
+// cell j of the window's cells [j0, j0 + count) reads the rows [y, y + rows) and its `grid` columns shifted by
+// (floor(-fx), floor(-fy)), i.e. from sample (y + dy, j*grid + dx) on, with that start clamped to the border so that
+// every read the rows and columns of the cell make lies inside the padded plane and is the clamped sample (a start
+// beyond the border reads border copies of the edge sample only, as the clamped read does, since grid <= kPad).
+#if EDGEML_MV_AVX2
+// cell_offsets eight cells at a time, in float (floor and clamp of whole numbers below 2^24 are exact; a start beyond
+// that range is clamped either way): returns the number of cells done.
+__attribute__((target("avx2"))) int cell_offsets_avx2(const float* fx, const float* fy, int height, int width,
+                                                      int grid, int y, int rows, int j0, int count, int64_t stride,
+                                                      int32_t* off) {
+  const __m256 lo = _mm256_set1_ps(-kPad), sign = _mm256_set1_ps(-0.0f);
+  const __m256 xhi = _mm256_set1_ps(static_cast<float>(width + kPad - grid));
+  const __m256 yhi = _mm256_set1_ps(static_cast<float>(height + kPad - rows));
+  const __m256 top = _mm256_set1_ps(static_cast<float>(y));
+  const __m256 step = _mm256_set1_ps(static_cast<float>(8 * grid));
+  const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 px = _mm256_mul_ps(_mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0)), lane),
+                            _mm256_set1_ps(static_cast<float>(grid)));
+  const __m256i sv = _mm256_set1_epi32(static_cast<int>(stride));
+  int k = 0;
+  for (; k + 8 <= count; k += 8, px = _mm256_add_ps(px, step)) {
+    const __m256 dx = _mm256_floor_ps(_mm256_xor_ps(_mm256_loadu_ps(fx + j0 + k), sign));
+    const __m256 dy = _mm256_floor_ps(_mm256_xor_ps(_mm256_loadu_ps(fy + j0 + k), sign));
+    const __m256 sx = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(px, dx), lo), xhi);
+    const __m256 sy = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(top, dy), lo), yhi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(off + k),
+                        _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvtps_epi32(sy), sv), _mm256_cvtps_epi32(sx)));
+  }
+  return k;
+}
+#endif
+
+void cell_offsets(const float* field, int height, int width, int grid, int i, int y, int rows, int j0, int count,
+                  int64_t stride, int32_t* off) {
+  const int wo = cells(width, grid);
+  const int64_t plane = static_cast<int64_t>(cells(height, grid)) * wo;
+  const float* fx = field ? field + static_cast<int64_t>(i) * wo : nullptr;
+  int k = 0;
+#if EDGEML_MV_AVX2
+  if (fx && simd_level() >= 2) {
+    k = cell_offsets_avx2(fx, fx + plane, height, width, grid, y, rows, j0, count, stride, off);
+  }
+#endif
+  for (; k < count; ++k) {
+    const int j = j0 + k;
+    int64_t dx = 0, dy = 0;
+    if (fx) {
+      dx = floor_int(-fx[j]);
+      dy = floor_int(-fx[j + plane]);
+    }
+    const int64_t sy = std::clamp<int64_t>(y + dy, -kPad, height + kPad - rows);
+    const int64_t sx = std::clamp<int64_t>(static_cast<int64_t>(j) * grid + dx, -kPad, width + kPad - grid);
+    off[k] = static_cast<int32_t>(sy * stride + sx);
+  }
+}
+
+// One native row of one plane into a row accumulator: dst[x] (+)= cur[x] - warped[x] over the window's columns, at
+// grid 4 with the window starting on a cell (x0 % 4 == 0): warped[4k .. 4k + 3] are the 4 bytes at ref + off[k]
+// (ref: the padded plane at this row's offset). kHalf: `a` is a chroma row subsampled by 2 (a[x >> 1]), else a
+// full-resolution row (a[x]); both start at the window. kStore: dst = (the first and only row of a split row).
+// Four cells (16 samples) per step in SSE2; the AVX2 twin gathers eight cells at once.
+template <bool kHalf, bool kStore>
+inline int cells4(const uint8_t* a, const uint8_t* ref, const int32_t* off, int k, int nc, int16_t* dst) {
+#if defined(__SSE2__)
+  const __m128i zero = _mm_setzero_si128();
+  for (; k + 4 <= nc; k += 4) {
+    uint32_t v[4];
+    for (int m = 0; m < 4; ++m) std::memcpy(&v[m], ref + off[k + m], 4);
+    const __m128i w = _mm_setr_epi32(static_cast<int>(v[0]), static_cast<int>(v[1]), static_cast<int>(v[2]),
+                                     static_cast<int>(v[3]));
+    __m128i c;
+    if constexpr (kHalf) {
+      c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a + 2 * k));
+      c = _mm_unpacklo_epi8(c, c);
+    } else {
+      c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 4 * k));
+    }
+    __m128i d0 = _mm_sub_epi16(_mm_unpacklo_epi8(c, zero), _mm_unpacklo_epi8(w, zero));
+    __m128i d1 = _mm_sub_epi16(_mm_unpackhi_epi8(c, zero), _mm_unpackhi_epi8(w, zero));
+    int16_t* o = dst + 4 * k;
+    if constexpr (!kStore) {
+      d0 = _mm_add_epi16(d0, _mm_loadu_si128(reinterpret_cast<const __m128i*>(o)));
+      d1 = _mm_add_epi16(d1, _mm_loadu_si128(reinterpret_cast<const __m128i*>(o + 8)));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), d0);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8), d1);
+  }
+#endif
+  return k;
+}
+
+// The rest of a grid-4 row, sample by sample: cells [k, ...) and the window's last partial cell.
+template <bool kHalf, bool kStore>
+inline void tail4(const uint8_t* a, const uint8_t* ref, const int32_t* off, int k, int n, int16_t* dst) {
+  for (int x = 4 * k; x < n; ++x) {
+    const int d = static_cast<int>(kHalf ? a[x >> 1] : a[x]) - ref[off[x >> 2] + (x & 3)];
+    dst[x] = static_cast<int16_t>(kStore ? d : dst[x] + d);
+  }
+}
+
+template <bool kHalf, bool kStore>
+void row4_sse2(const uint8_t* a, const uint8_t* ref, const int32_t* off, int n, int16_t* dst) {
+  const int k = cells4<kHalf, kStore>(a, ref, off, 0, n / 4, dst);
+  tail4<kHalf, kStore>(a, ref, off, k, n, dst);
+}
+
+#if EDGEML_MV_AVX2
+template <bool kHalf, bool kStore>
+__attribute__((target("avx2"))) void row4_avx2(const uint8_t* a, const uint8_t* ref, const int32_t* off, int n,
+                                               int16_t* dst) {
+  const int nc = n / 4;
+  int k = 0;
+  for (; k + 8 <= nc; k += 8) {
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + k));
+    const __m256i w = _mm256_i32gather_epi32(reinterpret_cast<const int*>(ref), idx, 1);  // 8 cells x 4 bytes
+    __m128i c0, c1;
+    if constexpr (kHalf) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 2 * k));
+      c0 = _mm_unpacklo_epi8(h, h);
+      c1 = _mm_unpackhi_epi8(h, h);
+    } else {
+      c0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 4 * k));
+      c1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 4 * k + 16));
+    }
+    __m256i d0 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(c0), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(w)));
+    __m256i d1 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(c1), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(w, 1)));
+    int16_t* o = dst + 4 * k;
+    if constexpr (!kStore) {
+      d0 = _mm256_add_epi16(d0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o)));
+      d1 = _mm256_add_epi16(d1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16)));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), d0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), d1);
+  }
+  k = cells4<kHalf, kStore>(a, ref, off, k, nc, dst);
+  tail4<kHalf, kStore>(a, ref, off, k, n, dst);
+}
+#endif
+
+using RowFn = void (*)(const uint8_t*, const uint8_t*, const int32_t*, int, int16_t*);
+
+// The grid-4 row kernels for (half, store), AVX2 where the CPU has it and simd_level() allows.
+RowFn row4(bool half, bool store) {
+#if EDGEML_MV_AVX2
+  if (simd_level() >= 2) {
+    if (half) return store ? row4_avx2<true, true> : row4_avx2<true, false>;
+    return store ? row4_avx2<false, true> : row4_avx2<false, false>;
+  }
+#endif
+  if (half) return store ? row4_sse2<true, true> : row4_sse2<true, false>;
+  return store ? row4_sse2<false, true> : row4_sse2<false, false>;
+}
+
 }  // namespace
+
+int simd_level() {
+#if EDGEML_MV_AVX2
+  static const int best = __builtin_cpu_supports("avx2") ? 2 : 1;
+#else
+  static const int best = 1;
+#endif
+  const int want = g_simd_cap.load(std::memory_order_relaxed);
+  return want < best ? want : best;
+}
+
+int set_simd_cap(int level) { return g_simd_cap.exchange(level < 1 ? 1 : level); }
 
 void residual(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width, int grid,
               int16_t* out) {
@@ -371,14 +596,25 @@ void warp(const Plane* ref, int channels, const float* field, int height, int wi
   run<true>(nullptr, ref, channels, field, height, width, grid, nullptr, out);
 }
 
-void widen_plane(const Plane& p, int height, int width, uint8_t* out) {
-  for (int y = 0; y < height; ++y, out += width) {
+Plane widen_padded(const Plane& p, int height, int width, uint8_t* out) {
+  const int64_t stride = width + 2 * kPad;
+  uint8_t* origin = out + kPad * stride + kPad;
+  for (int y = 0; y < height; ++y) {
+    uint8_t* row = origin + y * stride;
     if (p.shift_y && (y & 1)) {
-      std::memcpy(out, out - width, static_cast<size_t>(width));  // the row above, repeated
+      std::memcpy(row, row - stride, static_cast<size_t>(width));  // the row above, repeated
     } else {
-      widen_row(p, y >> p.shift_y, 0, width, out);
+      widen_row(p, y >> p.shift_y, 0, width, row);
     }
+    std::memset(row - kPad, row[0], kPad);
+    std::memset(row + width, row[width - 1], kPad);
   }
+  for (int t = 1; t <= kPad; ++t) {
+    std::memcpy(origin - kPad - t * stride, origin - kPad, static_cast<size_t>(stride));
+    std::memcpy(origin - kPad + (height - 1 + t) * stride, origin - kPad + (height - 1) * stride,
+                static_cast<size_t>(stride));
+  }
+  return {origin, stride, 1, 0, 0};
 }
 
 void residual_pooled(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width,
@@ -388,63 +624,76 @@ void residual_pooled(const Plane* cur, const Plane* ref, int channels, const flo
     residual(cur, ref, channels, field, height, width, grid, out);  // every weight is one: the plain residual
     return;
   }
-  std::vector<Plane> wide(ref, ref + channels);
-  std::vector<std::unique_ptr<uint8_t[]>> own(channels);  // every byte is written: no zero fill
+  std::vector<Plane> padded(channels);
+  std::unique_ptr<uint8_t[]> own(new uint8_t[padded_size(height, width) * channels]);  // every byte is written
   for (int c = 0; c < channels; ++c) {
-    if (is_unit(ref[c])) continue;
-    own[c].reset(new uint8_t[static_cast<size_t>(height) * width]);
-    widen_plane(ref[c], height, width, own[c].get());
-    wide[c] = {own[c].get(), width, 1, 0, 0};
+    padded[c] = widen_padded(ref[c], height, width, own.get() + padded_size(height, width) * c);
   }
-  residual_pooled_wide(cur, wide.data(), channels, field, height, width, grid, win, out);
+  residual_pooled_padded(cur, padded.data(), channels, field, height, width, grid, win, out);
 }
 
-void residual_pooled_wide(const Plane* cur, const Plane* ref, int channels, const float* field, int height,
-                          int width, int grid, const Window& win, int16_t* out) {
-  // Native rows of the window in order, each read once, a cell row (grid rows sharing the field's spans) at a time:
-  // row v covers [v*oh, (v+1)*oh) and output row i covers [i*hs, (i+1)*hs) (hs >= oh), so a row feeds at most two
-  // output rows. Per cell row and plane: the warped reference rows (shifted copies); per row: cur - warped summed
-  // into the column sums of the current output row — plain int16 sums for rows of full weight oh (most of them),
-  // weighted int32 sums for rows split between two output rows. A finished output row takes its horizontal taps
-  // from a prefix sum of its column sums. Column sums are at most 255 * hs (int32), the 2-D sums 255 * hs * ws
-  // (int64): exact.
+void residual_pooled_padded(const Plane* cur, const Plane* ref, int channels, const float* field, int height,
+                            int width, int grid, const Window& win, int16_t* out) {
+  // Native rows of the window in order, each read once, a cell row (grid rows sharing the field's vectors) at a time:
+  // row v covers [v*oh, (v+1)*oh) and output row i covers [i*hs, (i+1)*hs) (hs >= oh), so a row lies inside one
+  // output row (weight oh: "full") or is split at the boundary between two (weights w0 + w1 = oh; each boundary splits
+  // at most one row). Per row and plane, cur - warped(ref) goes unweighted into int16 accumulators: summed into the
+  // current output row's `full` (folded into int32 every 128 rows), or kept as the split row of the boundary below.
+  // The weights come in once per finished output row: column sums s = oh * full + wt * split above + wb * split below,
+  // whose horizontal taps come from a prefix sum. Column sums are at most 255 * hs (int32), the 2-D sums
+  // 255 * hs * ws (int64): exact. The warped reference is read through per-cell offsets into the padded planes (no
+  // per-sample clamping); at grid 4 on a cell-aligned window, 4 (SSE2) or 8 (AVX2 gather) cells per step.
   const int oh = win.out_h, ws = win.ws, x0 = win.x0;
   const auto cols = boundaries(ws, win.out_w);
+  const Cols32 cols32(cols);
+  const bool avx2 = EDGEML_MV_AVX2 && simd_level() >= 2;
   const int64_t out_plane = static_cast<int64_t>(oh) * win.out_w;
   const size_t n = static_cast<size_t>(ws);
-  std::vector<uint8_t> warped(n * grid * channels), cur_rows(n * channels);
-  std::vector<int> cur_row_of(channels, -1);
-  std::vector<int16_t> acc16(n * channels, 0);
-  std::vector<int32_t> now(n * channels, 0), next(n * channels, 0), prefix32(n + 2), sums(win.out_w);
+  const int64_t stride = ref[0].row_stride;
+  const bool fast = grid == 4 && x0 % 4 == 0;
+  const int j0 = x0 / grid, ncells = (x0 + ws + grid - 1) / grid - j0;
+  std::vector<int32_t> off(ncells);
+  std::vector<uint8_t> cur_row(n), warped(n);
+  std::vector<int16_t> full(n * channels, 0), split_above(n * channels, 0), split_below(n * channels, 0);
+  std::vector<int32_t> folded, s(n), prefix32(n + 2), sums(win.out_w);
+  std::vector<uint32_t> integral(win.out_w + 1);
   std::vector<int64_t> prefix(n + 2, 0);
-  int n16 = 0;  // rows summed in acc16 since it was last folded into `now`
+  int n16 = 0, w_above = 0, w_below = 0, w_next = 0;  // weights of the split rows above and below, and the next's
+  bool any_folded = false;
+  const RowFn add_full = fast ? row4(false, false) : nullptr, set_full = fast ? row4(false, true) : nullptr;
+  const RowFn add_half = fast ? row4(true, false) : nullptr, set_half = fast ? row4(true, true) : nullptr;
 
-  auto fold = [&] {  // acc16 (rows of weight oh) into now
-    for (size_t k = 0; k < acc16.size(); ++k) now[k] += static_cast<int32_t>(oh) * acc16[k];
-    std::fill(acc16.begin(), acc16.end(), int16_t{0});
+  bool has_full = false;  // a full row was written into `full` since it was last cleared (the first one stores)
+  auto fold = [&] {  // the int16 full-row sums into int32
+    if (folded.empty()) folded.assign(n * channels, 0);
+    for (size_t k = 0; k < full.size(); ++k) folded[k] += full[k];
+    any_folded = true;
+    has_full = false;
     n16 = 0;
   };
-  // Every sum fits int32 when 255 * hs * ws does (any window up to ~2900 x 2900): SSE2 prefix sums and means.
   const int64_t den = static_cast<int64_t>(win.hs) * ws;
-  const bool narrow = 255 * den < (int64_t{1} << 31);
-  auto finish = [&](int i) {  // output row i from its column sums, which are cleared for the row after next
+  const bool narrow = 255 * den < (int64_t{1} << 31);  // every sum fits int32 (any window up to ~2900 x 2900)
+  auto finish = [&](int i) {  // output row i from its accumulators; the split row below becomes the next one's above
     for (int c = 0; c < channels; ++c) {
       int16_t* o = out + c * out_plane + static_cast<int64_t>(i) * win.out_w;
-      const int32_t* a = now.data() + c * n;
-      const int16_t* a16 = acc16.data() + c * n;
+      const int16_t* f = full.data() + c * n;
+      const int16_t* za = split_above.data() + c * n;
+      const int16_t* zb = split_below.data() + c * n;
+      int32_t* sp = s.data();
+      const int32_t* g = any_folded ? folded.data() + c * n : nullptr;
+      const int wf = has_full ? oh : 0;  // no full row written since the last clear: `full` holds stale numbers
       if (narrow) {
-        prefix_sums(a, a16, static_cast<int16_t>(oh), n, prefix32.data());
-        const int32_t* p = prefix32.data();
-        int32_t left = 0;  // the integral up to boundary 0
-        for (int j = 0; j < win.out_w; ++j) {
-          const Boundary& b = cols[j + 1];
-          const auto right = static_cast<int32_t>(b.w_q * p[b.q] + b.w_next * p[b.q + 1]);
-          sums[j] = right - left;
-          left = right;
+        if (avx2 && oh < (1 << 15)) {
+          column_prefix_avx2(f, g, za, zb, wf, oh, w_above, w_below, n, prefix32.data());
+        } else {
+          column_sums_base(f, g, za, zb, wf, oh, w_above, w_below, n, sp);
+          prefix_sums(sp, n, prefix32.data());
         }
-        round_row(sums.data(), win.out_w, den, o);
+        (avx2 ? boundary_sums_avx2 : boundary_sums_base)(prefix32.data(), cols32, integral.data(), sums.data());
+        (avx2 ? round_row_avx2 : round_row)(sums.data(), win.out_w, den, o);
       } else {
-        prefix_sums(a, a16, static_cast<int16_t>(oh), n, prefix.data());
+        column_sums_base(f, g, za, zb, wf, oh, w_above, w_below, n, sp);
+        prefix_sums(sp, n, prefix.data());
         const int64_t* p = prefix.data();
         int64_t left = 0;
         for (int j = 0; j < win.out_w; ++j) {
@@ -455,50 +704,61 @@ void residual_pooled_wide(const Plane* cur, const Plane* ref, int channels, cons
         }
       }
     }
-    std::fill(acc16.begin(), acc16.end(), int16_t{0});
-    std::fill(now.begin(), now.end(), 0);
+    if (any_folded) std::fill(folded.begin(), folded.end(), 0);
+    any_folded = has_full = false;
     n16 = 0;
+    split_above.swap(split_below);
+    w_above = w_below ? w_next : 0;
+    w_below = 0;
   };
 
-  std::vector<Span> spans;
   int row_now = 0;
-  const int64_t pitch = static_cast<int64_t>(n);
   for (int v = 0; v < win.hs;) {
     const int y = win.y0 + v, rows = std::min(grid - y % grid, win.hs - v);  // the window's rows of this cell row
-    window_spans(field, height, width, grid, y / grid, x0, x0 + ws, spans);
-    for (int c = 0; c < channels; ++c) {
-      warp_rows(ref[c], spans, y, rows, height, width, x0, warped.data() + c * grid * n, pitch);
-    }
+    cell_offsets(field, height, width, grid, y / grid, y, rows, j0, ncells, stride, off.data());
     for (int t = 0; t < rows; ++t, ++v) {
       const int64_t lo = static_cast<int64_t>(v) * oh;
       const int i0 = static_cast<int>(lo / win.hs);
-      const auto w0 = static_cast<int16_t>(std::min<int64_t>(lo + oh, static_cast<int64_t>(i0 + 1) * win.hs) - lo);
-      const auto w1 = static_cast<int16_t>(oh - w0);
+      const auto w0 = static_cast<int>(std::min<int64_t>(lo + oh, static_cast<int64_t>(i0 + 1) * win.hs) - lo);
       if (i0 != row_now) {
         finish(row_now);
-        now.swap(next);
         row_now = i0;
       }
+      const bool split = w0 < oh, store = split || !has_full;  // a split row, or the output row's first full one
       for (int c = 0; c < channels; ++c) {
         const Plane& p = cur[c];
+        const uint8_t* rrow = ref[c].data + t * stride;  // the padded reference at this row's offset
         const int r = (y + t) >> p.shift_y;
-        const uint8_t* a;
-        if (is_unit(p)) {
-          a = p.data + r * p.row_stride + x0;
-        } else {
-          uint8_t* buf = cur_rows.data() + c * n;
-          if (cur_row_of[c] != r) widen_row(p, r, x0, ws, buf);  // chroma: shared by the two rows it covers
-          cur_row_of[c] = r;
-          a = buf;
+        int16_t* dst = (split ? split_below.data() : full.data()) + c * n;
+        if (fast && p.col_stride == 1 && p.shift_x <= 1) {
+          const uint8_t* a = p.data + r * p.row_stride + (x0 >> p.shift_x);
+          const RowFn fn = p.shift_x ? (store ? set_half : add_half) : (store ? set_full : add_full);
+          fn(a, rrow, off.data(), ws, dst);
+          continue;
         }
-        const uint8_t* b = warped.data() + (c * grid + t) * n;
-        if (w1 == 0) {
-          add_rows(a, b, ws, acc16.data() + c * n);
+        const uint8_t* a = p.data + r * p.row_stride + x0;
+        if (!(p.col_stride == 1 && p.shift_x == 0)) {
+          widen_row(p, r, x0, ws, cur_row.data());
+          a = cur_row.data();
+        }
+        for (int k = 0; k < ncells; ++k) {  // the warped row: each cell's part of the window, one shifted copy
+          const int c0 = std::max((j0 + k) * grid, x0), c1 = std::min((j0 + k + 1) * grid, x0 + ws);
+          std::memcpy(warped.data() + (c0 - x0), rrow + off[k] + (c0 - (j0 + k) * grid), static_cast<size_t>(c1 - c0));
+        }
+        const uint8_t* b = warped.data();
+        if (store) {
+          for (size_t x = 0; x < n; ++x) dst[x] = static_cast<int16_t>(a[x] - b[x]);
         } else {
-          add_split(a, b, ws, w0, w1, now.data() + c * n, next.data() + c * n);
+          for (size_t x = 0; x < n; ++x) dst[x] = static_cast<int16_t>(dst[x] + (a[x] - b[x]));
         }
       }
-      if (w1 == 0 && ++n16 == 128) fold();
+      if (split) {
+        w_below = w0;
+        w_next = oh - w0;
+      } else {
+        has_full = true;
+        if (++n16 == 128) fold();
+      }
     }
   }
   finish(row_now);

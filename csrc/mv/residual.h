@@ -1,5 +1,6 @@
 // Residual = current frame - reference warped by a motion field, over planar images. Plain C++17.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "mv/resample.h"
@@ -35,14 +36,24 @@ void warp(const Plane* ref, int channels, const float* field, int height, int wi
 void residual_pooled(const Plane* cur, const Plane* ref, int channels, const float* field, int height, int width,
                      int grid, const Window& win, int16_t* out);
 
-// residual_pooled with reference planes already at full resolution with unit column stride (shift 0, col_stride 1:
-// e.g. from widen_plane), the form the fused kernel reads; a caller that reuses one reference for many frames (the
-// I-frame of a GOP) widens it once. Not for an identity window (use residual()).
-void residual_pooled_wide(const Plane* cur, const Plane* wide_ref, int channels, const float* field, int height,
-                          int width, int grid, const Window& win, int16_t* out);
+// Border of replicated edge samples around a padded reference plane (widen_padded): with cells of at most kPad
+// samples a side, every clamped read of the warp becomes one clamped start offset per cell.
+constexpr int kPad = 16;
 
-// A plane at full resolution: out (height x width bytes, rows `width` apart) = p(y >> shift_y, x >> shift_x), any
-// column stride.
-void widen_plane(const Plane& p, int height, int width, uint8_t* out);
+// Bytes of a padded plane for a height x width frame.
+inline size_t padded_size(int height, int width) {
+  return static_cast<size_t>(height + 2 * kPad) * static_cast<size_t>(width + 2 * kPad);
+}
+
+// A plane at full resolution with a border of kPad replicated samples on every side: out (padded_size bytes) holds
+// p(clamp(y) >> shift_y, clamp(x) >> shift_x) for y in [-kPad, height + kPad), x in [-kPad, width + kPad); any column
+// stride. Returns the view of sample (0, 0) (row stride width + 2 * kPad, unit column stride, no subsampling).
+Plane widen_padded(const Plane& p, int height, int width, uint8_t* out);
+
+// residual_pooled with reference planes already padded (widen_padded views, one layout for all), the form the fused
+// kernel reads; a caller that reuses one reference for many frames (the I-frame of a GOP) pads it once. Not for an
+// identity window (use residual()).
+void residual_pooled_padded(const Plane* cur, const Plane* padded_ref, int channels, const float* field, int height,
+                            int width, int grid, const Window& win, int16_t* out);
 
 }  // namespace edgeml::mv

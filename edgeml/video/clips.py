@@ -129,41 +129,47 @@ def resize_plan(native: tuple[int, int], size: tuple[int, int] | None, policy: s
     return Resize(policy, (h0, w0), (h, w), (y0, x0, hs, ws))
 
 
-def model_rgb(frame: Any, plan: Resize) -> np.ndarray:
+def model_rgb(frame: Any, plan: Resize, reformatter: Any = None) -> np.ndarray:
     """A decoded frame -> RGB uint8 [H, W, 3] at the plan's size, by libswscale (area) over the plan's window; at the
-    video's own size the plain conversion (bit-identical to the full-resolution output)."""
+    video's own size the plain conversion (bit-identical to the full-resolution output). reformatter: an
+    av.video.reformatter.VideoReformatter to reuse (it keeps its libswscale context from frame to frame; one per
+    thread), else a fresh one per call."""
     if plan.identity:
         return frame.to_ndarray(format="rgb24")
     h, w = plan.size
     y0, x0, hs, ws = plan.window
     if (hs, ws) != plan.native:
         frame = _crop(frame, plan.window)
-    return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    if reformatter is None:
+        return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
 def _crop(frame: Any, window: tuple[int, int, int, int]) -> Any:
-    """The window (even offsets and sides) of a frame as a new yuv420p frame: one copy of the window's samples."""
+    """The window (even offsets and sides) of a frame as a new yuv420p frame: one copy of the window's samples, straight
+    into the new frame's planes."""
     import av
 
     if frame.format.name not in ("yuv420p", "yuvj420p"):
         frame = frame.reformat(format="yuv420p")
     y0, x0, hs, ws = window
-    parts = []
-    for k, p in enumerate(frame.planes):
+    out = av.VideoFrame(ws, hs, "yuv420p")
+    for k, (src, dst) in enumerate(zip(frame.planes, out.planes, strict=True)):
         s = 0 if k == 0 else 1
-        view = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)
-        parts.append(view[y0 >> s:(y0 + hs) >> s, x0 >> s:(x0 + ws) >> s].ravel())
-    out = av.VideoFrame.from_ndarray(np.concatenate(parts).reshape(hs * 3 // 2, ws), format="yuv420p")
+        part = np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[y0 >> s:(y0 + hs) >> s, x0 >> s:(x0 + ws) >> s]
+        np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)[:hs >> s, :ws >> s] = part
     out.color_range = frame.color_range
     out.colorspace = frame.colorspace
     return out
 
 
 class _KernelChain:
-    """The per-P-frame kernel work with its state (reference planes, accumulated native field). Calls must come in
-    decode order; run in one worker thread they overlap with decoding (both release the GIL). On the CPU the state
-    lives in C++ (edgeml._C.Extractor: the I-frame's planes copied and widened once per GOP, the field never leaves
-    C++); the CUDA twin goes through extract_step with the state kept here."""
+    """The per-frame work beside the decoder with its state (reference planes, accumulated native field): each
+    I-frame's RGB conversion and reference, each P-frame's fused kernel call. Calls must come in decode order; run in
+    one worker thread they overlap with decoding (all of them release the GIL). On the CPU the state lives in C++
+    (edgeml._C.Extractor: the I-frame's planes copied and widened once per GOP, the field never leaves C++); the CUDA
+    twin goes through extract_step with the state kept here. `seconds` / `cpu_seconds`: the time spent in these
+    calls."""
 
     def __init__(self, grid: int, accumulate: bool, device: str, plan: Resize, channels: int = 3):
         self.grid, self.accumulate, self.plan = grid, accumulate, plan
@@ -174,30 +180,41 @@ class _KernelChain:
             self.step_fn = mv._pick("extract_step", device)
         self.ref = self.prev = self.acc = None
         self.seconds = self.cpu_seconds = 0.0
+        from av.video.reformatter import VideoReformatter
+
+        self.reformatter = VideoReformatter()  # this chain's libswscale context, kept from I-frame to I-frame
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.thread_time() - c0
+
+    def iframe(self, frame: Any) -> np.ndarray:
+        """An I-frame's RGB image at the model's size (model_rgb), and its planes as the new reference."""
+        image = self._timed(model_rgb, frame, self.plan, self.reformatter)
+        self.reset(_planes(frame))
+        return image
 
     def reset(self, planes: Any) -> None:
         if self.native is not None:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            self.native.reset(planes)
-            self.seconds += time.perf_counter() - t0
-            self.cpu_seconds += time.thread_time() - c0
+            self._timed(self.native.reset, planes)
             return
         self.ref = self.prev = planes
         self.acc = None
 
     def step(self, mvs: Any, cur: Any, residual: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t0, c0 = time.perf_counter(), time.thread_time()
         if self.native is not None:
-            self.native.step(mvs, cur, residual, field)
-        else:
-            ref = self.ref if self.accumulate else self.prev
-            acc = self.step_fn(mvs, cur, ref, self.acc, self.grid, self.accumulate, self.plan.window,
-                               self.plan.size, residual, field)
-            if self.accumulate:
-                self.acc = acc
-            self.prev = cur
-        self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.thread_time() - c0
+            self._timed(self.native.step, mvs, cur, residual, field)
+            return field, residual
+        ref = self.ref if self.accumulate else self.prev
+        acc = self._timed(self.step_fn, mvs, cur, ref, self.acc, self.grid, self.accumulate, self.plan.window,
+                          self.plan.size, residual, field)
+        if self.accumulate:
+            self.acc = acc
+        self.prev = cur
         return field, residual
 
 
@@ -284,9 +301,10 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     accumulate: fields chained to the I-frame and residuals against the I-frame; else per-step fields and residuals
     against the previous I/P frame. rgb: also keep each P-frame's RGB image (for `frames`). max_steps: P-steps kept
     per GOP (later P-frames are decoded but not processed). pipeline: run the kernels in a worker thread, overlapping
-    decoding. timings: adds wall seconds under "decode" (decoding, RGB conversion, the Python loop; this thread)
-    and "kernels" (the fused per-P-frame call; with pipeline=True they overlap the decode time), and CPU seconds
-    under "decode_cpu" / "kernels_cpu" (libavcodec's own threads excluded when threads > 1).
+    decoding. timings: adds wall seconds under "decode" (decoding, the P-frames' RGB conversion when `rgb`, the
+    Python loop; this thread) and "kernels" (the I-frames' RGB conversion and reference copies, the fused per-P-frame
+    calls; with pipeline=True they overlap the decode time), and CPU seconds under "decode_cpu" / "kernels_cpu"
+    (libavcodec's own threads excluded when threads > 1).
     residual_out(k, C, H, W): where the k-th P-step's residual goes (an int16 [C, H, W] view).
     Raises VideoError when the video has no I-frame, no motion vectors at all (intra-only), changes its frame size,
     or is smaller than `size`.
@@ -303,6 +321,9 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     chain: _KernelChain | None = None
     plan: Resize | None = None
     pool: Any = ThreadPoolExecutor(1, thread_name_prefix="edgeml-mv") if pipeline else _Inline()
+    from av.video.reformatter import VideoReformatter
+
+    rgb_reformatter = VideoReformatter()  # this thread's, for the P-frames' RGB images
     gop: Gop | None = None
     pending: list[tuple[Gop, list]] = []  # GOPs whose kernel results are still being computed
     n_gops = n_p = 0
@@ -313,7 +334,8 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     def finish(g: Gop, futures: list) -> Gop:
         nonlocal wait
         t0 = time.perf_counter()
-        for step, fut in zip(g.steps, futures, strict=True):
+        g.iframe = futures[0].result()
+        for step, fut in zip(g.steps, futures[1:], strict=True):
             step.mv, step.residual = fut.result()
         wait += time.perf_counter() - t0
         return g
@@ -344,15 +366,14 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
                     pending.append((gop, futures))
                 while pending and (len(pending) > 2 or all(f.done() for f in pending[0][1])):
                     yield from hand_out(*pending.pop(0))
-                gop = Gop(index=n_gops, frame_index=fr.index, iframe=model_rgb(frame, plan), plan=plan)
-                futures = []
+                gop = Gop(index=n_gops, frame_index=fr.index, iframe=None, plan=plan)  # type: ignore[arg-type]
+                futures = [pool.submit(chain.iframe, frame)]  # its RGB image and reference, beside the decoder
                 n_gops += 1
-                pool.submit(chain.reset, _planes(frame))
                 continue
             if kind != "P" or gop is None or (max_steps is not None and len(gop.steps) >= max_steps):
                 continue  # B/S/other frames and P-frames before the first I-frame are skipped (module policy)
             has_rows = has_rows or (fr.mvs is not None and len(fr.mvs) > 0)
-            image = model_rgb(frame, plan) if rgb else None
+            image = model_rgb(frame, plan, rgb_reformatter) if rgb else None
             planes = _planes(frame)
             out = residual_out(n_p, len(planes), *plan.size)
             field = np.empty((2, *plan.cells(grid)), np.float32)

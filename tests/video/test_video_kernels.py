@@ -127,7 +127,7 @@ def accumulate_reference(field, prev, height, width, grid):
 
 @pytest.mark.parametrize("grid", [1, 4, 8])
 @pytest.mark.parametrize("size", [(48, 64), (37, 53), (9, 7)])
-def test_accumulate_matches_numpy_reference(rng, grid, size):
+def test_accumulate_matches_numpy_reference(rng, simd, grid, size):
     h, w = size
     field, prev = random_field(rng, h, w, grid), random_field(rng, h, w, grid, reach=60)
     np.testing.assert_array_equal(_C.accumulate_mvs(field, prev, h, w, grid), accumulate_reference(field, prev, h, w,
@@ -358,7 +358,7 @@ def test_a_fractional_vector_reads_the_floored_source_pixel():
 
 
 @pytest.mark.parametrize("grid", [1, 4])
-def test_accumulate_with_fractional_vectors_matches_numpy_reference(rng, grid):
+def test_accumulate_with_fractional_vectors_matches_numpy_reference(rng, simd, grid):
     h, w = 37, 53
     field, prev = fractional_field(rng, h, w, grid), fractional_field(rng, h, w, grid, reach=30)
     np.testing.assert_array_equal(_C.accumulate_mvs(field, prev, h, w, grid),

@@ -44,7 +44,7 @@ FIXED = [((64, 96), (0, 0, 64, 96), (32, 48)), ((64, 96), (0, 0, 64, 96), (16, 1
 
 @pytest.mark.parametrize(("native", "window", "size"), FIXED)
 @pytest.mark.parametrize("grid", [1, 4, 8])
-def test_fused_residual_equals_full_resolution_residual_then_area_mean(rng, native, window, size, grid):
+def test_fused_residual_equals_full_resolution_residual_then_area_mean(rng, simd, native, window, size, grid):
     h0, w0 = native
     cur, ref = yuv420(rng, h0, w0), yuv420(rng, h0, w0)
     field = rng.integers(-60, 61, (2, -(-h0 // grid), -(-w0 // grid))).astype(np.float32)
@@ -56,13 +56,31 @@ def test_fused_residual_equals_full_resolution_residual_then_area_mean(rng, nati
 
 
 @pytest.mark.parametrize("fractional", [False, True])
-def test_fused_residual_on_random_windows_and_fractional_vectors(rng, fractional):
+def test_fused_residual_on_random_windows_and_fractional_vectors(rng, simd, fractional):
     for _ in range(40):
         c = random_case(rng, fractional)
         cur, ref = yuv420(rng, c["h0"], c["w0"]), yuv420(rng, c["h0"], c["w0"])
         got = _C.residual_pooled(cur, ref, c["field"], c["grid"], c["window"], c["size"])
         want = mv.np_residual_pooled(cur, ref, c["field"], c["grid"], c["window"], c["size"])
         assert np.abs(got.astype(np.int32) - want).max() <= 1, c
+
+
+@pytest.mark.parametrize(("native", "window", "size"), [
+    ((528, 720), (0, 96, 528, 528), (64, 64)),  # the crop of the real clips at the shipped model's size
+    ((61, 90), (4, 8, 53, 70), (13, 21)),  # 17 whole cells (8 + 8 + 1) and a 2-column tail, odd chroma rows
+    ((37, 55), (0, 4, 37, 51), (9, 10)),  # up to the right edge of an odd-width 4:2:0 frame
+    ((40, 44), (0, 0, 40, 44), (40, 4)),  # every row of full weight, 11 cells (8 + 3)
+])
+@pytest.mark.parametrize("reach", [3, 300])
+def test_fused_residual_at_grid_4_with_vectors_past_the_padded_border(rng, simd, native, window, size, reach):
+    """grid 4 on a cell-aligned window (the gathered row kernels over the padded reference): vectors up to `reach` px
+    (300: far past the border, every kind of clamp; a third of the rows fractional) equal the reference."""
+    h0, w0 = native
+    cur, ref = yuv420(rng, h0, w0), yuv420(rng, h0, w0)
+    field = rng.integers(-reach, reach + 1, (2, -(-h0 // 4), -(-w0 // 4))).astype(np.float32)
+    field[:, ::3] += (rng.random(field[:, ::3].shape) - 0.5).astype(np.float32)
+    got = _C.residual_pooled(cur, ref, field, 4, window, size)
+    np.testing.assert_array_equal(got, mv.np_residual_pooled(cur, ref, field, 4, window, size))
 
 
 def test_identity_window_is_the_plain_residual_bit_for_bit(rng):
@@ -134,11 +152,11 @@ def test_extract_step_equals_the_kernels_in_turn(rng, accumulate):
 # ------------------------------------------------------------------------------------------------- fused kernel paths
 
 
-def test_fused_residual_folds_many_full_weight_rows_exactly(rng):
+def test_fused_residual_folds_many_full_weight_rows_exactly(rng, simd):
     """More than 128 native rows per output row (the int16 row sums are folded into int32 before they could
-    overflow), in tall and wide windows, with clamped vectors."""
+    overflow), in tall and wide windows, with clamped vectors; 256 rows end on a fold (no full row after it)."""
     for native, window, size in (((600, 40), (0, 0, 600, 40), (2, 8)), ((301, 520), (1, 3, 300, 516), (1, 3)),
-                                 ((260, 33), (0, 0, 260, 33), (1, 1))):
+                                 ((260, 33), (0, 0, 260, 33), (1, 1)), ((256, 40), (0, 0, 256, 40), (1, 8))):
         cur, ref = yuv420(rng, *native), yuv420(rng, *native)
         extreme = [np.full(native, 255, np.uint8)] * 3, [np.zeros(native, np.uint8)] * 3  # the largest sums
         field = rng.integers(-80, 81, (2, -(-native[0] // 4), -(-native[1] // 4))).astype(np.float32)
@@ -162,7 +180,7 @@ def test_fused_residual_of_a_window_too_large_for_int32_sums_is_exact(rng):
 
 
 @pytest.mark.parametrize("layout", ["rgb", "strided", "yuv422", "mixed"])
-def test_fused_residual_on_packed_strided_and_422_planes(rng, layout):
+def test_fused_residual_on_packed_strided_and_422_planes(rng, simd, layout):
     """Planes the fused kernel must widen first (packed RGB columns, strided views, 4:2:2 chroma, a strided current
     frame against a planar reference) give the reference numbers."""
     from test_video_kernels import strided
@@ -190,7 +208,7 @@ def test_fused_residual_on_packed_strided_and_422_planes(rng, layout):
 @pytest.mark.parametrize(("native", "window", "size"), [((48, 80), (0, 8, 48, 64), (24, 32)),
                                                         ((37, 53), (0, 0, 37, 53), (37, 53)),
                                                         ((45, 70), (2, 4, 40, 62), (20, 28))])
-def test_extractor_chain_equals_extract_step_in_turn(rng, accumulate, native, window, size):
+def test_extractor_chain_equals_extract_step_in_turn(rng, simd, accumulate, native, window, size):
     """edgeml._C.Extractor (the reference kept in C++, copied once per I-frame) over two GOPs, with side data and
     row arrays, equals extract_step called frame by frame with the reference and previous field passed in."""
     from test_video_kernels import random_rows
