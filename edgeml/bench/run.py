@@ -90,13 +90,15 @@ def _model_name(manifest: dict) -> str | None:
 
 
 def clip_settings(manifest: dict) -> dict:
-    """clip_len, grid and size=(H, W) the model was exported for (manifest preprocessing, else model config)."""
+    """clip_len, grid, size=(H, W) and the resize policy the model was exported for (manifest preprocessing, else
+    model config; manifests written before the policy was recorded were made with the default, "crop")."""
     pre = manifest.get("preprocessing") or {}
     cfg = _model_config(manifest)
     size = pre.get("size") or (cfg.get("height"), cfg.get("width"))
     out = {"clip_len": pre.get("clip_len", cfg.get("clip_len")), "grid": pre.get("grid", cfg.get("grid")),
            "size": tuple(size) if size and None not in size else None}
     missing = [k for k, v in out.items() if v is None]
+    out["resize"] = pre.get("resize", "crop")
     if missing:
         raise InputError(f"manifest lacks the clip settings {missing} needed to decode videos for this model",
                          fix="re-export the model with this edgeml version")
@@ -464,6 +466,7 @@ def _run_video(runtime: Any, input_names: list[str], extract_clips: Callable, pa
     """All clips of one video through the runtime, one clip per call -> (mean logits, feeds, model seconds)."""
     # P-frames are converted to RGB only for models that read RGB frames (the RGB baselines), never for video_spiking
     clips = extract_clips(path, clip_len=settings["clip_len"], grid=settings["grid"], size=settings["size"],
+                          resize=settings.get("resize", "crop"),
                           frames="frames" in input_names, timings=timings)
     if not clips:
         raise InputError("no complete clip in this video (too short for the clip length)", path=path)
