@@ -8,8 +8,9 @@ STAMP := $(VENV)/.edgeml-installed
 EXTRAS ?= dev,export,cure,tvm,lls,ray
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 # Debian packages used by the build, tests and benchmarks (installed when we are root and apt-get exists);
-# libeigen3-dev: the LLS engine's GEMM kernel (header-only; the build stops with a message naming it when absent).
-SYSTEM_PACKAGES ?= libeigen3-dev dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
+# libeigen3-dev / libgemmlowp-dev: the LLS engine's float and int8 GEMM kernels (header-only; the build stops with a
+# message naming the package when one is absent).
+SYSTEM_PACKAGES ?= libeigen3-dev libgemmlowp-dev dataset-fashion-mnist ffmpeg-doc libavcodec-dev libavformat-dev libavutil-dev pkg-config chromium chromium-driver g++-aarch64-linux-gnu qemu-user
 
 .PHONY: test test-random demo build system-deps lint clean cross-test
 

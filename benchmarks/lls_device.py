@@ -3,7 +3,9 @@
 Part 1 (cost): step latency (median) and peak RSS, each measured in its own process:
   - PyTorch LLS (local steps) and the standalone C++ engine (edgeml-finetune, no Python) at equal thread counts
     (1 and 2; the engine at 2 only where it takes --threads), PyTorch BP (end-to-end backprop) for memory, training
-    all blocks and fine-tuning the last two.
+    all blocks and fine-tuning the last two. Fine-tuning the last two, the engine also runs a pack whose frozen
+    blocks are int8 (write_pack quantize_frozen: int8 weights and the int8 GEMM), `cpp_lls_int8@N`, against the
+    float32 pack (`ratio_latency_cpp_int8_vs_cpp@N`, `ratio_peak_cpp_int8_vs_cpp@N`).
   The contenders run interleaved over --rounds rounds (edgeml.bench.rounds): every measurement records its wall
   time, its CPU time and the CPU the rest of the machine used meanwhile. The run is invalid — and no results are
   written without --allow-invalid — when a contender's round medians disagree by more than --max-spread or another
@@ -13,7 +15,7 @@ Part 2 (accuracy): SmallConv trained with LLS on clean Fashion-MNIST (in this ru
   brightness/contrast-shifted split, then fine-tuned on shifted device data (last two blocks) by the C++ binary:
   accuracy before / after on the shifted test split.
 
-Run: .venv/bin/python benchmarks/lls_device.py [--quick]; writes benchmarks/results/lls_device.json.
+Run: .venv/bin/python benchmarks/lls_device.py [--quick]; writes benchmarks/results/lls_device.json (or --out).
 """
 
 from __future__ import annotations
@@ -153,11 +155,19 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
             label = "all blocks" if blocks == f"last:{n_blocks}" else "last 2 blocks"
             torch_step = partial(_torch_step, name, config, batch, steps, blocks)
             engine_step = partial(_engine_step, binary, pack, data, work / "out.pack", batch, steps + 1, blocks)
+            int8_step = None
+            if blocks == "last:2":  # frozen blocks exist: the int8-frozen pack of the same weights
+                q8 = write_pack(work / f"{name}-{blocks.replace(':', '')}-int8.pack", model, train_blocks=blocks,
+                                optimizer={"name": "adamw", "lr": 1e-4}, quantize_frozen=True,
+                                frozen_compute="int8")
+                int8_step = partial(_engine_step, binary, q8, data, work / "out.pack", batch, steps + 1, blocks)
             contenders = {}
             for t in thread_counts:
                 contenders[f"torch_lls@{t}"] = partial(torch_step, "lls", t)
                 if t == 1 or threaded_engine:
                     contenders[f"cpp_lls@{t}"] = partial(engine_step, t if threaded_engine else None)
+                    if int8_step:
+                        contenders[f"cpp_lls_int8@{t}"] = partial(int8_step, t if threaded_engine else None)
             contenders["torch_bp@1"] = partial(torch_step, "bp", 1)
             print(f"  {name}, {label}: {len(contenders)} contenders x {rounds} rounds", flush=True)
             ms = interleave(contenders, rounds, progress=lambda line: print(f"    {line}", flush=True))
@@ -174,6 +184,13 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
             for t in thread_counts:
                 if f"cpp_lls@{t}" in med:
                     row[f"ratio_latency_cpp_vs_torch_lls@{t}"] = med[f"cpp_lls@{t}"] / med[f"torch_lls@{t}"]
+                if f"cpp_lls_int8@{t}" in med:
+                    row[f"ratio_latency_cpp_int8_vs_cpp@{t}"] = med[f"cpp_lls_int8@{t}"] / med[f"cpp_lls@{t}"]
+                    row[f"ratio_peak_cpp_int8_vs_cpp@{t}"] = peak[f"cpp_lls_int8@{t}"] / peak[f"cpp_lls@{t}"]
+            if int8_step:
+                # What the engine reported: frozen layers on the int8 GEMM (0 would mean an engine without it).
+                row["int8_layers"] = max(m.extra.get("int8_layers", 0) for m in ms
+                                         if m.contender.startswith("cpp_lls_int8"))
             rows.append(row)
             print(f"  {name} {label}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
                   + ("" if verdict.valid else f"  [INVALID: {'; '.join(verdict.reasons)}]"), flush=True)
@@ -262,20 +279,22 @@ def print_tables(rows: list[dict], acc: dict | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="LLS training step: C++ engine vs PyTorch LLS at equal threads, PyTorch BP for memory (median "
-                    "of round medians; peak RSS of each process)")
-    for col in ("net", "trained", "threads", "PyTorch LLS ms", "C++ ms", "C++/LLS time", "BP MB", "C++ MB",
-                "C++/BP peak", "valid"):
+    t = Table(title="LLS training step: C++ engine vs PyTorch LLS at equal threads, PyTorch BP for memory, the engine "
+                    "with int8 frozen blocks vs float32 (median of round medians; peak RSS of each process)")
+    for col in ("net", "trained", "threads", "PyTorch LLS ms", "C++ ms", "C++/LLS time", "C++ int8 ms",
+                "int8/fp32 time", "BP MB", "C++ MB", "C++ int8 MB", "C++/BP peak", "valid"):
         t.add_column(col, justify="right")
     for r in rows:
         med, peak = r["step_ms_median"], r["peak_rss_kb"]
         for key in [k for k in med if k.startswith("torch_lls@")]:
             th = key.split("@")[1]
-            cpp = med.get(f"cpp_lls@{th}")
+            cpp, q8 = med.get(f"cpp_lls@{th}"), med.get(f"cpp_lls_int8@{th}")
+            q8_peak = peak.get(f"cpp_lls_int8@{th}")
             t.add_row(r["net"], r["trained"], th, f"{med[key]:.1f}", "–" if cpp is None else f"{cpp:.1f}",
-                      "–" if cpp is None else f"{cpp / med[key]:.2f}x", f"{peak['torch_bp@1'] / 1024:.0f}",
-                      f"{peak['cpp_lls@1'] / 1024:.1f}", f"{r['ratio_peak_cpp_vs_bp']:.3f}x",
-                      "yes" if r["valid"] else "NO")
+                      "–" if cpp is None else f"{cpp / med[key]:.2f}x", "–" if q8 is None else f"{q8:.1f}",
+                      "–" if q8 is None or cpp is None else f"{q8 / cpp:.2f}x", f"{peak['torch_bp@1'] / 1024:.0f}",
+                      f"{peak['cpp_lls@1'] / 1024:.1f}", "–" if q8_peak is None else f"{q8_peak / 1024:.1f}",
+                      f"{r['ratio_peak_cpp_vs_bp']:.3f}x", "yes" if r["valid"] else "NO")
     console = Console(width=170)
     console.print(t)
     if acc:
@@ -312,6 +331,8 @@ def main() -> None:
                     help="measure the cost part only; the results file keeps its accuracy part (with its own date)")
     ap.add_argument("--skip-cost", action="store_true",
                     help="measure the accuracy part only; the results file keeps its cost part and verdict")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="results file (default: benchmarks/results/lls_device.json)")
     args = ap.parse_args()
     if args.worker:
         torch_worker(args)
@@ -337,18 +358,18 @@ def main() -> None:
     today = time.strftime("%Y-%m-%d")
     # The two parts are independent experiments: a run that skips one keeps that part of the results file as it was
     # measured (its date and, for cost, its verdict stay with it).
-    kept = json.loads(RESULTS.read_text()) if (args.skip_cost or args.skip_accuracy) and RESULTS.exists() else {}
+    kept = json.loads(args.out.read_text()) if (args.skip_cost or args.skip_accuracy) and args.out.exists() else {}
     if args.skip_cost:
         rows = kept.get("cost", [])
         verdict = kept.get("verdict", {"valid": False, "reasons": ["no cost part measured"]})
     if not args.skip_cost and not verdict["valid"]:
         print("run judged INVALID: " + "; ".join(verdict["reasons"]), flush=True)
         if not args.allow_invalid:
-            print(f"not writing {RESULTS} (rerun on a quiet machine, or pass --allow-invalid)")
+            print(f"not writing {args.out} (rerun on a quiet machine, or pass --allow-invalid)")
             sys.exit(1)
     settings = {"rounds": args.rounds, "max_spread": args.max_spread, "max_foreign_cores": args.max_foreign_cores,
                 "batch": args.batch, "steps": steps}
-    write_json(RESULTS, {"benchmark": "lls_device", "cpu_count": os.cpu_count(),
+    write_json(args.out, {"benchmark": "lls_device", "cpu_count": os.cpu_count(),
                          "engine": binary.name, "engine_threads_option": engine_threads_supported(binary),
                          "valid": verdict["valid"], "verdict": verdict,
                          "cost_date": kept.get("cost_date") if args.skip_cost else today,
@@ -360,7 +381,7 @@ def main() -> None:
                          "notes": "peak RSS = VmHWM of separate processes; C++ = standalone edgeml-finetune "
                                   "(no Python); PyTorch rows include the interpreter + libtorch; each value is the "
                                   "median over rounds of a process's median step"})
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

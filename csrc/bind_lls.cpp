@@ -259,6 +259,11 @@ void bind_lls(py::module_& m) {
       .def_property_readonly("required_bytes", [](const EngineHandle& h) { return h.engine.required_bytes(); })
       .def_property_readonly("arena_bytes", [](const EngineHandle& h) { return h.engine.arena_capacity(); })
       .def_property_readonly("arena_peak", [](const EngineHandle& h) { return h.engine.arena_peak(); })
+      .def_property_readonly("int8_layers", [](const EngineHandle& h) { return h.engine.int8_layers(); },
+                             "frozen conv/linear layers that run the int8 GEMM")
+      .def_property_readonly("int8_workspace_bytes",
+                             [](const EngineHandle& h) { return h.engine.int8_workspace_bytes(); },
+                             "the int8 GEMM's packing buffers (allocated at load, outside the arena)")
       .def_property_readonly("trainable_tensors", [](const EngineHandle& h) { return h.engine.trainable_tensors(); })
       .def_property_readonly("optimizer", [](const EngineHandle& h) { return h.engine.optimizer().name; })
       .def_property_readonly("optimizer_spec", [](const EngineHandle& h) { return optimizer_dict(h.engine.optimizer()); },

@@ -153,6 +153,12 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
     basis_spec.n_offset = static_cast<int>(int_field(b, "n_offset", 0, 0, kMaxExtent, "basis"));
     // The pack's optimizer; absent fields take OptimizerSpec's defaults (the same as edgeml.lls.pack).
     if (h.has("optimizer") && !h["optimizer"].is_null()) read_optimizer(h["optimizer"], opt_);
+    // How frozen int8 layers compute (packs written before the int8 GEMM existed say nothing: float32).
+    const std::string frozen_compute = h.has("precision") && !h["precision"].is_null()
+                                           ? h["precision"].str_or("frozen_compute", "float32")
+                                           : "float32";
+    if (frozen_compute != "float32" && frozen_compute != "int8")
+      throw std::runtime_error("precision 'frozen_compute' must be float32 or int8, got '" + frozen_compute + "'");
 
     auto param_of = [&](const Json& j, const std::string& key) -> int {
       if (!j.has(key) || j[key].is_null()) return -1;
@@ -212,7 +218,6 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
             elements({ws[1], ws[2], ws[3], op.conv.ho(), op.conv.wo()}, where + " im2col matrix");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = op.conv.cout, op.out_h = op.conv.ho(), op.out_w = op.conv.wo();
-            max_scratch_ = std::max(max_scratch_, op.conv.scratch(threads_));
             break;
           }
           case OpKind::Linear: {
@@ -225,8 +230,6 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
             in_range(ws[0], 1, kMaxElements, where + " weight rows");
             expect_numel(op.param[1], ws[0], where + " bias");
             op.out_c = static_cast<int>(ws[0]);
-            max_scratch_ = std::max(max_scratch_, linear_scratch(batch_, static_cast<int>(op.in_size()), op.out_c,
-                                                                 threads_));
             break;
           }
           case OpKind::BatchNorm:
@@ -361,7 +364,25 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
           throw std::runtime_error("int8 tensor '" + table_[i].name + "' has no matching float32 '.scale' tensor");
         if (table_[i].shape.empty() || table_[i].shape[0] > INT_MAX || params_[i].numel > kMaxElements)
           throw std::runtime_error("int8 tensor '" + table_[i].name + "' is too large to dequantise");
-        max_deq_ = std::max(max_deq_, static_cast<size_t>(params_[i].numel));
+        // Symmetric int8 is [-127, 127] (what write_pack stores); -128 would break the int8 kernels' range.
+        const int8_t* q = static_cast<const int8_t*>(pack.bytes(table_[i]));
+        if (std::find(q, q + params_[i].numel, int8_t{-128}) != q + params_[i].numel)
+          throw std::runtime_error("int8 tensor '" + table_[i].name + "' holds -128; symmetric int8 weights lie in "
+                                   "[-127, 127]");
+      }
+    if (frozen_compute == "int8") plan_int8();
+    // Kernel scratch (shared by all layers: the largest), and one buffer into which every int8 weight outside the
+    // int8 GEMM is dequantised, layer by layer.
+    for (const Block& blk : blocks_)
+      for (const Op& op : blk.ops) {
+        if (op.kind == OpKind::Conv2d)
+          max_scratch_ = std::max(max_scratch_, op.int8 ? (conv2d_int8_scratch(op.conv, threads_) + 3) / 4
+                                                        : op.conv.scratch(threads_));
+        else if (op.kind == OpKind::Linear && !op.int8)
+          max_scratch_ = std::max(max_scratch_, linear_scratch(batch_, static_cast<int>(op.in_size()), op.out_c,
+                                                               threads_));
+        if (!op.int8 && op.param[0] >= 0 && table_[op.param[0]].dtype == DType::I8)
+          max_deq_ = std::max(max_deq_, static_cast<size_t>(params_[op.param[0]].numel));
       }
   } catch (const PackError&) {
     throw;
@@ -387,13 +408,23 @@ Engine::Engine(const Pack& pack, const EngineOptions& options) : path_(pack.path
   }
   carve(arena_);
   pool_ = std::make_unique<ThreadPool>(threads_);
+  try {
+    if (int8_layers_) int8_ = std::make_unique<Int8Gemm>(threads_, max_int8_ws_);
+  } catch (const std::bad_alloc&) {
+    throw ArenaError("cannot allocate the int8 GEMM's workspaces (" + std::to_string(threads_) + " x " +
+                     std::to_string(max_int8_ws_) + " bytes); use fewer threads or a smaller batch");
+  }
 
   // Fill: weights from the pack, zeroed optimizer state, the bases of trainable LLS heads.
   for (size_t i = 0; i < table_.size(); ++i) {
     Param& p = params_[i];
     const void* src = pack.bytes(table_[i]);
-    if (p.q) std::memcpy(p.q, src, static_cast<size_t>(p.numel));
-    else std::memcpy(p.value, src, sizeof(float) * static_cast<size_t>(p.numel));
+    if (p.q) {
+      std::memcpy(p.q, src, static_cast<size_t>(p.numel));
+      if (p.shifted) shift_int8(p);
+    } else {
+      std::memcpy(p.value, src, sizeof(float) * static_cast<size_t>(p.numel));
+    }
     for (float* s : p.state)
       if (s) std::fill(s, s + p.numel, 0.0f);
   }
@@ -429,6 +460,7 @@ void Engine::carve(Arena& a) {
   act_[1] = a.alloc<float>(bsz * max_act_, "activations");
   scratch_ = a.alloc<float>(std::max<size_t>(max_scratch_, 1), "kernel scratch");
   if (max_deq_) deq_ = a.alloc<float>(max_deq_, "int8 dequantisation");
+  if (int8_layers_) qact_ = a.alloc<uint8_t>(bsz * max_act_, "int8 activations");
   if (max_grad_) {
     grad_[0] = a.alloc<float>(bsz * max_grad_, "block gradients");
     grad_[1] = a.alloc<float>(bsz * max_grad_, "block gradients");
@@ -459,6 +491,45 @@ void Engine::carve(Arena& a) {
   a.reserve_to(end);
 }
 
+void Engine::plan_int8() {
+  // A weight shared by two layers (never written by write_pack) keeps the float32 path: it is stored only once.
+  std::vector<int> uses(params_.size(), 0);
+  for (const Block& blk : blocks_)
+    for (const Op& op : blk.ops)
+      if (op.param[0] >= 0) ++uses[static_cast<size_t>(op.param[0])];
+  for (Block& blk : blocks_) {
+    if (blk.trainable) continue;
+    for (Op& op : blk.ops) {
+      const int w = op.param[0];
+      if ((op.kind != OpKind::Conv2d && op.kind != OpKind::Linear) || w < 0 || table_[w].dtype != DType::I8 ||
+          uses[static_cast<size_t>(w)] != 1)
+        continue;
+      if (op.kind == OpKind::Conv2d) {
+        const Conv2dShape& s = op.conv;
+        const int kk = s.cin / s.groups * s.kh * s.kw;
+        if (s.depthwise() || kk > kInt8MaxDepth) continue;  // per-channel loops / an int32 sum that could overflow
+        max_int8_ws_ = std::max(max_int8_ws_, Int8Gemm::workspace(s.cout / s.groups, s.ho() * s.wo(), kk));
+      } else {
+        const int in = static_cast<int>(op.in_size());
+        if (in > kInt8MaxDepth) continue;
+        // Every product a step may run: each part's share of the outputs (part_range: floor or ceil of
+        // out / threads) for every batch size up to the engine's.
+        for (int part : {op.out_c / threads_, (op.out_c + threads_ - 1) / threads_})
+          for (int n = 1; part > 0 && n <= batch_; ++n)
+            max_int8_ws_ = std::max(max_int8_ws_, Int8Gemm::workspace(part, n, in));
+      }
+      op.int8 = true;
+      params_[w].shifted = true;
+      ++int8_layers_;
+    }
+  }
+}
+
+void Engine::shift_int8(Param& p) {
+  uint8_t* u = reinterpret_cast<uint8_t*>(p.q);
+  for (long i = 0; i < p.numel; ++i) u[i] ^= 0x80;  // two's complement: q + 128 (and back)
+}
+
 const float* Engine::weight(const Op& op, int which) {
   const int idx = op.param[which];
   if (idx < 0) return nullptr;
@@ -472,13 +543,25 @@ void Engine::run_op(Block& blk, Op& op, int j, const float* in, float* out, int 
   switch (op.kind) {
     case OpKind::Conv2d: {
       const float* bias = weight(op, 1);
-      conv2d_forward(op.conv, n, in, weight(op, 0), bias, out, scratch_, threads_);
+      if (op.int8) {
+        const Param& w = params_[op.param[0]];
+        conv2d_forward_int8(op.conv, n, in, reinterpret_cast<const uint8_t*>(w.q), w.qscale, bias, out, qact_,
+                            reinterpret_cast<uint8_t*>(scratch_), *int8_, threads_);
+      } else {
+        conv2d_forward(op.conv, n, in, weight(op, 0), bias, out, scratch_, threads_);
+      }
       break;
     }
     case OpKind::Linear: {
       const float* bias = weight(op, 1);
-      linear_forward(n, static_cast<int>(op.in_size()), op.out_c, in, weight(op, 0), bias, out, scratch_, max_scratch_,
-                     threads_);
+      if (op.int8) {
+        const Param& w = params_[op.param[0]];
+        linear_forward_int8(n, static_cast<int>(op.in_size()), op.out_c, in, reinterpret_cast<const uint8_t*>(w.q),
+                            w.qscale, bias, out, qact_, *int8_, threads_);
+      } else {
+        linear_forward(n, static_cast<int>(op.in_size()), op.out_c, in, weight(op, 0), bias, out, scratch_,
+                       max_scratch_, threads_);
+      }
       break;
     }
     case OpKind::BatchNorm:
@@ -715,7 +798,10 @@ std::vector<uint8_t> Engine::data_section() const {
   for (size_t i = 0; i < table_.size(); ++i) {
     const Param& p = params_[i];
     const void* src = p.q ? static_cast<const void*>(p.q) : static_cast<const void*>(p.value);
-    std::memcpy(data.data() + table_[i].offset, src, table_[i].nbytes);
+    uint8_t* dst = data.data() + table_[i].offset;
+    std::memcpy(dst, src, table_[i].nbytes);
+    if (p.shifted)
+      for (uint64_t k = 0; k < table_[i].nbytes; ++k) dst[k] ^= 0x80;  // back to int8
   }
   return data;
 }

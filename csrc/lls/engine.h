@@ -6,9 +6,12 @@
 // Kernels: im2col + GEMM on Eigen's blocked kernel (lls/gemm.h) with its packing buffers in the arena, cut into
 // `threads` parts (lls/parallel.h): for a fixed thread count two runs give bit-identical weights.
 //
-// Precision: float32 everywhere. A pack may store the weights of FROZEN conv/linear layers as int8 with one
-// scale per output channel (dequantised layer by layer into a scratch buffer); trainable blocks are always
-// float32 and updated in float32.
+// Precision: float32, except frozen int8 layers. A pack may store the weights of FROZEN conv/linear layers as int8
+// with one scale per output channel. With the header's precision.frozen_compute "int8" (what write_pack writes with
+// quantize_frozen) those layers run an integer GEMM (lls/qgemm.h: activations quantised per tensor to uint8, int32
+// sums, float32 output for the next op); with "float32" (or absent: packs written before) they are dequantised layer
+// by layer into a scratch buffer and run the float32 GEMM. Depthwise convolutions and layers deeper than
+// kInt8MaxDepth always take the float32 path. Trainable blocks are always float32 and updated in float32.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -21,6 +24,7 @@
 #include "lls/optim.h"
 #include "lls/parallel.h"
 #include "lls/pack.h"
+#include "lls/qgemm.h"
 
 namespace edgeml::lls {
 
@@ -30,7 +34,8 @@ struct Param {
   std::string name;
   long numel = 0;
   float* value = nullptr;       // float32 value (null for an int8 frozen weight)
-  int8_t* q = nullptr;          // int8 storage (frozen only)
+  int8_t* q = nullptr;          // int8 storage (frozen only); with `shifted`, the uint8 values q + 128
+  bool shifted = false;         // held for an int8 GEMM layer (lls/qgemm.h)
   float* qscale = nullptr;      // [rows]
   int rows = 0;
   bool trainable = false;
@@ -44,6 +49,7 @@ struct Op {
   Conv2dShape conv{};
   Pool2dShape pool{};
   float slope = 0.01f, eps = 1e-5f;
+  bool int8 = false;  // conv/linear of a frozen block that runs the int8 GEMM
   int param[4] = {-1, -1, -1, -1};  // conv/linear: weight, bias; bn: weight, bias, mean, var
   size_t in_size() const { return static_cast<size_t>(in_c) * in_h * in_w; }
   size_t out_size() const { return static_cast<size_t>(out_c) * out_h * out_w; }
@@ -100,6 +106,10 @@ class Engine {
   size_t arena_capacity() const { return arena_.capacity(); }
   size_t arena_peak() const { return arena_.peak(); }
   const std::vector<Block>& blocks() const { return blocks_; }
+  // Conv/linear layers that run the int8 GEMM, and the bytes of its packing workspaces (allocated at load by
+  // gemmlowp, outside the arena; a step allocates nothing).
+  int int8_layers() const { return int8_layers_; }
+  size_t int8_workspace_bytes() const { return int8_ ? int8_->bytes() * static_cast<size_t>(threads_) : 0; }
   std::vector<std::string> trainable_tensors() const;
   const OptimizerSpec& optimizer() const { return opt_; }
 
@@ -117,6 +127,8 @@ class Engine {
 
  private:
   void carve(Arena& arena);  // carves every buffer; with a sizing arena it only counts
+  void plan_int8();  // marks frozen conv/linear layers with int8 weights for the int8 GEMM and sizes it
+  static void shift_int8(Param& p);
   const float* weight(const Op& op, int which);
   void run_op(Block& blk, Op& op, int j, const float* in, float* out, int n);
   void train_block(Block& blk, const float* in, const int32_t* labels, int n, StepResult& res);
@@ -142,6 +154,10 @@ class Engine {
   float* grad_[2] = {nullptr, nullptr};
   float* scratch_ = nullptr;  // im2col / col2im / GEMM packing / per-thread partial sums, for all threads
   float* deq_ = nullptr;      // dequantised int8 weight
+  uint8_t* qact_ = nullptr;   // the quantised input of an int8 layer
+  std::unique_ptr<Int8Gemm> int8_;
+  int int8_layers_ = 0;
+  size_t max_int8_ws_ = 0;
   float* loss_scratch_ = nullptr;
   size_t max_act_ = 0, max_scratch_ = 0, max_deq_ = 0, max_loss_ = 0, max_grad_ = 0;
 };

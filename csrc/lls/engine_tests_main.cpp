@@ -2,6 +2,7 @@
 // csrc/lls/cross_test.sh. Prints one line per test; exit status = number of failures.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include "lls/gemm.h"
 #include "lls/json.h"
 #include "lls/parallel.h"
+#include "lls/qgemm.h"
 
 using namespace edgeml::lls;
 
@@ -36,6 +38,15 @@ void* operator new(size_t n) {
 }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
+// gemmlowp's workspaces (the int8 GEMM) come from posix_memalign: counted too.
+static long g_aligned = 0;
+extern "C" int posix_memalign(void** out, size_t alignment, size_t size) noexcept {
+  if (g_counting) ++g_allocations, ++g_aligned;
+  void* p = std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+  if (!p) return ENOMEM;
+  *out = p;
+  return 0;
+}
 
 namespace {
 
@@ -359,6 +370,125 @@ void test_bad_packs() {
   std::remove(path.c_str());
 }
 
+
+// The int8 GEMM against an integer loop, exactly: both orientations (m < n runs transposed), both layouts, padded
+// leading dimensions, depths across gemmlowp's blocking. Under qemu this checks the aarch64 NEON kernels.
+void test_int8_gemm() {
+  std::mt19937 rng(11);
+  bool exact = true;
+  for (int trial = 0; trial < 24; ++trial) {
+    const int m = 1 + static_cast<int>(rng() % 40), n = 1 + static_cast<int>(rng() % 40),
+              k = 1 + static_cast<int>(rng() % (trial < 20 ? 90 : 700));
+    const bool col = trial & 1;
+    const int ldb = (col ? k : n) + 3, ldc = (col ? m : n) + 2, zero = 1 + static_cast<int>(rng() % 255);
+    std::vector<uint8_t> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(ldb) * (col ? n : k));
+    for (auto& v : a) v = static_cast<uint8_t>(1 + rng() % 255);
+    for (auto& v : b) v = static_cast<uint8_t>(1 + rng() % 255);
+    std::vector<int32_t> c(static_cast<size_t>(ldc) * (col ? n : m), 7);
+    Int8Gemm gemm(1, Int8Gemm::workspace(m, n, k));
+    gemm.run(0, m, n, k, a.data(), b.data(), ldb, zero, c.data(), ldc, col);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        long s = 0;
+        for (int p = 0; p < k; ++p)
+          s += (static_cast<long>(a[static_cast<size_t>(i) * k + p]) - 128) *
+               (static_cast<long>(b[col ? static_cast<size_t>(j) * ldb + p : static_cast<size_t>(p) * ldb + j]) - zero);
+        exact = exact && c[col ? static_cast<size_t>(j) * ldc + i : static_cast<size_t>(i) * ldc + j] == s;
+      }
+  }
+  check(exact, "int8 gemm equals an integer loop");
+}
+
+// A frozen int8 conv block (int8 weights, precision.frozen_compute) before a trainable float32 classifier (or, with
+// `frozen`, a frozen int8 one: every layer on the int8 path).
+std::string int8_pack(const std::string& compute, std::vector<int8_t>& q, bool frozen = false) {
+  std::mt19937 rng(6);
+  q.resize(8 * 2 * 9);
+  for (auto& v : q) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  std::vector<float> scale = {0.01f, 0.02f, 0.005f, 0.03f, 0.01f, 0.015f, 0.02f, 0.01f};
+  auto b = randn(8, rng, 0.1f), fc = randn(3 * 8 * 3 * 3, rng, 0.1f), fb = randn(3, rng, 0.1f);
+  std::vector<int8_t> fq(fc.size());
+  for (size_t i = 0; i < fc.size(); ++i) fq[i] = static_cast<int8_t>(std::lround(fc[i] * 400.0f) % 128);
+  std::vector<float> fscale(3, 0.0025f);
+  const std::string header =
+      R"({"format": "edgeml-lls-pack", "version": 1, "input": {"shape": [2, 6, 6]}, "num_classes": 3,
+          "basis": {"waveform": "square"}, "optimizer": {"name": "sgd", "lr": 0.1},
+          "precision": {"frozen_compute": ")" + compute + R"("},
+          "blocks": [
+            {"name": "b0", "trainable": false, "tap": 1, "local": {"mode": "lls", "pool": 2},
+             "ops": [{"op": "conv2d", "weight": "w", "bias": "b", "stride": [1, 1], "padding": [1, 1], "groups": 1},
+                     {"op": "leaky_relu", "slope": 0.01}, {"op": "maxpool", "kernel": 2, "stride": 2},
+                     {"op": "flatten"}]},
+            {"name": "classifier", "trainable": )" + (frozen ? "false" : "true") + R"(, "tap": 0, "local": {"mode": "ce"},
+             "ops": [{"op": "linear", "weight": "fc", "bias": "fb"}]}]})";
+  const std::string path = tmp_path("int8_" + compute + (frozen ? "_frozen" : "") + ".pack");
+  std::vector<TensorBlob> tensors = {{"w", DType::I8, {8, 2, 3, 3}, q.data()},
+                                     {"w.scale", DType::F32, {8}, scale.data()},
+                                     {"b", DType::F32, {8}, b.data()},
+                                     {"fb", DType::F32, {3}, fb.data()}};
+  if (frozen)
+    tensors.push_back({"fc", DType::I8, {3, 72}, fq.data()}), tensors.push_back({"fc.scale", DType::F32, {3}, fscale.data()});
+  else
+    tensors.push_back({"fc", DType::F32, {3, 72}, fc.data()});
+  write_pack(path, header, tensors);
+  return path;
+}
+
+void test_int8_engine() {
+  std::vector<int8_t> q;
+  const std::string path = int8_pack("int8", q), fpath = int8_pack("float32", q);
+  std::mt19937 rng(8);
+  auto x = randn(8 * 72, rng);
+  std::vector<int32_t> labels = {0, 1, 2, 0, 1, 2, 0, 1};
+  Engine e(read_pack(path), EngineOptions{8, 0, -1, -1.0f, "", 2});
+  check(e.int8_layers() == 1 && e.int8_workspace_bytes() > 0, "int8: the frozen conv runs the int8 GEMM");
+  const size_t peak_after_load = e.arena_peak();
+  std::vector<float> logits(8 * 3), again(8 * 3), single(8 * 3), fp(8 * 3);
+  e.train_step(x.data(), labels.data(), 8);
+  g_allocations = 0;
+  g_counting = true;
+  for (int i = 0; i < 20; ++i) e.train_step(x.data(), labels.data(), 8);
+  e.forward(x.data(), 8, logits.data());
+  e.forward(x.data(), 3, logits.data());  // a smaller batch: smaller products, still no allocation
+  g_counting = false;
+  check(g_allocations == 0, "int8: " + std::to_string(g_allocations) + " heap allocations in 20 steps + 2 forwards");
+  check(e.arena_peak() == peak_after_load, "int8: steps use only the arena carved at load");
+  g_aligned = 0;
+  g_counting = true;
+  { Int8Gemm probe(1, 4096); }
+  g_counting = false;
+  check(g_aligned == 1, "int8: the allocation count sees gemmlowp's workspaces (" + std::to_string(g_aligned) + ")");
+  // Integer sums: the int8 layers give the same output for any thread count (a net of int8 layers only; float32
+  // GEMMs may round differently when cut differently); a rerun gives bit-identical weights.
+  std::vector<int8_t> unused;
+  const std::string all = int8_pack("int8", unused, true);
+  Engine a1(read_pack(all), EngineOptions{8, 0, -1, -1.0f, "", 1}), a3(read_pack(all), EngineOptions{8, 0, -1, -1.0f, "", 3});
+  check(a1.int8_layers() == 2, "int8: conv and linear on the int8 GEMM");
+  a1.forward(x.data(), 8, single.data());
+  a3.forward(x.data(), 8, again.data());
+  check(single == again, "int8: forward is identical on 1 and 3 threads");
+  std::remove(all.c_str());
+  Engine e1(read_pack(path), EngineOptions{8, 0, -1, -1.0f, "", 1});
+  e1.forward(x.data(), 8, single.data());
+  Engine e2(read_pack(path), EngineOptions{8, 0, -1, -1.0f, "", 2});
+  for (int i = 0; i < 21; ++i) e2.train_step(x.data(), labels.data(), 8);
+  check(e2.get("fc") == e.get("fc"), "int8: a rerun with 2 threads gives bit-identical weights");
+  // Close to the same weights computed in float32 (activation quantisation only: ~1/254 of the range).
+  Engine f(read_pack(fpath), EngineOptions{8, 0, -1, -1.0f, "", 1});
+  check(f.int8_layers() == 0, "float32 compute: no int8 layer");
+  f.forward(x.data(), 8, fp.data());
+  check(max_rel(single, fp) < 0.02 && max_rel(single, fp) > 0.0,
+        "int8 forward within 2% of the float32 one: " + std::to_string(max_rel(single, fp)));
+  // The saved pack holds the int8 weights exactly as read (stored shifted by 128 in the engine).
+  const std::string out = tmp_path("int8.out.pack");
+  e.save(out);
+  Pack saved = read_pack(out);
+  const int8_t* w = static_cast<const int8_t*>(saved.bytes(saved.tensor("w")));
+  check(std::equal(q.begin(), q.end(), w), "int8: the saved pack keeps the int8 weights");
+  std::remove(out.c_str());
+  std::remove(path.c_str());
+  std::remove(fpath.c_str());
+}
 }  // namespace
 
 int main() {
@@ -383,6 +513,8 @@ int main() {
       {"gemm", test_gemm},
       {"thread pool", test_thread_pool},
       {"bad packs", test_bad_packs},
+      {"int8 gemm", test_int8_gemm},
+      {"int8 engine", test_int8_engine},
   };
   for (const auto& [name, fn] : tests) {
     const int before = failures;

@@ -4,8 +4,8 @@
 // DIR holds uncompressed IDX files: train-images-idx3-ubyte + train-labels-idx1-ubyte (fine-tuning data) and,
 // optionally, t10k-* (held-out data for the accuracy before/after; else the training data is used).
 // --threads N: kernel threads (default: one per processor this process may use); a fixed N gives bit-identical
-// weights run after run. Prints one JSON line with accuracy before/after, step latency, peak RSS, arena size and
-// threads; exit 2 on bad input.
+// weights run after run. Prints one JSON line with accuracy before/after, step latency, peak RSS, arena size,
+// threads and the layers that run the int8 GEMM (packs with precision.frozen_compute int8); exit 2 on bad input.
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -274,10 +274,11 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"steps\": %d, \"batch\": %d, \"accuracy_before\": %.6f, \"accuracy_after\": %.6f, \"held_out\": %s, "
         "\"step_ms\": %.4f, \"step_ms_median\": %.4f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"peak_rss_kb\": %ld, \"arena_bytes\": %zu, "
-        "\"trainable_tensors\": %zu, \"threads\": %d, \"out\": \"%s\"}\n",
+        "\"trainable_tensors\": %zu, \"threads\": %d, \"int8_layers\": %d, \"int8_workspace_bytes\": %zu, "
+        "\"out\": \"%s\"}\n",
         steps, a.batch, before, after, held_out ? "true" : "false", steps ? 1e3 * step_seconds / steps : 0.0, 1e3 * median,
         first_loss, last_loss, peak_rss_kb(), engine.arena_capacity(), engine.trainable_tensors().size(),
-        engine.threads(), a.out.c_str());
+        engine.threads(), engine.int8_layers(), engine.int8_workspace_bytes(), a.out.c_str());
     return 0;
   } catch (const std::bad_alloc&) {
     fail("out of memory (the pack or the data is larger than this device can hold; try a smaller --batch)");

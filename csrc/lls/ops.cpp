@@ -7,6 +7,7 @@
 
 #include "lls/gemm.h"
 #include "lls/parallel.h"
+#include "lls/qgemm.h"
 
 namespace edgeml::lls {
 
@@ -161,31 +162,32 @@ inline void valid_cols(const Conv2dShape& s, int j, int& lo, int& hi) {
   hi = last < 0 ? lo : std::max(lo, std::min(wo, last / s.sw + 1));
 }
 
-// col[(c*kh+i)*kw+j][oy*wo+ox] = x[c][oy*sh-ph+i][ox*sw-pw+j] (0 outside), for the channels of one group.
-void im2col(const Conv2dShape& s, const float* x, int cg, float* col) {
+// col[(c*kh+i)*kw+j][oy*wo+ox] = x[c][oy*sh-ph+i][ox*sw-pw+j] (`pad` outside), for the channels of one group.
+template <typename T>
+void im2col(const Conv2dShape& s, const T* x, int cg, T* col, T pad = T(0)) {
   const int ho = s.ho(), wo = s.wo();
   for (int c = 0; c < cg; ++c)
     for (int i = 0; i < s.kh; ++i)
       for (int j = 0; j < s.kw; ++j) {
-        float* row = col + (static_cast<size_t>(c * s.kh + i) * s.kw + j) * ho * wo;
-        const float* xc = x + static_cast<size_t>(c) * s.h * s.w;
+        T* row = col + (static_cast<size_t>(c * s.kh + i) * s.kw + j) * ho * wo;
+        const T* xc = x + static_cast<size_t>(c) * s.h * s.w;
         // Output columns whose input column ox*sw - pw + j lies inside [0, w).
         int lo, hi;
         valid_cols(s, j, lo, hi);
         for (int oy = 0; oy < ho; ++oy) {
           const int iy = oy * s.sh - s.ph + i;
-          float* r = row + static_cast<size_t>(oy) * wo;
+          T* r = row + static_cast<size_t>(oy) * wo;
           if (iy < 0 || iy >= s.h) {
-            std::memset(r, 0, sizeof(float) * wo);
+            std::fill(r, r + wo, pad);
             continue;
           }
-          const float* xr = xc + static_cast<size_t>(iy) * s.w;
+          const T* xr = xc + static_cast<size_t>(iy) * s.w;
           const int off = j - s.pw;
-          for (int ox = 0; ox < lo; ++ox) r[ox] = 0.0f;
-          if (s.sw == 1 && hi > lo) std::memcpy(r + lo, xr + lo + off, sizeof(float) * (hi - lo));
+          for (int ox = 0; ox < lo; ++ox) r[ox] = pad;
+          if (s.sw == 1 && hi > lo) std::memcpy(r + lo, xr + lo + off, sizeof(T) * (hi - lo));
           else
             for (int ox = lo; ox < hi; ++ox) r[ox] = xr[ox * s.sw + off];
-          for (int ox = hi; ox < wo; ++ox) r[ox] = 0.0f;
+          for (int ox = hi; ox < wo; ++ox) r[ox] = pad;
         }
       }
 }
@@ -710,6 +712,116 @@ void dequantize_rows(int rows, int cols, const int8_t* q, const float* scale, fl
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c)
       w[static_cast<size_t>(r) * cols + c] = static_cast<float>(q[static_cast<size_t>(r) * cols + c]) * scale[r];
+}
+
+ActQuant quantize_activations(size_t n, const float* x, uint8_t* q, int threads) {
+  threads = std::max(threads, 1);
+  const bool parallel = n > static_cast<size_t>(kParallelWork);
+  // The range: min / max are exact whatever the cut into parts, so the quantisation is too. Both include 0, so
+  // that zero (the padding of a convolution) is exactly representable. A NaN is skipped here and quantised to 1.
+  float lo_part[64], hi_part[64];
+  const int parts = std::min(threads, 64);
+  for_parts(parts, parallel, [&](int t) {
+    long lo, hi;
+    part_range(static_cast<long>(n), parts, t, lo, hi);
+    float mn = 0.0f, mx = 0.0f;
+    for (long i = lo; i < hi; ++i) {
+      mn = x[i] < mn ? x[i] : mn;
+      mx = x[i] > mx ? x[i] : mx;
+    }
+    lo_part[t] = mn, hi_part[t] = mx;
+  });
+  float mn = 0.0f, mx = 0.0f;
+  for (int t = 0; t < parts; ++t) mn = std::min(mn, lo_part[t]), mx = std::max(mx, hi_part[t]);
+  ActQuant a;
+  const float scale = (mx - mn) / 254.0f;
+  if (scale > 0.0f && std::isfinite(scale)) {
+    a.scale = scale;
+    a.zero = 1 + static_cast<int>(std::min(254.0f, std::nearbyint(-mn / scale)));
+  }
+  const float inv = 1.0f / a.scale, zero = static_cast<float>(a.zero);
+  for_parts(threads, parallel, [&](int t) {
+    long lo, hi;
+    part_range(static_cast<long>(n), threads, t, lo, hi);
+    for (long i = lo; i < hi; ++i) {
+      const float v = std::nearbyint(x[i] * inv) + zero;
+      q[i] = v >= 255.0f ? uint8_t{255} : v >= 1.0f ? static_cast<uint8_t>(v) : uint8_t{1};
+    }
+  });
+  return a;
+}
+
+namespace {
+
+size_t bytes64(size_t n) { return (n + 63) / 64 * 64; }
+
+// y[r, j] = scale * wscale[r] * acc[r, j] + bias[r] over rows [r0, r1) of an [rows, cols] block whose int32 sums
+// the integer product wrote over the float output in place (same size; read through memcpy, not type punning).
+// Element (r, j) lies at y[r * rs + j * cs].
+void dequantize_sums(int r0, int r1, int cols, size_t rs, size_t cs, float scale, const float* wscale,
+                     const float* bias, float* y) {
+  for (int r = r0; r < r1; ++r) {
+    const float m = scale * wscale[r], b = bias ? bias[r] : 0.0f;
+    for (int j = 0; j < cols; ++j) {
+      float* at = y + static_cast<size_t>(r) * rs + static_cast<size_t>(j) * cs;
+      int32_t acc;
+      std::memcpy(&acc, at, sizeof(acc));
+      *at = static_cast<float>(acc) * m + b;
+    }
+  }
+}
+
+}  // namespace
+
+size_t conv2d_int8_scratch(const Conv2dShape& s, int threads) {
+  const size_t kk = static_cast<size_t>(s.cin / s.groups) * s.kh * s.kw;
+  return s.pointwise() ? 0 : bytes64(kk * s.ho() * s.wo()) * static_cast<size_t>(std::max(threads, 1));
+}
+
+void conv2d_forward_int8(const Conv2dShape& s, int batch, const float* x, const uint8_t* w, const float* wscale,
+                         const float* bias, float* y, uint8_t* xq, uint8_t* scratch, Int8Gemm& gemm, int threads) {
+  threads = std::max(threads, 1);
+  const int n = s.ho() * s.wo(), cg = s.cin / s.groups, og = s.cout / s.groups, kk = cg * s.kh * s.kw;
+  const size_t in_plane = static_cast<size_t>(s.h) * s.w, x_sample = in_plane * s.cin;
+  const size_t y_sample = static_cast<size_t>(s.cout) * n;
+  const ActQuant aq = quantize_activations(x_sample * batch, x, xq, threads);
+  const size_t stride = bytes64(static_cast<size_t>(kk) * n);
+  const long work = static_cast<long>(batch) * s.cout * kk * n;
+  for_parts(threads, work > kParallelWork, [&](int t) {
+    uint8_t* col = scratch + stride * t;
+    long lo, hi;
+    part_range(batch, threads, t, lo, hi);
+    for (long b = lo; b < hi; ++b)
+      for (int g = 0; g < s.groups; ++g) {
+        const uint8_t* xg = xq + x_sample * b + in_plane * cg * g;
+        const uint8_t* rhs = xg;  // a 1x1 stride-1 conv reads the input as its own im2col matrix
+        if (!s.pointwise()) {
+          im2col(s, xg, cg, col, static_cast<uint8_t>(aq.zero));
+          rhs = col;
+        }
+        float* yg = y + y_sample * b + static_cast<size_t>(g) * og * n;
+        gemm.run(t, og, n, kk, w + static_cast<size_t>(g) * og * kk, rhs, n, aq.zero, reinterpret_cast<int32_t*>(yg),
+                 n, false);
+        dequantize_sums(0, og, n, n, 1, aq.scale, wscale + static_cast<size_t>(g) * og,
+                        bias ? bias + static_cast<size_t>(g) * og : nullptr, yg);
+      }
+  });
+}
+
+void linear_forward_int8(int batch, int in, int out, const float* x, const uint8_t* w, const float* wscale,
+                         const float* bias, float* y, uint8_t* xq, Int8Gemm& gemm, int threads) {
+  threads = std::max(threads, 1);
+  const ActQuant aq = quantize_activations(static_cast<size_t>(batch) * in, x, xq, threads);
+  for_parts(threads, static_cast<long>(batch) * in * out > kParallelWork, [&](int t) {
+    long lo, hi;
+    part_range(out, threads, t, lo, hi);
+    if (hi <= lo) return;
+    // Output features [lo, hi) of every sample: a column-major [hi - lo, batch] block of y (leading dimension out).
+    gemm.run(t, static_cast<int>(hi - lo), batch, in, w + static_cast<size_t>(lo) * in, xq, in, aq.zero,
+             reinterpret_cast<int32_t*>(y + lo), out, true);
+    dequantize_sums(static_cast<int>(lo), static_cast<int>(hi), batch, 1, static_cast<size_t>(out), aq.scale, wscale,
+                    bias, y);
+  });
 }
 
 }  // namespace edgeml::lls

@@ -81,4 +81,26 @@ void adaptive_avgpool_backward(int batch, int c, int h, int w, int oh, int ow, c
 // Symmetric int8 weights with one scale per output row: w[r, :] = q[r, :] * scale[r].
 void dequantize_rows(int rows, int cols, const int8_t* q, const float* scale, float* w);
 
+// -- int8 frozen layers ---------------------------------------------------------------------------------------
+// Weights: symmetric int8 per output row, stored shifted by 128 (w[r, :] ~ (u[r, :] - 128) * wscale[r]). Activations:
+// quantised per tensor (the whole batch) to uint8 with a zero point, over the 255 levels [1, 255]:
+// x ~ (q - zero) * scale, zero exact. The product is integer (lls/qgemm.h, int32 sums) and the output comes back as
+// float32: y[r] = scale * wscale[r] * acc[r] + bias[r]. Integer sums make the result independent of `threads`.
+class Int8Gemm;
+
+struct ActQuant {
+  float scale = 1.0f;
+  int zero = 1;
+};
+// q[i] = clamp(rint(x[i] / scale) + zero, 1, 255) over the range [min(x, 0), max(x, 0)] (scale = range / 254).
+ActQuant quantize_activations(size_t n, const float* x, uint8_t* q, int threads = 1);
+// Bytes of scratch conv2d_forward_int8 needs on `threads` threads (the uint8 im2col matrices).
+size_t conv2d_int8_scratch(const Conv2dShape& s, int threads = 1);
+// y[B,cout,ho,wo] as conv2d_forward with int8 weights (not depthwise); xq: [B*cin*h*w] bytes for the quantised input.
+void conv2d_forward_int8(const Conv2dShape& s, int batch, const float* x, const uint8_t* w, const float* wscale,
+                         const float* bias, float* y, uint8_t* xq, uint8_t* scratch, Int8Gemm& gemm, int threads = 1);
+// y[B,out] = x[B,in] w[out,in]^T + b with int8 weights; xq: [B*in] bytes for the quantised input.
+void linear_forward_int8(int batch, int in, int out, const float* x, const uint8_t* w, const float* wscale,
+                         const float* bias, float* y, uint8_t* xq, Int8Gemm& gemm, int threads = 1);
+
 }  // namespace edgeml::lls

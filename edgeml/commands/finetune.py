@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--brightness", type=finite_float, default=0.0, help="photometric shift applied to the data")
     p.add_argument("--contrast", type=positive_float, default=1.0, help="photometric shift applied to the data")
     p.add_argument("--quantize-frozen", action="store_true",
-                   help="with --checkpoint: store frozen blocks' weights as int8")
+                   help="with --checkpoint: store frozen blocks' weights as int8 (a quarter of the memory)")
+    p.add_argument("--frozen-compute", choices=("float32", "int8"), default="float32",
+                   help="with --quantize-frozen: run those layers in float32 (dequantised weights; the default, "
+                        "faster on x86 as measured by benchmarks/lls_device.py) or through the int8 GEMM "
+                        "(gemmlowp; for devices whose integer kernels pay off, e.g. NEON)")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="engine threads (default: the processors this process may use); results are bit-identical "
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if os.sep in args.data and not Path(args.data).exists():
             raise InputError("data folder not found", path=args.data, fix="check the --data path")
         pack_from_checkpoint(args.checkpoint, args.pack, train_blocks=args.blocks,
-                             quantize_frozen=args.quantize_frozen)
+                             quantize_frozen=args.quantize_frozen, frozen_compute=args.frozen_compute)
     result = finetune(args.pack, args.data, args.out, model=args.model, blocks=args.blocks, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, optimizer=args.optimizer, limit=args.limit,
                       eval_limit=args.eval_limit, brightness=args.brightness, contrast=args.contrast,

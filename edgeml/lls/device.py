@@ -31,6 +31,7 @@ class DeviceEngine:
 
     `threads`: kernel threads (None: one per processor this process may use). For a fixed count, runs are
     bit-identical; different counts differ only in float rounding (summation order of weight gradients).
+    `int8_layers`: frozen conv/linear layers that run the int8 GEMM (a pack's precision.frozen_compute "int8").
     """
 
     def __init__(self, path: str | PathLike, batch: int, *, arena_bytes: int = 0, train_last: int | None = None,
@@ -222,7 +223,8 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
     `data`: a data set name or folder edgeml.data reads (train split fine-tunes, test split evaluates);
     `brightness`/`contrast`: an optional photometric shift applied to both splits (the "device domain").
     `threads`: the engine's kernel threads (None: one per processor).
-    Returns accuracy before/after on the test split, mean/median step latency, peak RSS, arena size and threads.
+    Returns accuracy before/after on the test split, mean/median step latency, peak RSS, arena size, threads and
+    how many frozen layers ran the int8 GEMM (packs written with quantize_frozen).
     """
     import resource
     import time
@@ -290,5 +292,6 @@ def finetune(pack: str | PathLike, data: str | PathLike, out: str | PathLike, *,
         "step_ms_median": 1e3 * float(np.median(times)) if times else 0.0,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "arena_bytes": int(engine.arena_bytes), "threads": int(engine.threads),
+        "int8_layers": int(engine.int8_layers),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }

@@ -8,7 +8,11 @@ a PyTorch LLS net (or an `edgeml train` checkpoint) by `write_pack`, read back b
 `edgeml::lls::read_pack` in C++ (same checks: truncation, checksum, newer version).
 
 Precision: float32. With `quantize_frozen=True` the conv/linear weights of FROZEN blocks are stored as int8
-(symmetric, one scale per output channel in ``<name>.scale``); trainable blocks always stay float32.
+(symmetric in [-127, 127], one scale per output channel in ``<name>.scale``). The header's
+``precision.frozen_compute`` says how the engine runs them: ``"float32"`` (the default: weights dequantised, Eigen's
+float GEMM) or ``"int8"`` (gemmlowp's integer GEMM: activations quantised per tensor to uint8, int32 sums, float32
+output) — on x86 the int8 path measured 1.5-2x slower than float32 (benchmarks/lls_device.py), so it is opt-in, for
+devices whose integer kernels (NEON) pay off. Trainable blocks always stay float32.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 
 OPTIMIZERS = ("sgd", "adamw")
 OPS = ("conv2d", "linear", "batchnorm", "leaky_relu", "relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")
 LOCAL_MODES = (*ENGINE_MODES, "ce")
+FROZEN_COMPUTE = ("int8", "float32")  # how the engine runs frozen int8 layers (header precision.frozen_compute)
 MAX_EXTENT = 1 << 24  # one dimension, channel count, stride, padding (as csrc/lls/engine.cpp)
 MAX_ELEMENTS = 1 << 28  # values of one sample's input
 _FIX = "write it again with edgeml.lls.pack.write_pack"
@@ -190,13 +195,16 @@ def _quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def write_pack(path: str | PathLike, model: Any, *, train_blocks: str | int | list[int] | None = "last:2",
                optimizer: dict[str, Any] | None = None, quantize_frozen: bool = False,
-               model_name: str | None = None) -> Path:
+               frozen_compute: str = "float32", model_name: str | None = None) -> Path:
     """Write `model` (an LLSNet) as a pack at `path` (atomically) and return the path.
 
     `train_blocks`: which blocks the engine updates ("last:2" = the last LLS block and the classifier);
     `optimizer`: {"name": "adamw"|"sgd", "lr", "betas", "eps", "weight_decay", "momentum"} (defaults: AdamW);
-    `quantize_frozen`: store frozen blocks' conv/linear weights as int8 (per-channel scales).
+    `quantize_frozen`: store frozen blocks' conv/linear weights as int8 (per-channel scales);
+    `frozen_compute`: how the engine runs those layers, "float32" (dequantised weights) or "int8" (an integer GEMM).
     """
+    if frozen_compute not in FROZEN_COMPUTE:
+        raise ConfigError(f"frozen_compute must be one of {FROZEN_COMPUTE}, got {frozen_compute!r}")
     graph = model_graph(model)
     blocks = graph["blocks"]
     trainable = set(parse_blocks(train_blocks, len(blocks)))
@@ -213,6 +221,7 @@ def write_pack(path: str | PathLike, model: Any, *, train_blocks: str | int | li
         "basis": {"waveform": graph["waveform"], "f_min": 50.0, "f_max": 512.0, "n_offset": 0},
         "optimizer": {**DEFAULT_OPTIMIZER, **(optimizer or {})},
         "precision": {"compute": "float32", "frozen_weights": "int8" if quantize_frozen else "float32",
+                      "frozen_compute": frozen_compute if quantize_frozen else "float32",
                       "trainable_weights": "float32"},
         "blocks": blocks,
     }
@@ -352,6 +361,10 @@ def _check_graph(c: _Checker, header: dict[str, Any]) -> None:
         c.int(basis["n_offset"], 0, MAX_EXTENT, "basis 'n_offset'")
     if header.get("optimizer") is not None:
         check_optimizer(header["optimizer"], c.path)
+    if header.get("precision") is not None:
+        precision = c.obj(header["precision"], "'precision'")
+        if precision.get("frozen_compute", "float32") not in FROZEN_COMPUTE:
+            c.fail(f"precision 'frozen_compute' must be one of {FROZEN_COMPUTE}, got {precision['frozen_compute']!r}")
     blocks = header.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         c.fail("'blocks' must be a non-empty list")
