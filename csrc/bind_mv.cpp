@@ -23,6 +23,30 @@ using edgeml::bind::require_positive;
 
 namespace {
 
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("edgeml._C was built without CUDA (rebuild with EDGEML_CUDA=ON)");
+}
+
+// The CUDA-or-CPU choice of every binding: `gpu()` when on_cuda (host arrays in and out), else `cpu()` with the GIL
+// released.
+template <class Gpu, class Cpu>
+void on_device(bool on_cuda, Gpu&& gpu, Cpu&& cpu) {
+  if (on_cuda) {
+    gpu();
+  } else {
+    py::gil_scoped_release release;
+    cpu();
+  }
+}
+
+// edgeml::cuda::fn(args...) when on_cuda (no_cuda() in a build without CUDA), else edgeml::mv::fn(args...).
+#ifdef EDGEML_WITH_CUDA
+#define EDGEML_MV_CALL(on_cuda, fn, ...) \
+  on_device((on_cuda), [&] { edgeml::cuda::fn(__VA_ARGS__); }, [&] { edgeml::mv::fn(__VA_ARGS__); })
+#else
+#define EDGEML_MV_CALL(on_cuda, fn, ...) on_device((on_cuda), [] { no_cuda(); }, [&] { edgeml::mv::fn(__VA_ARGS__); })
+#endif
+
 void check_grid(int grid) {
   if (grid != 1 && grid != 2 && grid != 4 && grid != 8 && grid != 16) {
     throw py::value_error("grid must be one of 1, 2, 4, 8, 16, got " + std::to_string(grid));
@@ -39,21 +63,8 @@ py::array_t<float> rasterise(const py::object& rows_obj, int height, int width, 
   const int32_t* rp = rows.data();
   float* op = out.mutable_data();
   const int64_t n = rows.shape(0);
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::rasterise(rp, n, height, width, grid, op);
-#else
-    throw std::runtime_error("edgeml._C was built without CUDA (rebuild with EDGEML_CUDA=ON)");
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::rasterise(rp, n, height, width, grid, op);
-  }
+  EDGEML_MV_CALL(on_cuda, rasterise, rp, n, height, width, grid, op);
   return out;
-}
-
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error("edgeml._C was built without CUDA (rebuild with EDGEML_CUDA=ON)");
 }
 
 py::array_t<float> accumulate(const py::object& field_obj, const py::object& prev_obj, int height, int width,
@@ -67,16 +78,7 @@ py::array_t<float> accumulate(const py::object& field_obj, const py::object& pre
   if (!prev_obj.is_none()) prev = require<float>(prev_obj, "prev", {2, ho, wo});
   py::array_t<float> out({static_cast<py::ssize_t>(2), ho, wo});
   const float* pp = prev_obj.is_none() ? nullptr : prev.data();
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::accumulate(field.data(), pp, height, width, grid, out.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::accumulate(field.data(), pp, height, width, grid, out.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, accumulate, field.data(), pp, height, width, grid, out.mutable_data());
   return out;
 }
 
@@ -171,40 +173,49 @@ std::pair<std::vector<edgeml::mv::Plane>, std::vector<edgeml::mv::Plane>> plane_
   return {std::move(cur), std::move(ref)};
 }
 
+// A fresh int16 [C, H, W] array, or the caller's `out` checked to be one (e.g. one slice of a preallocated
+// [N, C, H, W] array: no copy later).
+py::array_t<int16_t> checked_out16(const py::object& out_obj, int channels, int h, int w) {
+  if (out_obj.is_none()) {
+    return py::array_t<int16_t>({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
+                                 static_cast<py::ssize_t>(w)});
+  }
+  auto out = require<int16_t>(out_obj, "out", {channels, h, w});
+  if (!out.writeable()) throw py::value_error("out: array is read-only");
+  return out;
+}
+
+// The inputs of the residual bindings, parsed and checked: matching cur/ref planes (memory held by keep), their
+// (h, w) and the field (nullptr for none).
+struct ResidualInputs {
+  Keep keep;
+  std::vector<edgeml::mv::Plane> cur, ref;
+  int h = 0, w = 0;
+  py::array_t<float> fkeep;
+  const float* f = nullptr;
+};
+
+void residual_inputs(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj, int grid,
+                     ResidualInputs& in) {
+  check_grid(grid);
+  std::tie(in.cur, in.ref) = plane_pair(cur_seq, ref_seq, in.h, in.w, in.keep);
+  in.f = field_of(field_obj, in.h, in.w, grid, in.fkeep);
+}
+
 // The residual of parsed planes into a fresh array or the caller's `out` (C-contiguous int16 [C, H, W]).
 py::array_t<int16_t> residual_of(const std::vector<edgeml::mv::Plane>& cur, const std::vector<edgeml::mv::Plane>& ref,
                                  int h, int w, const float* f, int grid, bool on_cuda, const py::object& out_obj) {
   const int channels = static_cast<int>(cur.size());
-  py::array_t<int16_t> out;
-  if (out_obj.is_none()) {
-    out = py::array_t<int16_t>({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
-                                static_cast<py::ssize_t>(w)});
-  } else {  // write into the caller's buffer (e.g. one slice of a preallocated [N, C, H, W] array): no copy later
-    out = require<int16_t>(out_obj, "out", {channels, h, w});
-    if (!out.writeable()) throw py::value_error("out: array is read-only");
-  }
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::residual(cur.data(), ref.data(), channels, f, h, w, grid, out.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::residual(cur.data(), ref.data(), channels, f, h, w, grid, out.mutable_data());
-  }
+  auto out = checked_out16(out_obj, channels, h, w);
+  EDGEML_MV_CALL(on_cuda, residual, cur.data(), ref.data(), channels, f, h, w, grid, out.mutable_data());
   return out;
 }
 
 py::array_t<int16_t> residual(const py::sequence& cur_seq, const py::sequence& ref_seq, const py::object& field_obj,
                               int grid, bool on_cuda, const py::object& out_obj = py::none()) {
-  check_grid(grid);
-  Keep keep;
-  int h = 0, w = 0;
-  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
-  py::array_t<float> fkeep;
-  const float* f = field_of(field_obj, h, w, grid, fkeep);
-  return residual_of(cur, ref, h, w, f, grid, on_cuda, out_obj);
+  ResidualInputs in;
+  residual_inputs(cur_seq, ref_seq, field_obj, grid, in);
+  return residual_of(in.cur, in.ref, in.h, in.w, in.f, grid, on_cuda, out_obj);
 }
 
 py::array_t<uint8_t> warp(const py::sequence& ref_seq, const py::object& field_obj, int grid, bool on_cuda) {
@@ -217,16 +228,7 @@ py::array_t<uint8_t> warp(const py::sequence& ref_seq, const py::object& field_o
   const int channels = static_cast<int>(ref.size());
   py::array_t<uint8_t> out({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
                             static_cast<py::ssize_t>(w)});
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::warp(ref.data(), channels, f, h, w, grid, out.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::warp(ref.data(), channels, f, h, w, grid, out.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, warp, ref.data(), channels, f, h, w, grid, out.mutable_data());
   return out;
 }
 
@@ -245,18 +247,8 @@ py::tuple p_step(const py::object& rows_obj, const py::sequence& cur_seq, const 
   const bool chained = accumulate && !prev_obj.is_none();
   if (chained) prev = require<float>(prev_obj, "prev", {2, ho, wo});
   const int64_t n = rows.shape(0);
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::rasterise(rows.data(), n, h, w, grid, field.mutable_data());
-    if (chained) edgeml::cuda::accumulate(field.data(), prev.data(), h, w, grid, field.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::rasterise(rows.data(), n, h, w, grid, field.mutable_data());
-    if (chained) edgeml::mv::accumulate(field.data(), prev.data(), h, w, grid, field.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, rasterise, rows.data(), n, h, w, grid, field.mutable_data());
+  if (chained) EDGEML_MV_CALL(on_cuda, accumulate, field.data(), prev.data(), h, w, grid, field.mutable_data());
   auto res = residual_of(cur, ref, h, w, field.data(), grid, on_cuda, out_obj);
   return py::make_tuple(field, res);
 }
@@ -299,38 +291,16 @@ std::pair<py::ssize_t, py::ssize_t> model_cells(const edgeml::mv::Window& w, int
   return {w.out_h / grid, w.out_w / grid};
 }
 
-py::array_t<int16_t> checked_out16(const py::object& out_obj, int channels, int h, int w) {
-  if (out_obj.is_none()) {
-    return py::array_t<int16_t>({static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(h),
-                                 static_cast<py::ssize_t>(w)});
-  }
-  auto out = require<int16_t>(out_obj, "out", {channels, h, w});
-  if (!out.writeable()) throw py::value_error("out: array is read-only");
-  return out;
-}
-
 py::array_t<int16_t> residual_pooled(const py::sequence& cur_seq, const py::sequence& ref_seq,
                                      const py::object& field_obj, int grid, const py::object& window,
                                      const py::object& size, bool on_cuda, const py::object& out_obj) {
-  check_grid(grid);
-  Keep keep;
-  int h = 0, w = 0;
-  auto [cur, ref] = plane_pair(cur_seq, ref_seq, h, w, keep);
-  py::array_t<float> fkeep;
-  const float* f = field_of(field_obj, h, w, grid, fkeep);
-  const auto win = window_of(window, size, h, w);
-  const int channels = static_cast<int>(cur.size());
+  ResidualInputs in;
+  residual_inputs(cur_seq, ref_seq, field_obj, grid, in);
+  const auto win = window_of(window, size, in.h, in.w);
+  const int channels = static_cast<int>(in.cur.size());
   auto out = checked_out16(out_obj, channels, win.out_h, win.out_w);
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::residual_pooled(cur.data(), ref.data(), channels, f, h, w, grid, win, out.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::residual_pooled(cur.data(), ref.data(), channels, f, h, w, grid, win, out.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, residual_pooled, in.cur.data(), in.ref.data(), channels, in.f, in.h, in.w, grid, win,
+                 out.mutable_data());
   return out;
 }
 
@@ -344,16 +314,7 @@ py::array_t<float> pool_field(const py::object& field_obj, int height, int width
   const auto win = window_of(window, size, height, width);
   const auto [mh, mw] = model_cells(win, height, width, grid);
   py::array_t<float> out({static_cast<py::ssize_t>(2), mh, mw});
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::pool_field(field.data(), height, width, grid, win, out.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::pool_field(field.data(), height, width, grid, win, out.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, pool_field, field.data(), height, width, grid, win, out.mutable_data());
   return out;
 }
 
@@ -432,22 +393,10 @@ py::array_t<float> extract_step(const py::object& mvs, const py::sequence& cur_s
   Rows rows;
   rows_of(mvs, rows);
   float* fp = field.mutable_data();
-  if (on_cuda) {
-#ifdef EDGEML_WITH_CUDA
-    edgeml::cuda::rasterise(rows.data, rows.n, h, w, grid, fp);
-    if (chained) edgeml::cuda::accumulate(fp, prev.data(), h, w, grid, fp);
-    edgeml::cuda::pool_field(fp, h, w, grid, win, mvo.mutable_data());
-    edgeml::cuda::residual_pooled(cur.data(), ref.data(), channels, fp, h, w, grid, win, res.mutable_data());
-#else
-    no_cuda();
-#endif
-  } else {
-    py::gil_scoped_release release;
-    edgeml::mv::rasterise(rows.data, rows.n, h, w, grid, fp);
-    if (chained) edgeml::mv::accumulate(fp, prev.data(), h, w, grid, fp);
-    edgeml::mv::pool_field(fp, h, w, grid, win, mvo.mutable_data());
-    edgeml::mv::residual_pooled(cur.data(), ref.data(), channels, fp, h, w, grid, win, res.mutable_data());
-  }
+  EDGEML_MV_CALL(on_cuda, rasterise, rows.data, rows.n, h, w, grid, fp);
+  if (chained) EDGEML_MV_CALL(on_cuda, accumulate, fp, prev.data(), h, w, grid, fp);
+  EDGEML_MV_CALL(on_cuda, pool_field, fp, h, w, grid, win, mvo.mutable_data());
+  EDGEML_MV_CALL(on_cuda, residual_pooled, cur.data(), ref.data(), channels, fp, h, w, grid, win, res.mutable_data());
   return field;
 }
 

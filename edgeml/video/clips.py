@@ -20,6 +20,7 @@ libswscale. At the video's own size every output is bit-identical to the full-re
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -129,20 +130,37 @@ def resize_plan(native: tuple[int, int], size: tuple[int, int] | None, policy: s
     return Resize(policy, (h0, w0), (h, w), (y0, x0, hs, ws))
 
 
+_LOCAL = threading.local()
+
+
+def thread_reformatter() -> Any:
+    """This thread's av.video.reformatter.VideoReformatter, kept for the thread's life: its libswscale context is
+    built once and only rebuilt when a frame's size, format or colour tags differ from the last one's (libswscale
+    compares them on every call), so reusing it across frames and videos changes no output (tested)."""
+    ref = getattr(_LOCAL, "reformatter", None)
+    if ref is None:
+        from av.video.reformatter import VideoReformatter
+
+        ref = _LOCAL.reformatter = VideoReformatter()
+    return ref
+
+
 def model_rgb(frame: Any, plan: Resize, reformatter: Any = None) -> np.ndarray:
     """A decoded frame -> RGB uint8 [H, W, 3] at the plan's size, by libswscale (area) over the plan's window; at the
     video's own size the plain conversion (bit-identical to the full-resolution output). reformatter: an
     av.video.reformatter.VideoReformatter to reuse (it keeps its libswscale context from frame to frame; one per
-    thread), else a fresh one per call."""
+    thread), else this thread's (thread_reformatter). libswscale runs in the calling thread (threads=1: its own slice
+    threads cost more to start than a model-size frame takes, and would compete with the decoder)."""
+    if reformatter is None:
+        reformatter = thread_reformatter()
     if plan.identity:
-        return frame.to_ndarray(format="rgb24")
+        return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
     h, w = plan.size
     y0, x0, hs, ws = plan.window
     if (hs, ws) != plan.native:
         frame = _crop(frame, plan.window)
-    if reformatter is None:
-        return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-    return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA",
+                                threads=1).to_ndarray()
 
 
 def _crop(frame: Any, window: tuple[int, int, int, int]) -> Any:
@@ -180,9 +198,6 @@ class _KernelChain:
             self.step_fn = mv._pick("extract_step", device)
         self.ref = self.prev = self.acc = None
         self.seconds = self.cpu_seconds = 0.0
-        from av.video.reformatter import VideoReformatter
-
-        self.reformatter = VideoReformatter()  # this chain's libswscale context, kept from I-frame to I-frame
 
     def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -194,7 +209,7 @@ class _KernelChain:
 
     def iframe(self, frame: Any) -> np.ndarray:
         """An I-frame's RGB image at the model's size (model_rgb), and its planes as the new reference."""
-        image = self._timed(model_rgb, frame, self.plan, self.reformatter)
+        image = self._timed(model_rgb, frame, self.plan)
         self.reset(_planes(frame))
         return image
 
@@ -265,15 +280,26 @@ class _GrowingResiduals:
         return np.stack(residuals)
 
 
+class _Done:
+    """A call's result, already there (the part of a Future that iter_gops reads; no lock to build per call)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def done(self) -> bool:
+        return True
+
+
 class _Inline:
     """Executor stand-in that runs each call at once (pipeline=False)."""
 
-    def submit(self, fn: Any, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future = Future()
-        fut.set_result(fn(*args))
-        return fut
+    def submit(self, fn: Any, *args: Any) -> _Done:
+        return _Done(fn(*args))
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
@@ -294,7 +320,7 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
               max_steps: int | None = None, device: str = "cpu", threads: int = 1, pipeline: bool = False,
               size: tuple[int, int] | None = None, resize: str = "crop",
               residual_out: Callable[[int, int, int, int], np.ndarray] | None = None,
-              timings: dict | None = None) -> Iterator[Gop]:
+              timings: dict | None = None, info: dict | None = None) -> Iterator[Gop]:
     """Decode `path` once and yield each GOP with its P-steps at the model's `size` (see the module docstring).
 
     size: (H, W) of the outputs, reached by the `resize` policy (`resize_plan`); None = the video's own size.
@@ -305,7 +331,8 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     Python loop; this thread) and "kernels" (the I-frames' RGB conversion and reference copies, the fused per-P-frame
     calls; with pipeline=True they overlap the decode time), and CPU seconds under "decode_cpu" / "kernels_cpu"
     (libavcodec's own threads excluded when threads > 1).
-    residual_out(k, C, H, W): where the k-th P-step's residual goes (an int16 [C, H, W] view).
+    residual_out(k, C, H, W): where the k-th P-step's residual goes (an int16 [C, H, W] view). info: receives the
+    stream's codec.VideoInfo under "video" (see codec.decode).
     Raises VideoError when the video has no I-frame, no motion vectors at all (intra-only), changes its frame size,
     or is smaller than `size`.
     """
@@ -321,9 +348,6 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
     chain: _KernelChain | None = None
     plan: Resize | None = None
     pool: Any = ThreadPoolExecutor(1, thread_name_prefix="edgeml-mv") if pipeline else _Inline()
-    from av.video.reformatter import VideoReformatter
-
-    rgb_reformatter = VideoReformatter()  # this thread's, for the P-frames' RGB images
     gop: Gop | None = None
     pending: list[tuple[Gop, list]] = []  # GOPs whose kernel results are still being computed
     n_gops = n_p = 0
@@ -351,7 +375,8 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
 
     try:
         futures: list = []
-        for fr in codec.decode(path, mvs=True, frames=True, threads=threads, raw_mvs=True):
+        for fr in codec.decode(path, mvs=True, frames=True, threads=threads, raw_mvs=True, defer_mvs=True,
+                               info=info):
             frame = fr.frame
             if plan is None:
                 plan = resize_plan((frame.height, frame.width), size, resize, path=path)
@@ -372,12 +397,13 @@ def iter_gops(path: str | os.PathLike, *, grid: int = 4, accumulate: bool = True
                 continue
             if kind != "P" or gop is None or (max_steps is not None and len(gop.steps) >= max_steps):
                 continue  # B/S/other frames and P-frames before the first I-frame are skipped (module policy)
-            has_rows = has_rows or (fr.mvs is not None and len(fr.mvs) > 0)
-            image = model_rgb(frame, plan, rgb_reformatter) if rgb else None
+            rows = codec.side_mvs(frame)  # fetched only for the P-frames kept
+            has_rows = has_rows or (rows is not None and len(rows) > 0)
+            image = model_rgb(frame, plan) if rgb else None
             planes = _planes(frame)
             out = residual_out(n_p, len(planes), *plan.size)
             field = np.empty((2, *plan.cells(grid)), np.float32)
-            futures.append(pool.submit(chain.step, fr.mvs, planes, out, field))
+            futures.append(pool.submit(chain.step, rows, planes, out, field))
             gop.steps.append(PStep(fr.index, gop.index, None, None, image))  # type: ignore[arg-type]
             n_p += 1
         if gop is None:
@@ -419,9 +445,10 @@ def extract(video: str | os.PathLike, *, size: tuple[int, int] | None = None, gr
     if pipeline is None:
         pipeline = (os.cpu_count() or 1) >= 2
     buffer = _GrowingResiduals()
-    info = codec.probe(video)
+    opened: dict = {}  # the stream's facts, read when iter_gops opens the file (no second open to probe it)
     gops = list(iter_gops(video, grid=grid, accumulate=accumulate, size=size, resize=resize, device=device,
-                          threads=threads, pipeline=pipeline, residual_out=buffer, timings=timings))
+                          threads=threads, pipeline=pipeline, residual_out=buffer, timings=timings, info=opened))
+    info: codec.VideoInfo = opened["video"]
     plan = gops[0].plan
     steps = [s for g in gops for s in g.steps]
     h, w = gops[0].iframe.shape[:2]
@@ -464,6 +491,34 @@ def video_clips(path: str | os.PathLike, *, clip_len: int, grid: int = 4, accumu
     P-frames, one clip of its I-frame and first `clip_len` P-steps: iframe uint8 [3,H,W], mv [T,2,H/g,W/g] (int16
     at the video's own size, where vectors are whole pixels; float32 when pooled), residual int16 [T,3,H,W], frames
     uint8 [T+1,3,H,W] (RGB, I-frame first; only when frames=True: P-frames are converted to RGB only then)."""
+    return _clips(path, clip_len=clip_len, grid=grid, accumulate=accumulate, frames=frames, size=size,
+                  resize=resize, device=device, timings=timings, as_float=False)
+
+
+def to_float(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Compact clip arrays -> the float32 item the models take (same keys)."""
+    return {k: v.astype(np.float32) for k, v in item.items()}
+
+
+def _steps_block(arrays: list[np.ndarray]) -> np.ndarray:
+    """[T, ...] of consecutive per-step arrays: the slice of the block they were handed out from (_BlockAllocator)
+    when they are its consecutive rows, else one stacked copy."""
+    base = arrays[0].base
+    if base is not None and base.ndim == arrays[0].ndim + 1 and base.flags.c_contiguous and len(base):
+        origin, row = base.ctypes.data, base[0].nbytes
+        start = (arrays[0].ctypes.data - origin) // row
+        if start + len(arrays) <= len(base) and all(
+                a.base is base and a.shape == base.shape[1:] and a.ctypes.data == origin + (start + k) * row
+                for k, a in enumerate(arrays)):
+            return base[start:start + len(arrays)]
+    return np.stack(arrays)
+
+
+def _clips(path: str | os.PathLike, *, clip_len: int, grid: int, accumulate: bool, frames: bool,
+           size: tuple[int, int] | None, resize: str, device: str, timings: dict | None,
+           as_float: bool) -> list[dict[str, np.ndarray]]:
+    """video_clips' clips, in its compact dtypes or (as_float) straight in float32, C-contiguous (one conversion
+    pass per array; the same values as to_float of the compact ones)."""
     if clip_len < 1:
         raise VideoError(f"clip_len must be >= 1, got {clip_len}")
     out = []
@@ -471,20 +526,20 @@ def video_clips(path: str | os.PathLike, *, clip_len: int, grid: int = 4, accumu
                        size=size, resize=resize, timings=timings):
         if len(g.steps) < clip_len:
             continue
-        field = np.stack([s.mv for s in g.steps])
-        whole = (size is None or tuple(size) == g.iframe.shape[:2]) and np.array_equal(field, np.round(field))
-        item = {"iframe": np.ascontiguousarray(g.iframe.transpose(2, 0, 1)),
-                "mv": field.astype(np.int16) if whole else field,
-                "residual": np.stack([s.residual for s in g.steps])}
+        field = _steps_block([s.mv for s in g.steps])
+        residual = _steps_block([s.residual for s in g.steps])
+        if as_float:  # the fields are float32 already (their int16 form holds the same whole values)
+            item = {"iframe": g.iframe.transpose(2, 0, 1).astype(np.float32, order="C"),
+                    "mv": field, "residual": residual.astype(np.float32)}
+        else:
+            whole = (size is None or tuple(size) == g.iframe.shape[:2]) and np.array_equal(field, np.round(field))
+            item = {"iframe": np.ascontiguousarray(g.iframe.transpose(2, 0, 1)),
+                    "mv": field.astype(np.int16) if whole else field, "residual": residual}
         if frames:
-            item["frames"] = np.stack([g.iframe] + [s.rgb for s in g.steps]).transpose(0, 3, 1, 2).copy()
+            rgb = np.stack([g.iframe] + [s.rgb for s in g.steps]).transpose(0, 3, 1, 2)
+            item["frames"] = rgb.astype(np.float32, order="C") if as_float else rgb.copy()
         out.append(item)
     return out
-
-
-def to_float(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Compact clip arrays -> the float32 item the models take (same keys)."""
-    return {k: v.astype(np.float32) for k, v in item.items()}
 
 
 def extract_clips(video_path: str | os.PathLike, *, clip_len: int, grid: int, size: tuple[int, int] | None = None,
@@ -494,6 +549,5 @@ def extract_clips(video_path: str | os.PathLike, *, clip_len: int, grid: int, si
     0..255), mv float32 [T,2,H/g,W/g] (pixels), residual float32 [T,3,H,W] (signed), frames float32 [T+1,3,H,W]
     (only when frames=True: pass False for models that do not read RGB frames). A `size` (H, W) other than the
     video's is reached by the `resize` policy at model resolution, never by a re-encode. timings: see iter_gops."""
-    clips = video_clips(video_path, clip_len=clip_len, grid=grid, accumulate=accumulate, frames=frames, size=size,
-                        resize=resize, device=device, timings=timings)
-    return [to_float(c) for c in clips]
+    return _clips(video_path, clip_len=clip_len, grid=grid, accumulate=accumulate, frames=frames, size=size,
+                  resize=resize, device=device, timings=timings, as_float=True)

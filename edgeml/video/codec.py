@@ -90,10 +90,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Stream facts without decoding."""
     container, stream = open_video(path)
     with container:
-        cc = stream.codec_context
-        rate = stream.average_rate or stream.guessed_rate or 0
-        return VideoInfo(codec=cc.name, profile=cc.profile, width=cc.width, height=cc.height, frames=stream.frames,
-                         fps=float(rate), pix_fmt=cc.pix_fmt)
+        return stream_info(stream)
+
+
+def stream_info(stream: Any) -> VideoInfo:
+    """The facts of an opened video stream, as the container and the decoder's parameters state them."""
+    cc = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate or 0
+    return VideoInfo(codec=cc.name, profile=cc.profile, width=cc.width, height=cc.height, frames=stream.frames,
+                     fps=float(rate), pix_fmt=cc.pix_fmt)
 
 
 # What libavcodec may skip when only the motion vectors are wanted: deblocking and the inverse transform change the
@@ -105,13 +110,17 @@ MV_ONLY_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int | None = None,
-           check_complete: bool = True, raw_mvs: bool = False, mv_only: bool = False) -> Iterator[DecodedFrame]:
+           check_complete: bool = True, raw_mvs: bool = False, mv_only: bool = False,
+           defer_mvs: bool = False, info: dict | None = None) -> Iterator[DecodedFrame]:
     """Decode every frame of the first video stream, in presentation order.
 
     mvs: ask libavcodec to export motion vectors (`flags2=+export_mvs`). frames: also yield the `av.VideoFrame`.
     raw_mvs: `mvs` is the MOTION_VECTORS side data itself (a buffer of AVMotionVector, what edgeml._C.extract_step
     reads without a numpy conversion) instead of a structured array. mv_only: skip what does not change the vectors
-    (MV_ONLY_OPTIONS: the pixels are wrong, so frames=True is refused).
+    (MV_ONLY_OPTIONS: the pixels are wrong, so frames=True is refused). defer_mvs (with mvs and frames): the vectors
+    are exported but not fetched (`mvs` is None); the caller takes them with side_mvs(frame) for the frames it uses.
+    info: a dict that receives the stream's VideoInfo under "video" once the file is open (probe() without opening
+    the file a second time).
     threads > 1 turns on libavcodec's frame/slice threading; None = MV_ONLY_THREADS in MV-only mode, else 1 (PyAV's
     default threading: frame decoding overlaps the caller's per-frame work instead).
     Raises VideoError for undecodable data, a stream with no frames, or (check_complete) a packet the demuxer marks
@@ -122,6 +131,8 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
     path = Path(path)
     container, stream = open_video(path)
     with container:
+        if info is not None:
+            info["video"] = stream_info(stream)
         cc = stream.codec_context
         if mv_only and frames:
             raise ValueError("mv_only decoding skips the inverse transform: its frames are not the video's pixels")
@@ -139,7 +150,7 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
                     raise _fail(path, f"truncated or corrupt: the demuxer found a broken packet after {n} frames",
                                 "the file is incomplete; copy or download it again")
                 for frame in packet.decode():
-                    sd = frame.side_data.get("MOTION_VECTORS") if mvs else None
+                    sd = frame.side_data.get("MOTION_VECTORS") if mvs and not defer_mvs else None
                     kind = PICT_TYPES.get(frame.pict_type) or picture_type(frame.pict_type)
                     yield DecodedFrame(index=n, pict_type=kind,
                                        pts=frame.pts, mvs=sd if sd is None or raw_mvs else sd.to_ndarray(),
@@ -150,6 +161,11 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
                               "truncated or corrupt") from e
         if n == 0:
             raise _fail(path, "the video stream has no frames (zero-frame video)")
+
+
+def side_mvs(frame: Any) -> Any:
+    """A decoded frame's MOTION_VECTORS side data (the raw AVMotionVector buffer), or None when it has none."""
+    return frame.side_data.get("MOTION_VECTORS")
 
 
 PICT_TYPES: dict[int, str] = {}

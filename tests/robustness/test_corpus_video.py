@@ -12,27 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.video.encode import encode_frames
+
 from .harness import Guard, assert_clean_error, run_cli
 
 FRAMES = 26
-
-
-def encode_frames(path: Path, codec: str, frames: int, pix_fmt: str = "yuv420p") -> Path:
-    """`frames` random 64x64 frames encoded with `codec` (0 frames: a header and no video data)."""
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream(codec, rate=25)
-        st.width, st.height, st.pix_fmt = 64, 64, pix_fmt
-        out.start_encoding()
-        for _ in range(frames):
-            img = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
-            for pkt in st.encode(img.reformat(format=pix_fmt)):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    return path
 
 
 def good_video(path: Path, label: str = "left", seed: int = 0, frames: int = FRAMES) -> Path:

@@ -16,26 +16,9 @@ import numpy as np
 import pytest
 
 from edgeml.errors import EdgeMLError, VideoError
+from tests.video.encode import encode_frames
 
 EDGEML = [sys.executable, "-m", "edgeml"]
-
-
-def _encode(path: Path, codec: str, frames: int, pix_fmt: str = "yuv420p", **options: str) -> Path:
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream(codec, rate=25)
-        st.width, st.height, st.pix_fmt = 64, 64, pix_fmt
-        st.options = options
-        out.start_encoding()
-        for _ in range(frames):
-            img = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
-            for pkt in st.encode(img.reformat(format=pix_fmt)):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +36,8 @@ def bad_inputs(tmp_path_factory, request) -> dict[str, tuple[Path, str]]:
         frame.sample_rate = 8000
         for pkt in [*st.encode(frame), *st.encode(None)]:
             out.mux(pkt)
-    _encode(d / "zero_frames.avi", "mpeg4", 0)
-    _encode(d / "intra_only.avi", "mjpeg", 8, pix_fmt="yuvj420p")
+    encode_frames(d / "zero_frames.avi", "mpeg4", 0)
+    encode_frames(d / "intra_only.avi", "mjpeg", 8, pix_fmt="yuvj420p")
     return {"truncated": (d / "truncated.avi", "truncated"),
             "not_a_video": (d / "not_a_video.mp4", "not a readable media file"),
             "audio_only": (d / "audio_only.wav", "no video stream (found: audio)"),
