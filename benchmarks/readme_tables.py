@@ -261,6 +261,13 @@ def _lls_device(d: dict) -> list[list[Any]]:
         rows.append([f"C++ engine peak memory ({r['net']}, {r['trained']})", "≤ 0.15× PyTorch BP",
                      _x(r["ratio_peak_cpp_vs_bp"]), _verdict(r["ratio_peak_cpp_vs_bp"] <= 0.15),
                      f"PyTorch BP {r['peak_rss_kb']['torch_bp@1'] / 1024:.0f} MB"])
+        if "ratio_latency_cpp_int8_vs_cpp@1" in r:
+            rows.append([f"frozen blocks in int8 (gemmlowp) vs float32 ({r['net']}, {r['trained']})",
+                         "comparison, no goal (opt-in: --frozen-compute int8)",
+                         " / ".join(f"{_x(r[f'ratio_latency_cpp_int8_vs_cpp@{t}'])} step @{t}" for t in (1, 2)
+                                    if f"ratio_latency_cpp_int8_vs_cpp@{t}" in r)
+                         + f", {_x(r['ratio_peak_cpp_int8_vs_cpp@1'])} peak", "–" if r["valid"] else caveat,
+                         f"float32 engine {_ms(med['cpp_lls@1'])}"])
     return rows
 
 
