@@ -395,6 +395,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-invalid", action="store_true", help="write a run judged invalid (marked valid: false)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one process each)")
     p.add_argument("--accuracy", action="store_true", help="also train video_spiking and a baseline at 112 px")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="only the accuracy part, written to benchmarks/results/video_scale_accuracy.json (the "
+                        "baseline: --accuracy-baseline, else the fastest at 112 px in the speed results if present, "
+                        "else mobilenet_v2_tsm)")
     p.add_argument("--accuracy-baseline", choices=BASELINES)
     p.add_argument("--accuracy-per-class", type=int, default=12, help="synth videos per class (default 12)")
     p.add_argument("--accuracy-epochs", type=int, default=10, help="at most this many epochs (default 10)")
@@ -426,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=200)
     log = console.print
+    if args.accuracy_only:  # training accuracy does not depend on load: it may run apart from the timed rounds
+        rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+        acc = accuracy(args, rows, log)
+        out = RESULTS.with_name("video_scale_accuracy.json")
+        write_json(out, {"benchmark": "video_scale_accuracy", "script": "benchmarks/video_scale.py --accuracy-only",
+                         "issue": 25, "date": time.strftime("%Y-%m-%d"), **acc,
+                         "machine": {"cpu_count": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
+                                     "torch": torch.__version__}})
+        log(f"wrote {out}")
+        return 0
     t_start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)  # export, parity and op counts only; timing is ONNX Runtime's
     sizes = tuple(sorted(set(args.sizes))) if args.sizes else (112,) if args.quick else (112, 224)

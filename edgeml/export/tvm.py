@@ -262,13 +262,16 @@ def _round_robin_joining_each_batch() -> Any:
 
 
 def _tasks(mod: Any, target_spec: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
-    """(target with num-cores, fused module, the conv/matmul tuning tasks): what tuning and applying records share."""
+    """(target with num-cores, fused module, the conv/matmul tuning tasks): what tuning and applying records share.
+
+    `num-cores` is the profile's (x86-tvm: 1, the one thread per stream edgeml runs TVM with), else this machine's
+    core count: MetaSchedule sizes the parallel loops of its candidates by it."""
     import os
 
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    target = make_target({**target_spec, "num-cores": os.cpu_count() or 1})
+    target = make_target({"num-cores": os.cpu_count() or 1, **target_spec})
     with target:
         fused = relax.pipeline.zero_pipeline()(relax.transform.CanonicalizeBindings()(mod))  # legalize + fuse
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
@@ -291,7 +294,9 @@ def _tune(mod: Any, target_spec: dict[str, Any], work_dir: Path, trials: int,
     split evenly over them (the scheduler visits tasks in order, so a loose cap would leave the later ones naive).
     `work_dir` keeps the best record per kernel (the full database stays in a temp folder).
 
-    Tuning measures candidates on this machine, so it only makes sense for host targets."""
+    Tuning measures candidates on this machine, so it only makes sense for host targets, with as many threads as
+    the target's `num-cores` (the runner's workers get TVM_NUM_THREADS)."""
+    import functools
     import os
     import sys
     import tempfile
@@ -320,7 +325,8 @@ def _tune(mod: Any, target_spec: dict[str, Any], work_dir: Path, trials: int,
                            max_trials_global=per_task * len(tasks), max_trials_per_task=per_task,
                            num_trials_per_iter=min(64, per_task), measure_callbacks=callbacks,
                            builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S),
-                           runner=ms.runner.LocalRunner(timeout_sec=BUILD_TIMEOUT_S),
+                           runner=ms.runner.LocalRunner(timeout_sec=BUILD_TIMEOUT_S, initializer=functools.partial(
+                               _set_tvm_threads, int(target.attrs["num-cores"]))),
                            task_scheduler=_round_robin_joining_each_batch())
         work_dir.mkdir(parents=True, exist_ok=True)
         for f in RECORD_FILES:
@@ -333,6 +339,13 @@ def _tune(mod: Any, target_spec: dict[str, Any], work_dir: Path, trials: int,
             "tune_s": round(tune_s, 1), "tuned_kernels_ms": round(state.tuned_kernels_ms, 4),
             "cpu": resolve_target(target_spec).get("mcpu"), "tvm": tvm.__version__,
             "records": [f"tuning/{f}" for f in RECORD_FILES]}
+
+
+def _set_tvm_threads(n: int) -> None:
+    """MetaSchedule runner worker initializer: run candidates with `n` threads (read when TVM's pool starts)."""
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(n)
 
 
 def _apply_records(mod: Any, target_spec: dict[str, Any], records: Path, work_dir: Path) -> dict[str, Any]:
