@@ -347,6 +347,20 @@ def _video_scale(d: dict) -> list[list[Any]]:
     return rows
 
 
+def _video_scale_accuracy(d: dict) -> list[list[Any]]:
+    (spk, a), (base, b) = list(d["models"].items())[:2]
+    budget = d["budget"]
+    what = (f"{budget['per_class']} videos per class at {budget['size'][0]} px, at most {budget['epochs']} epochs / "
+            f"{budget['minutes_per_model']:g} min per model")
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    return [[f"{spk} (s112) test top-1 per video on the synth set ({what}; {a['epochs_done']} epochs run)",
+             "comparison, no goal", f"{pct(a['test_video_top1'])} (per clip {pct(a['test_top1'])})", "–",
+             f"{base} {pct(b['test_video_top1'])} (per clip {pct(b['test_top1'])}, {b['epochs_done']} epochs)"]]
+
+
 def _video_train(d: dict) -> list[list[Any]]:
     spk, rgb = d["rows"][0], d["rows"][1]
     g, q = d["goals"], d["ratios"]
@@ -368,6 +382,7 @@ def _video_train(d: dict) -> list[list[Any]]:
 CLAIMS = {"cure_eval": _cure_eval, "cure_speed": _cure_speed, "export_latency": _export_latency,
           "lls_device": _lls_device, "lls_fashion_mnist": _lls_fashion_mnist, "lls_macs": _lls_macs,
           "scale_out": _scale_out, "video_extract": _video_extract, "video_scale": _video_scale,
+          "video_scale_accuracy": _video_scale_accuracy,
           "video_train": _video_train}
 CLAIM_COLUMNS = ["claim", "goal", "measured", "verdict", "same-run baseline"]
 MAX_COLUMNS = 10
