@@ -10,12 +10,18 @@ Defaults: CURE erases every token state of in-domain prompts ("a red {}", "a str
 prompts are not among them) with α = 1000. CURE and UCE embed prompts with the generator's own text encoder
 (all-MiniLM-L6-v2 run causally like SD's CLIP, `tiny_t2i.MiniLMText`). With the plain bidirectional MiniLM every
 token state of "a striped red circle" carried "circle" and CURE left 72–83 % circles; see the tiny_t2i docstring.
-With --ablation (long: one generation pass per setting, ~3 min each on 2 cores) it adds, on the same generator and
-judge, CURE at α = 1 (no expansion) / 2 / 5 / 1000 under the paper's token aggregation (`--paper-aggregation`,
-one row per prompt: "mean" over the prompt's word tokens) and the recommended one for this generator (`--aggregation`,
-"all"), UCE beside them, and where the concept lives in the token states: the share of each erased prompt's token
-energy inside the forget subspace, at the concept's own token vs the other tokens, per aggregation.
-Writes benchmarks/results/cure_eval.json.
+With --ablation (long: one generation pass per setting, ~3.7 min each at --n 8 --steps 20 on 2 cores, 20 passes)
+it adds, on the same generator and judge, CURE at α = 1 (no expansion) / 2 / 5 / 1000 under the paper's token
+aggregation (`--paper-aggregation`, one row per prompt: "mean" over the prompt's word tokens) and the recommended one
+for this generator (`--aggregation`, "all"), UCE beside them, and where the concept lives in the token states: the
+share of each erased prompt's token energy inside the forget subspace, at the concept's own token vs the other
+tokens, per aggregation. A setting already scored (the unedited model, the main rows' CURE and UCE) is reused, not
+regenerated: same generator, prompts, seeds and edit give the same images.
+--ablation-only runs just the ablation (its own unedited-model row included) and keeps the main rows already in
+--out. --reduced sizes the ablation for ~35 min of 2 CPU cores: 4 images per prompt instead of 8 (DDIM steps,
+concepts, prompts, α values and seeds unchanged), recorded in `ablation_settings`. The ablation runs the key
+settings first for every concept (unedited, the paper's α = 2, the recommended α = 1000, UCE), then the other α.
+Writes benchmarks/results/cure_eval.json after every row (`ablation_complete` stays false until the last).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+REDUCED_N = 4   # images per prompt under --reduced (default 8): halves every generation pass
 
 
 def main() -> None:
@@ -47,55 +54,76 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="also the α × aggregation ablation (long)")
     ap.add_argument("--alphas", nargs="+", type=float, default=[1.0, 2.0, 5.0, 1000.0])
     ap.add_argument("--paper-aggregation", default="mean", help="one row per prompt, as the paper embeds concepts")
+    ap.add_argument("--ablation-only", action="store_true",
+                    help="run only the ablation; the main rows already in --out are kept")
+    ap.add_argument("--reduced", action="store_true",
+                    help=f"the ablation in ~35 min on 2 cores: --n {REDUCED_N} (4 images per prompt; nothing else "
+                         "changes); recorded in the JSON")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_eval.json")
     args = ap.parse_args()
+    args.ablation = args.ablation or args.ablation_only
+    if args.reduced:
+        args.n = REDUCED_N
     torch.set_num_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
-    from edgeml.cure.evaluate import RED_TEAM, ConceptCase, erase_tiny_t2i, score_case
-    from edgeml.io import write_json
-    from edgeml.models.tiny_t2i import MiniLMText, load_tiny_t2i
+    from edgeml.cure.evaluate import RED_TEAM, ConceptCase
+    from edgeml.io import load_checkpoint, read_json, write_json
+    from edgeml.models.tiny_t2i import ASSET_DIR, MiniLMText, load_tiny_t2i
 
     model, judge = load_tiny_t2i(args.assets) if args.assets else load_tiny_t2i()
     text = MiniLMText()  # the generator's own text encoder; CURE and UCE embed prompts with it too
     opts = dict(n=args.n, steps=args.steps, guidance=args.guidance)
-    rows = []
+    score = Scorer(model, judge, text, opts, args.templates)
     t_all = time.perf_counter()
-    for spec in args.concepts:
+    _, gen_meta = load_checkpoint((args.assets or ASSET_DIR) / "tiny_t2i.safetensors")
+    result = {"generator": {k: gen_meta.get(k) for k in ("config", "metrics", "steps", "batch")},
+              "settings": {**opts, "alpha": args.alpha, "templates": f"{args.templates} (edgeml.cure.evaluate)",
+                           "cure_aggregation": args.aggregation,
+                           "retain": "sibling values of the erased attribute",
+                           "text_encoder": "all-MiniLM-L6-v2, causal mask (tiny_t2i.MiniLMText)"},
+              "rows": []}
+    if args.ablation_only and args.out.is_file():
+        kept = read_json(args.out)
+        result.update({k: kept[k] for k in ("generator", "settings", "rows", "measurement_valid", "seconds")
+                       if k in kept})
+    rows = result["rows"]
+
+    def save(complete: bool = False) -> None:
+        result["measurement_valid"] = all(r.get("measurement_valid", True) for r in rows)
+        if args.ablation:
+            result["ablation_seconds"] = time.perf_counter() - t_all
+            result["ablation_complete"] = complete
+        else:
+            result["seconds"] = time.perf_counter() - t_all
+        write_json(args.out, result)
+
+    for spec in [] if args.ablation_only else args.concepts:
         attribute, value = spec.split(":")
         case = ConceptCase(attribute, value, RED_TEAM.get(value, []))
-        base = score_case(model, judge, text, case, **opts)
-        # An erasure can only be measured if the unedited model is judged right well above chance on both the
-        # concept and its siblings; otherwise the judge cannot tell "erased" from "never drawn".
-        valid = base["erased"] >= base["chance"] + 0.3 and base["related"] >= base["chance"] + 0.3
+        _, base = score(case, "none")
         rows.append({"concept": value, "attribute": attribute, "method": "none (original)", **base,
-                     "measurement_valid": valid})
+                     "measurement_valid": base_is_valid(base)})
         print(rows[-1])
         for method in args.methods:
-            edited, info = erase_tiny_t2i(model, text, case, method, alpha=args.alpha, templates=args.templates,
-                                          aggregation=args.aggregation if method == "cure" else None)
-            scores = score_case(edited, judge, text, case, **opts)
+            info, scores = score(case, method, args.alpha, args.aggregation)
             rows.append({"concept": value, "attribute": attribute, "method": method, **info, **scores,
                          "erased_goal_met": scores["erased"] <= scores["chance"] + 0.10,
                          "unrelated_drop": base["unrelated"] - scores["unrelated"],
                          "unrelated_goal_met": base["unrelated"] - scores["unrelated"] <= 0.05})
             print(rows[-1])
-    ablation = run_ablation(model, judge, text, args, opts) if args.ablation else None
-    from edgeml.io import load_checkpoint
-    from edgeml.models.tiny_t2i import ASSET_DIR
-
-    _, gen_meta = load_checkpoint((args.assets or ASSET_DIR) / "tiny_t2i.safetensors")
-    result = {"generator": {k: gen_meta.get(k) for k in ("config", "metrics", "steps", "batch")},
-              "measurement_valid": all(r.get("measurement_valid", True) for r in rows),
-              "settings": {**opts, "alpha": args.alpha, "templates": f"{args.templates} (edgeml.cure.evaluate)",
-                           "cure_aggregation": args.aggregation,
-                           "retain": "sibling values of the erased attribute",
-                           "text_encoder": "all-MiniLM-L6-v2, causal mask (tiny_t2i.MiniLMText)"},
-              "rows": rows, "seconds": time.perf_counter() - t_all}
-    if ablation is not None:
-        result["ablation"] = ablation
-    write_json(args.out, result)
+    if args.ablation:
+        result["ablation_settings"] = {
+            **opts, "reduced": args.reduced, "alphas": args.alphas, "paper_aggregation": args.paper_aggregation,
+            "recommended_aggregation": args.aggregation, "templates": args.templates, "concepts": args.concepts,
+            "reduction": f"{REDUCED_N} images per prompt instead of 8; DDIM steps, concepts, prompts, α values and "
+                         "seeds as in the full ablation" if args.reduced else None,
+            "main_rows": "kept from an earlier run of this script (settings)" if args.ablation_only
+                         else "this run (settings)"}
+        result["ablation"], result["concept_location"] = [], {}
+        run_ablation(score, text, args, result, save)
+    save(True)
 
     table = Table(title=f"Concept erasure on tiny_t2i (judge accuracy %, {args.n} images/prompt, chance 25 %)")
     for col in ("erased concept", "method", "erased ↓", "related", "unrelated", "red team ↓", "erase time",
@@ -140,45 +168,84 @@ def concept_location(text, case, aggregation: str, alpha: float) -> dict[str, fl
             "other_tokens": float(np.mean(other)) if other else float("nan")}
 
 
-def run_ablation(model, judge, text, args, opts) -> list[dict]:
-    """CURE at every α × {paper, recommended} aggregation and UCE, same generator, judge and prompts."""
-    from edgeml.cure.evaluate import RED_TEAM, ConceptCase, erase_tiny_t2i, score_case
+def base_is_valid(base: dict) -> bool:
+    """An erasure can only be measured if the unedited model is judged right well above chance on both the concept
+    and its siblings; otherwise the judge cannot tell "erased" from "never drawn"."""
+    return base["erased"] >= base["chance"] + 0.3 and base["related"] >= base["chance"] + 0.3
 
-    rows = []
+
+class Scorer:
+    """Judge scores of the unedited model or of one erasure, each setting generated once and then reused:
+    (case, method, α, aggregation) -> (erase info, scores). UCE has neither α nor a choice of aggregation."""
+
+    def __init__(self, model, judge, text, opts: dict, templates: str):
+        self.model, self.judge, self.text, self.opts, self.templates = model, judge, text, opts, templates
+        self.done: dict[tuple, tuple[dict, dict]] = {}
+
+    def __call__(self, case, method: str, alpha: float | None = None, aggregation: str | None = None
+                 ) -> tuple[dict, dict]:
+        from edgeml.cure.evaluate import erase_tiny_t2i, score_case
+
+        if method != "cure":
+            alpha = aggregation = None
+        key = (case.attribute, case.value, method, alpha, aggregation)
+        if key not in self.done:
+            model, info = self.model, {}
+            if method != "none":
+                model, info = erase_tiny_t2i(self.model, self.text, case, method, alpha=alpha or 2.0,
+                                             templates=self.templates, aggregation=aggregation)
+            self.done[key] = info, score_case(model, self.judge, self.text, case, **self.opts)
+        return self.done[key]
+
+
+def run_ablation(score: Scorer, text, args, result: dict, save) -> None:
+    """CURE at every α × {paper, recommended} aggregation and UCE, same generator, judge and prompts; rows go to
+    result["ablation"], the concept-location measurement to result["concept_location"]; `save()` after each row.
+    The key settings of every concept come first (unedited, paper α = 2, recommended α = 1000, UCE), so that a run
+    stopped early still compares them."""
+    from edgeml.cure.evaluate import RED_TEAM, ConceptCase
+
+    rows = result["ablation"]
+    cases = [ConceptCase(a, v, RED_TEAM.get(v, [])) for a, v in (spec.split(":") for spec in args.concepts)]
     settings = [("paper", args.paper_aggregation), ("recommended", args.aggregation)]
-    for spec in args.concepts:
-        attribute, value = spec.split(":")
-        case = ConceptCase(attribute, value, RED_TEAM.get(value, []))
-        base = score_case(model, judge, text, case, **opts)
-        for label, aggregation in settings:
-            for alpha in args.alphas:
-                edited, info = erase_tiny_t2i(model, text, case, "cure", alpha=alpha, templates=args.templates,
-                                              aggregation=aggregation)
-                scores = score_case(edited, judge, text, case, **opts)
-                rows.append({"concept": value, "method": "cure", "setting": label, "aggregation": aggregation,
-                             "alpha": alpha, **info, **scores,
-                             "unrelated_drop": base["unrelated"] - scores["unrelated"],
-                             "concept_location": concept_location(text, case, aggregation, alpha)})
-                print(rows[-1])
-        edited, info = erase_tiny_t2i(model, text, case, "uce", templates=args.templates)
-        scores = score_case(edited, judge, text, case, **opts)
-        rows.append({"concept": value, "method": "uce", "setting": "UCE closed form", **info, **scores,
-                     "unrelated_drop": base["unrelated"] - scores["unrelated"]})
-        print(rows[-1])
+    cure = [(label, agg, alpha) for label, agg in settings for alpha in args.alphas]
+    key = [("paper", args.paper_aggregation, 2.0), ("recommended", args.aggregation, args.alpha)]
+    plan = [("none", None), *(("cure", s) for s in key if s in cure), ("uce", None)]
+    plan = [(case, step) for step in plan for case in cases] + [
+        (case, ("cure", s)) for case in cases for s in cure if s not in key]
+    bases = {}
+    for case in cases:
+        result["concept_location"][case.value] = {agg: concept_location(text, case, agg, 2.0) for _, agg in settings}
+    for case, (method, setting) in plan:
+        label, aggregation, alpha = setting or ("UCE closed form" if method == "uce" else "unedited", None, None)
+        info, scores = score(case, method, alpha, aggregation)
+        if method == "none":
+            bases[case.value] = scores
+        row = {"concept": case.value, "attribute": case.attribute, "method": method, "setting": label, **info,
+               **scores, "unrelated_drop": bases[case.value]["unrelated"] - scores["unrelated"]}
+        if method == "none":
+            row["measurement_valid"] = base_is_valid(scores)
+        if method == "cure":
+            row.update(aggregation=aggregation, alpha=alpha)
+        rows.append(row)
+        print(row, flush=True)
+        save()
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="α ablation (judge accuracy %; erased ↓, unrelated drop ↓)")
-    for col in ("concept", "method", "setting", "aggregation", "α", "erased", "unrelated drop", "energy at concept"):
+    table = Table(title="α ablation (judge accuracy %; erased ↓, unrelated drop ↓; energy share in the forget "
+                        "subspace at the concept's token / other tokens)")
+    for col in ("concept", "method", "setting", "aggregation", "α", "erased", "related", "unrelated drop",
+                "red team", "energy at concept / other"):
         table.add_column(col)
-    for r in rows:
-        loc = r.get("concept_location", {})
+    order = ("none", "cure", "uce")
+    for r in sorted(rows, key=lambda r: (r["concept"], order.index(r["method"]), r["setting"], r.get("alpha") or 0)):
+        loc = result["concept_location"][r["concept"]].get(r.get("aggregation"), {})
         table.add_row(r["concept"], r["method"], r["setting"], str(r.get("aggregation", "")), str(r.get("alpha", "")),
-                      f"{100 * r['erased']:.0f}", f"{100 * r['unrelated_drop']:+.1f}",
-                      f"{loc.get('concept_token', float('nan')):.2f} / {loc.get('other_tokens', float('nan')):.2f}"
-                      if loc else "")
+                      f"{100 * r['erased']:.0f}", f"{100 * r['related']:.0f}", f"{100 * r['unrelated_drop']:+.1f}",
+                      f"{100 * r.get('red_team', float('nan')):.0f}",
+                      f"{loc['concept_token']:.2f} / {loc['other_tokens']:.2f}" if loc else "")
     Console().print(table)
-    return rows
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """CURE speed on SD-1.5- and SDXL-shaped UNets (random weights, nothing downloaded).
 
     nice -n 5 .venv/bin/python benchmarks/cure_speed.py [--cache /tmp/edgeml-cure-speed] [--rounds 3] [--threads 1]
+                                                         [--parts projector in-memory onnx-sd15 onnx-sdxl]
 
 (The first run exports the SD-1.5 ONNX UNet once, ~30 s idle / minutes busy, 3.4 GB, and writes the SDXL-shaped
 ONNX file, 5.1 GB, into --cache; later runs reuse both. Needs ~4 GB RAM and ~20 GB free disk.)
@@ -29,7 +30,13 @@ another copy evicts the source on a small machine). Now each measurement starts 
 (nothing dirty) and the source either read fully into the cache ("warm") or dropped from it with
 posix_fadvise(DONTNEED) ("cold"), both untimed; the order rotates each round; the ratio is median over median of
 the same rounds, with every round's value in the JSON.
-Writes benchmarks/results/cure_speed.json.
+How the edit runs (edgeml.cure.spectral.apply_to_weights, edgeml.cure._files.copy_with_patches): each K/V weight is
+edited block by block in its storage order (rows of W, or rows of Wᵀ for an ONNX MatMul weight: no transposing
+copies), each ~256 KB float32 block converted by torch and multiplied by numpy's BLAS (MKL's k-column GEMMs ran 4–8×
+slower on this AMD CPU); on disk the file is copied kernel-side in a background thread while the K/V tensors are
+read and edited, then only their byte ranges are rewritten in the copy.
+--parts runs a reduced benchmark (the JSON records which parts; write it elsewhere with --out: the README table
+reads the full run). Writes benchmarks/results/cure_speed.json.
 """
 
 from __future__ import annotations
@@ -247,11 +254,15 @@ def onnx_rounds(name: str, src: Path, edit, out: Path, rounds: int, states: tupl
     return res
 
 
+PARTS = ("projector", "in-memory", "onnx-sd15", "onnx-sdxl")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeml-cure-speed"), help="where the ONNX files live")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="a reduced run: only these parts (recorded in the JSON; goals of the others are null)")
     ap.add_argument("--cache-states", nargs="+", default=["warm", "cold"], choices=["warm", "cold"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the edit is memory-bound)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_speed.json")
@@ -264,25 +275,75 @@ def main() -> None:
     except ImportError:
         pass
 
-    from diffusers import UNet2DConditionModel
-
-    from edgeml.bench.rounds import interleave, judge
-    from edgeml.cure import build_edit, cross_attention_layers, edit_module
-    from edgeml.cure.spectral import discriminative_projector
+    from edgeml.cure import build_edit
     from edgeml.io import write_json
 
-    say = print
     t_start = time.perf_counter()
     result: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "blas_threads": args.threads,
-                                "load_average_at_start": os.getloadavg()}, "forget": FORGET, "retain": RETAIN}
+                                "load_average_at_start": os.getloadavg()}, "forget": FORGET, "retain": RETAIN,
+                    "parts": args.parts, "rounds": args.rounds, "cache_states": args.cache_states}
     verdicts = {}
     enc = sd15_text_encoder()
     edit, info = build_edit(enc, FORGET, RETAIN, alpha=2.0)
     result["rank"] = info["rank"]
+    xl_edit = sdxl_edit()
+    if "projector" in args.parts:
+        verdicts["projector"] = measure_projector(enc, args.rounds, result)
+    unet = None
+    if "in-memory" in args.parts or "onnx-sd15" in args.parts:
+        from diffusers import UNet2DConditionModel
 
-    # --- 100 concepts × 5 templates: batched text encoding, then one projector (timed apart) ----------------
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SD15).eval()
+        result["unet_build_s"] = time.perf_counter() - t0
+    if "in-memory" in args.parts:
+        verdicts["in_memory"] = measure_in_memory(unet, edit, xl_edit, args.rounds, result)
+    states = tuple(args.cache_states)
+    if "onnx-sd15" in args.parts:
+        src = export_sd15_onnx(unet, args.cache / "sd15")
+        result["onnx"] = onnx_rounds("sd15", src, edit, args.cache / "bench_out", args.rounds, states)
+        result.update({"onnx_bytes": result["onnx"]["bytes"], "onnx_tensors_edited": result["onnx"]["tensors_edited"],
+                       "onnx_copy_s": result["onnx"][states[0]]["copy_s"],
+                       "onnx_edit_s": result["onnx"][states[0]]["edit_s"],
+                       "onnx_edit_over_copy": result["onnx"][states[0]]["edit_over_copy"],
+                       "onnx_cache_state": states[0]})
+    del unet
+    if "onnx-sdxl" in args.parts:
+        result["onnx_sdxl"] = onnx_rounds("sdxl", write_sdxl_onnx(args.cache / "sdxl"), xl_edit,
+                                          args.cache / "bench_out", args.rounds, states)
+
+    def worst(key: str) -> float | None:
+        return max(result[key][s]["edit_over_copy"] for s in states) if key in result else None
+
+    def at_most(value: float | None, goal: float) -> bool | None:
+        return None if value is None else value <= goal
+
+    sdxl = result.get("sdxl", {})
+    many = result.get("many")
+    result["goals"] = {"in_memory_edit_s<=0.25": at_most(result.get("in_memory_edit_s"), 0.25),
+                       "sdxl_in_memory_edit_s<=0.25": at_most(sdxl.get("in_memory_edit_s"), 0.25),
+                       "onnx_edit<=1.5x_copy": at_most(result.get("onnx_edit_over_copy"), 1.5),
+                       "onnx_edit<=1.5x_copy_every_state": at_most(worst("onnx"), 1.5),
+                       "sdxl_onnx_edit<=1.5x_copy_every_state": at_most(worst("onnx_sdxl"), 1.5),
+                       "projector_100x5_s<=1": at_most(max(many["projector_768_s"], many["projector_2048_s"])
+                                                       if many else None, 1.0)}
+    result["valid"] = all(v.valid for v in verdicts.values()) and all(
+        result[k]["verdict"]["valid"] for k in ("onnx", "onnx_sdxl") if k in result)
+    result["verdicts"] = {k: v.as_dict() for k, v in verdicts.items()}
+    result["load_average_at_end"] = os.getloadavg()
+    result["seconds"] = time.perf_counter() - t_start
+    write_json(args.out, result)
+    print_table(result, args)
+
+
+def measure_projector(enc, rounds: int, result: dict):
+    """100 concepts × 5 templates: batched text encoding (timed once), then the projector at widths 768 and 2048
+    (interleaved rounds); fills result["many"], -> the rounds' verdict."""
+    from edgeml.bench.rounds import interleave, judge
     from edgeml.cure.embed import DEFAULT_TEMPLATES, concept_embeddings
+    from edgeml.cure.spectral import discriminative_projector
 
     concepts = [f"artist number {i}" for i in range(MANY)]
     t0 = time.perf_counter()
@@ -301,20 +362,23 @@ def main() -> None:
             return time.perf_counter() - t, {"rank": rank}
         return run
 
-    ms = interleave({"projector/768": projector(xf, xr), "projector/2048": projector(xf_xl, xr_xl)}, args.rounds)
-    verdicts["projector"] = judge(ms, max_spread=1.5)
+    ms = interleave({"projector/768": projector(xf, xr), "projector/2048": projector(xf_xl, xr_xl)}, rounds)
+    verdict = judge(ms, max_spread=1.5)
     result["many"] = {"concepts": MANY, "templates": len(DEFAULT_TEMPLATES), "forget_rows": int(xf.shape[0]),
                       "retain_rows": int(xr.shape[0]), "text_encoding_s": result["many_text_encoding_s"],
-                      "projector_768_s": verdicts["projector"].medians["projector/768"],
-                      "projector_2048_s": verdicts["projector"].medians["projector/2048"],
+                      "projector_768_s": verdict.medians["projector/768"],
+                      "projector_2048_s": verdict.medians["projector/2048"],
                       "rank": next(m.extra["rank"] for m in ms)}
-    say(f"100 × 5 prompts: text {result['many_text_encoding_s']:.2f}s, projector {result['many']}")
+    print(f"100 × 5 prompts: text {result['many_text_encoding_s']:.2f}s, projector {result['many']}")
+    return verdict
 
-    # --- in memory: SD-1.5 UNet (dense baseline) and SDXL's 140 K/V (memory-floor baseline) ----------------
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15).eval()
-    result["unet_build_s"] = time.perf_counter() - t0
+
+def measure_in_memory(unet, edit, xl_edit, rounds: int, result: dict):
+    """SD-1.5 UNet (dense baseline) and SDXL's 140 K/V (memory-floor baseline), interleaved; fills result, -> the
+    rounds' verdict."""
+    from edgeml.bench.rounds import interleave, judge
+    from edgeml.cure import cross_attention_layers, edit_module
+
     layers = cross_attention_layers(unet)
     result["kv_layers"] = len(layers)
     result["kv_params"] = int(sum(lin.weight.numel() for lin in layers.values()))
@@ -335,12 +399,12 @@ def main() -> None:
         return run
 
     xl = sdxl_kv_module()
-    xl_edit = sdxl_edit()
+    xl_layers = cross_attention_layers(xl)
 
     def memory_floor() -> tuple[float, dict]:
         t = time.perf_counter()
         with torch.no_grad():
-            for lin in cross_attention_layers(xl).values():
+            for lin in xl_layers.values():
                 lin.weight.mul_(1.0)
         return time.perf_counter() - t, {}
 
@@ -348,9 +412,8 @@ def main() -> None:
                      "sd15/low-rank+report": timed_edit(unet, edit, True), "sd15/dense": dense_edit,
                      "sdxl/low-rank": timed_edit(xl, xl_edit, False),
                      "sdxl/low-rank+report": timed_edit(xl, xl_edit, True), "sdxl/read+write": memory_floor},
-                    args.rounds + 2, progress=lambda m: say(f"in memory: {m}"))
-    v = verdicts["in_memory"] = judge(ms, max_spread=1.5)
-    xl_layers = cross_attention_layers(xl)
+                    rounds + 2, progress=lambda m: print(f"in memory: {m}", flush=True))
+    v = judge(ms, max_spread=1.5)
     result.update({"in_memory_edit_s": v.medians["sd15/low-rank"],
                    "in_memory_edit_with_report_s": v.medians["sd15/low-rank+report"],
                    "dense_edit_s": v.medians["sd15/dense"],
@@ -361,35 +424,7 @@ def main() -> None:
                             "in_memory_edit_with_report_s": v.medians["sdxl/low-rank+report"],
                             "read_write_floor_s": v.medians["sdxl/read+write"]},
                    "in_memory_measurements": [m.__dict__ for m in ms]})
-    xl = xl_layers = None  # 1.4 GB back before the ONNX part
-
-    if not args.skip_onnx:
-        src = export_sd15_onnx(unet, args.cache / "sd15")
-        del unet, layers
-        result["onnx"] = onnx_rounds("sd15", src, edit, args.cache / "bench_out", args.rounds, tuple(args.cache_states))
-        result["onnx_sdxl"] = onnx_rounds("sdxl", write_sdxl_onnx(args.cache / "sdxl"), xl_edit,
-                                          args.cache / "bench_out", args.rounds, tuple(args.cache_states))
-        state = args.cache_states[0]
-        result.update({"onnx_bytes": result["onnx"]["bytes"], "onnx_tensors_edited": result["onnx"]["tensors_edited"],
-                       "onnx_copy_s": result["onnx"][state]["copy_s"], "onnx_edit_s": result["onnx"][state]["edit_s"],
-                       "onnx_edit_over_copy": result["onnx"][state]["edit_over_copy"], "onnx_cache_state": state})
-
-    worst = lambda key: max((result.get(k, {}) or {}).get(s, {}).get("edit_over_copy", float("inf"))  # noqa: E731
-                            for k in (key,) for s in args.cache_states) if not args.skip_onnx else float("inf")
-    result["goals"] = {"in_memory_edit_s<=0.25": result["in_memory_edit_s"] <= 0.25,
-                       "sdxl_in_memory_edit_s<=0.25": result["sdxl"]["in_memory_edit_s"] <= 0.25,
-                       "onnx_edit<=1.5x_copy": result.get("onnx_edit_over_copy", float("inf")) <= 1.5,
-                       "onnx_edit<=1.5x_copy_every_state": worst("onnx") <= 1.5,
-                       "sdxl_onnx_edit<=1.5x_copy_every_state": worst("onnx_sdxl") <= 1.5,
-                       "projector_100x5_s<=1": max(result["many"]["projector_768_s"],
-                                                   result["many"]["projector_2048_s"]) <= 1.0}
-    result["valid"] = all(v.valid for v in verdicts.values()) and all(
-        result[k]["verdict"]["valid"] for k in ("onnx", "onnx_sdxl") if k in result)
-    result["verdicts"] = {k: v.as_dict() for k, v in verdicts.items()}
-    result["load_average_at_end"] = os.getloadavg()
-    result["seconds"] = time.perf_counter() - t_start
-    write_json(args.out, result)
-    print_table(result, args)
+    return v
 
 
 def sdxl_edit():
@@ -408,19 +443,22 @@ def print_table(result: dict, args) -> None:
     table = Table(title=f"CURE speed, random weights, this CPU ({load}; valid: {result['valid']})")
     for col in ("step", "seconds", "vs baseline"):
         table.add_column(col)
-    m = result["many"]
-    table.add_row(f"text encoding, {m['forget_rows'] + m['retain_rows']} prompts (CLIP-L shape)",
-                  f"{m['text_encoding_s']:.2f}", "")
-    table.add_row(f"projector, {m['forget_rows']} forget rows, width 768", f"{m['projector_768_s']:.3f}", "goal ≤ 1 s")
-    table.add_row(f"projector, {m['forget_rows']} forget rows, width 2048", f"{m['projector_2048_s']:.3f}",
-                  "goal ≤ 1 s")
-    table.add_row(f"SD-1.5 in-memory edit, {result['kv_layers']} K/V (low-rank)", f"{result['in_memory_edit_s']:.4f}",
-                  f"{result['dense_edit_s'] / result['in_memory_edit_s']:.1f}× faster than dense")
-    table.add_row("  dense W(I−P_dis) per layer (baseline)", f"{result['dense_edit_s']:.4f}", "1.0×")
-    x = result["sdxl"]
-    table.add_row(f"SDXL in-memory edit, {x['kv_layers']} K/V (low-rank)", f"{x['in_memory_edit_s']:.4f}",
-                  f"{x['in_memory_edit_s'] / x['read_write_floor_s']:.2f}× one read+write of the weights")
-    table.add_row("  + report norms", f"{x['in_memory_edit_with_report_s']:.4f}", "")
+    m = result.get("many")
+    if m:
+        table.add_row(f"text encoding, {m['forget_rows'] + m['retain_rows']} prompts (CLIP-L shape)",
+                      f"{m['text_encoding_s']:.2f}", "")
+        for width in (768, 2048):
+            table.add_row(f"projector, {m['forget_rows']} forget rows, width {width}",
+                          f"{m[f'projector_{width}_s']:.3f}", "goal ≤ 1 s")
+    if "sdxl" in result:
+        table.add_row(f"SD-1.5 in-memory edit, {result['kv_layers']} K/V (low-rank)",
+                      f"{result['in_memory_edit_s']:.4f}",
+                      f"{result['dense_edit_s'] / result['in_memory_edit_s']:.1f}× faster than dense")
+        table.add_row("  dense W(I−P_dis) per layer (baseline)", f"{result['dense_edit_s']:.4f}", "1.0×")
+        x = result["sdxl"]
+        table.add_row(f"SDXL in-memory edit, {x['kv_layers']} K/V (low-rank)", f"{x['in_memory_edit_s']:.4f}",
+                      f"{x['in_memory_edit_s'] / x['read_write_floor_s']:.2f}× one read+write of the weights")
+        table.add_row("  + report norms", f"{x['in_memory_edit_with_report_s']:.4f}", "")
     for key, label in (("onnx", "SD-1.5 ONNX"), ("onnx_sdxl", "SDXL-shaped fp16 ONNX")):
         if key in result:
             o = result[key]

@@ -50,13 +50,10 @@ def tensor_report(name: str, w: torch.Tensor, stats: dict[str, float], *, layout
 
 @torch.no_grad()
 def edit_module(module: nn.Module, edit: LowRankEdit, *, report: bool = True) -> list[dict]:
-    """Edit every cross-attention K/V weight of `module` in place (one batched float64 update); -> report rows."""
+    """Edit every cross-attention K/V weight of `module` in place (`apply_to_weights`); -> report rows."""
     layers = cross_attention_layers(module)
     weights = {n: lin.weight for n, lin in layers.items()}
-    new, stats = apply_to_weights(edit, weights, inplace=True, stats=report)
-    for n, lin in layers.items():
-        if new[n] is not lin.weight:
-            lin.weight.copy_(new[n])
+    _, stats = apply_to_weights(edit, weights, inplace=True, stats=report)
     return [tensor_report(n, weights[n], stats[n]) for n in layers] if report else []
 
 
@@ -185,20 +182,22 @@ def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -
     if not keys:
         raise InputError("no cross-attention K/V weights (keys ending in attn2.to_k.weight / attn2.to_v.weight)",
                          path=src, fix="pass the UNet weights of a text-conditioned diffusion model")
-    weights = {k: read_tensor(src, info, base) for k, info in kv.items()}
-    spans = {k: base + info["data_offsets"][0] for k, info in kv.items()}
-    new, stats = apply_to_weights(edit, weights)
-    rows = [tensor_report(k, weights[k], stats[k]) for k in keys]
-    patches = [(spans[k], _tensor_bytes(new[k])) for k in keys]
-    copy_with_patches(src, dst, patches)
+    rows: list[dict] = []
+
+    def edit_all() -> list[tuple[int, np.ndarray]]:
+        """Read the K/V tensors into fresh buffers and edit them there (runs while the file is being copied)."""
+        weights = {k: read_tensor(src, info, base) for k, info in kv.items()}
+        _, stats = apply_to_weights(edit, weights, inplace=True)
+        rows.extend(tensor_report(k, weights[k], stats[k]) for k in keys)
+        return [(base + kv[k]["data_offsets"][0], _tensor_bytes(weights[k])) for k in keys]
+
+    copy_with_patches(src, dst, edit_all)
     return rows
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().tobytes()
-    return t.numpy().tobytes()
+def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous tensor (any dtype, bfloat16 included) as a uint8 view of the same memory."""
+    return t.view(torch.uint8).numpy()
 
 
 def unet_weight_files(folder: Path) -> list[Path]:

@@ -167,12 +167,12 @@ def _check_initializer(t, data: ExternalData | None) -> None:
 
 
 def _read_initializer(t, data: ExternalData | None) -> np.ndarray:
-    """A checked initializer's values (see `_check_initializer`)."""
+    """A checked initializer's values (see `_check_initializer`) in a fresh writable array, stored layout."""
     from onnx import numpy_helper
 
     if data is None:
         try:
-            w = numpy_helper.to_array(t)
+            w = np.array(numpy_helper.to_array(t), copy=True)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"initializer {t.name!r} is corrupt ({e})") from None
         if w.shape != tuple(t.dims):
@@ -222,33 +222,44 @@ def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: 
     """Write `src` (an .onnx file and its external data) into the fresh folder `out_dir` with K/V weights edited
     (and `metadata` set in the graph's metadata_props).
 
-    Returns report rows. The graph is parsed once; external data files are copied and byte-patched.
+    Returns report rows. The graph is parsed once; external data files are copied kernel-side and only the K/V
+    byte ranges are rewritten in the copy (`copy_with_patches`).
     """
     from onnx import numpy_helper
 
     src = Path(src)
     model, data, chosen = plan_onnx_edit(src, text_input)
     inits = {t.name: t for t in model.graph.initializer}
-    # Every weight in W [out, in] orientation, edited in one batch exactly as the in-memory path does.
-    weights = {}
-    for name, kv in chosen.items():
-        w = torch.from_numpy(np.array(_read_initializer(inits[name], data.get(name)), copy=True))
-        weights[name] = (w.T if kv.stored_transposed else w).contiguous()   # same memory layout as in a module
-    edited, stats = apply_to_weights(edit, weights)
-    patches: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
-    rows = []
-    for name, kv in chosen.items():
-        after = edited[name].T if kv.stored_transposed else edited[name]
-        layout = "in,out" if kv.stored_transposed else "out,in"
-        rows.append({**tensor_report(name, weights[name], stats[name], layout=layout), "node": kv.node})
-        new = after.contiguous().numpy()  # torch's transpose copy: numpy's took 2.6 s for SDXL's fp16 K/V
-        if name in data:
-            patches[data[name].location].append((data[name].offset, new.tobytes()))
-        else:
-            inits[name].CopyFrom(numpy_helper.from_array(new, name))
+    rows: list[dict] = []
+    patches: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+
+    def edit_all() -> None:
+        """Read every K/V weight into its own buffer (stored layout), edit them in place as W [out, in] (`.T` of
+        a weight stored [in, out]) by the same batched block update the in-memory path runs; -> patches, rows."""
+        stored = {name: _read_initializer(inits[name], data.get(name)) for name in chosen}
+        weights = {name: torch.from_numpy(stored[name]).T if kv.stored_transposed else torch.from_numpy(stored[name])
+                   for name, kv in chosen.items()}
+        _, stats = apply_to_weights(edit, weights, inplace=True)
+        for name, kv in chosen.items():
+            layout = "in,out" if kv.stored_transposed else "out,in"
+            rows.append({**tensor_report(name, weights[name], stats[name], layout=layout), "node": kv.node})
+            if name in data:
+                patches[data[name].location].append((data[name].offset, stored[name]))
+            else:
+                inits[name].CopyFrom(numpy_helper.from_array(stored[name], name))
+
+    def patches_of(loc: str):
+        def make() -> list[tuple[int, np.ndarray]]:
+            if not rows:
+                edit_all()   # while the first data file is being copied
+            return patches.get(loc, [])
+        return make
+
     files = {d.location: d.path for d in data.values()}
     for loc, path in files.items():
-        copy_with_patches(path, confined(out_dir, loc, what="external data location"), patches.get(loc, []))
+        copy_with_patches(path, confined(out_dir, loc, what="external data location"), patches_of(loc))
+    if not rows:
+        edit_all()           # every K/V weight is embedded in the graph
     props = {p.key: p.value for p in model.metadata_props}
     props.update({"edgeml.cure": f"{len(rows)} cross-attention K/V initializers edited", **(metadata or {})})
     del model.metadata_props[:]

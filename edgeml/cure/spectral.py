@@ -11,6 +11,7 @@ float64; weights keep their dtype.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,42 +148,118 @@ def discriminative_projector(forget: np.ndarray | torch.Tensor, retain: np.ndarr
     return LowRankEdit(left=np.ascontiguousarray(vf), right=np.ascontiguousarray(ff[:, None] * right))
 
 
+# Size of one block of a weight edited at a time: the compute-dtype block and its update stay in a core's L2 cache
+# between the products, so each weight is read from memory once and written once (the memory floor).
+BLOCK_BYTES = 1 << 18
+
+
 def apply_to_weights(edit: LowRankEdit, weights: dict[str, torch.Tensor], *, inplace: bool = False,
                      stats: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
     """{name: W [out, d]} -> ({name: W (I − D)}, {name: norm statistics}); one shared factorisation for all layers.
 
-    Per layer this is two thin GEMMs, `W·L` [out, k] then `W − (W·L)·R` as one `addmm` in the weight's compute
-    dtype (float32 for float16/bfloat16 storage), in place when `inplace` and the dtype allows: nothing
-    [out, d]-sized is allocated. `W·L` is computed as `(Lᵀ·Wᵀ)ᵀ`: MKL's kernel for a row-major W times a k-column
-    matrix ran 2× slower than the transposed product. L, R come from float64 SVDs; rounding them to float32 costs
-    ~k·eps relative, far below float32 weight storage precision.
-    With `stats`, the norms (‖W‖, ‖ΔW‖, ‖W'‖) come from one more thin product and one read of W.
+    W may be row-major or stored transposed (an ONNX weight stored as B = Wᵀ [d, out] is passed as `B.T`), in any
+    float dtype. With `inplace` the given tensors are overwritten (`out[name]` shares their memory), else edited
+    copies are returned. Each weight is edited block by block in its storage order (`_edit_blocks_`): rows of W as
+    `W − (W L) R`, rows of Wᵀ as `Wᵀ − Rᵀ (Lᵀ Wᵀ)`, on a cache-resident float32 block (float64 for float64 weights)
+    converted by torch; the thin products run in numpy's BLAS (MKL's kernels for a k-column product ran 4–8×
+    slower on this AMD CPU). Nothing [out, d]-sized is allocated. L, R come from float64 SVDs; rounding them to
+    float32 costs ~k·eps relative, far below float32 weight storage precision.
+    With `stats`, the norms (‖W‖, ‖ΔW‖, ‖W'‖) come from the same pass (one more thin product per block).
+    With torch.get_num_threads() > 1, that many weights are edited at a time.
     """
     out, norms = {}, {}
-    factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    factors: dict[torch.dtype, _Factors] = {}
     for name, w in weights.items():
         edit._check(w.shape[-1], name)
-        w = w.detach()
+        out[name] = w.detach() if inplace else w.detach().clone()
         compute = torch.float64 if w.dtype == torch.float64 else torch.float32
         if compute not in factors:
-            left = torch.from_numpy(edit.left).to(compute)
-            right = torch.from_numpy(edit.right).to(compute)
-            factors[compute] = (left.T.contiguous(), right, right.contiguous(), (right @ right.T).double())
-        left_t, right, right_rows, rrt = factors[compute]
-        wc = w if w.dtype == compute else w.to(compute)
-        wl = (left_t @ wc.T).T                             # [out, k]
+            factors[compute] = _Factors.of(edit, compute)
+
+    def one(w: torch.Tensor) -> tuple[float, float, float]:
+        return _edit_blocks_(w, factors[torch.float64 if w.dtype == torch.float64 else torch.float32], stats)
+
+    # Weights are independent: with torch's thread count > 1 they are edited by that many threads (BLAS and torch's
+    # copies release the GIL), each weight by one thread, so the values never depend on the thread count.
+    workers = min(torch.get_num_threads(), len(out))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = dict(zip(out, pool.map(one, out.values()), strict=True))
+    else:
+        results = {name: one(w) for name, w in out.items()}
+    for name, sums in results.items():
         if stats:
-            wr64 = (right_rows @ wc.T).T.double()          # [out, k]: for ⟨W, ΔW⟩
-            norm2 = float(torch.linalg.vector_norm(wc)) ** 2
-            wl64 = wl.double()
-            change2 = float(((wl64 @ rrt) * wl64).sum())
-            after2 = max(norm2 - 2 * float((wl64 * wr64).sum()) + change2, 0.0)
+            norm2, cross, change2 = sums
             norm = norm2 ** 0.5
+            after2 = max(norm2 - 2 * cross + change2, 0.0)
             norms[name] = {"norm": norm, "norm_change": change2 ** 0.5, "norm_after": after2 ** 0.5,
                            "relative_change": change2 ** 0.5 / norm if norm else 0.0}
-        if inplace and w.dtype == compute:
-            w.addmm_(wl, right, alpha=-1)
-            out[name] = w
-        else:
-            out[name] = torch.addmm(wc, wl, right, alpha=-1).to(w.dtype)
     return out, norms
+
+
+@dataclass(frozen=True)
+class _Factors:
+    """L [d, k], R [k, d] and their transposes (C-contiguous numpy arrays of one compute dtype), and R Rᵀ in float64
+    (for ‖ΔW‖² = Σ (W L)(R Rᵀ)(W L)ᵀ)."""
+
+    dtype: torch.dtype
+    left: np.ndarray
+    right: np.ndarray
+    left_t: np.ndarray
+    right_t: np.ndarray
+    rrt: np.ndarray
+
+    @classmethod
+    def of(cls, edit: LowRankEdit, dtype: torch.dtype) -> _Factors:
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        left, right = (np.ascontiguousarray(m, np_dtype) for m in (edit.left, edit.right))
+        return cls(dtype, left, right, np.ascontiguousarray(left.T), np.ascontiguousarray(right.T),
+                   edit.right @ edit.right.T)
+
+
+def _edit_blocks_(w: torch.Tensor, f: _Factors, stats: bool) -> tuple[float, float, float]:
+    """W ← W − (W L) R in place, block by block in storage order; -> (‖W‖², ⟨W L, W Rᵀ⟩, ‖ΔW‖²) of the original W
+    when `stats` (zeros otherwise; ⟨W, ΔW⟩ = ⟨W L, W Rᵀ⟩). The edited values do not depend on `stats`.
+
+    Per block: convert into a reused contiguous buffer (torch's vectorised copy) unless W already is one, W L into
+    its rows of a [out, k] array, the rank-k update into a reused buffer, subtract, convert back."""
+    transposed = w.shape[0] > 1 and w.stride(0) == 1 and w.stride(1) != 1    # W = Bᵀ, B row-major [d, out]
+    store = w.T if transposed else w
+    n_out, d = w.shape
+    span = max(1, min(n_out, BLOCK_BYTES // max(1, d * f.left.itemsize)))  # rows of W per block
+    np_dtype = f.left.dtype
+    k = f.left.shape[1]
+    wl_all = np.empty((k, n_out) if transposed else (n_out, k), np_dtype)   # (W L)ᵀ or W L
+    wr_all = np.empty_like(wl_all) if stats else None
+    upd = np.empty(span * d, np_dtype)
+    # A transposed weight's column blocks are strided: copied too (BLAS and the subtraction on them ran 2× slower).
+    direct = w.dtype == f.dtype and store.is_contiguous() and not transposed
+    buf = None if direct else torch.empty(span * d, dtype=f.dtype)
+    norm2 = 0.0
+    for i in range(0, n_out, span):
+        rows = min(span, n_out - i)
+        blk = store[:, i:i + rows] if transposed else store[i:i + rows]
+        shape = (d, rows) if transposed else (rows, d)
+        b = blk if buf is None else buf[:rows * d].view(shape).copy_(blk)
+        x = b.numpy()
+        if transposed:
+            wl = np.matmul(f.left_t, x, out=wl_all[:, i:i + rows])
+            if stats:
+                np.matmul(f.right, x, out=wr_all[:, i:i + rows])
+            delta = np.matmul(f.right_t, wl, out=upd[:rows * d].reshape(shape))
+        else:
+            wl = np.matmul(x, f.left, out=wl_all[i:i + rows])
+            if stats:
+                np.matmul(x, f.right_t, out=wr_all[i:i + rows])
+            delta = np.matmul(wl, f.right, out=upd[:rows * d].reshape(shape))
+        if stats:
+            norm2 += float(np.dot(x.reshape(-1), x.reshape(-1)))   # x is contiguous: no copy
+        np.subtract(x, delta, out=x)
+        if buf is not None:
+            blk.copy_(b)
+    if not stats:
+        return 0.0, 0.0, 0.0
+    wl64, wr64 = wl_all.astype(np.float64), wr_all.astype(np.float64)
+    if transposed:
+        wl64, wr64 = wl64.T, wr64.T
+    return norm2, float(np.sum(wl64 * wr64)), float(np.sum((wl64 @ f.rrt) * wl64))

@@ -23,6 +23,14 @@ def small_unet(cross_dim: int = TEXT_WIDTH, seed: int = 0):
         layers_per_block=1, cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8).eval()
 
 
+def assert_same_edit(a: np.ndarray, b: np.ndarray) -> None:
+    """Two edits of one weight agree up to float32 summation order: a weight stored transposed (ONNX MatMul) is
+    edited in its own layout, where BLAS sums W·L in another order (≤ 1e-7 of the weight's scale); a wrong edit
+    (another projector, D instead of Dᵀ) differs by orders of magnitude more."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * float(np.abs(b).max()))
+
+
 class UNetOut(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()

@@ -167,3 +167,57 @@ def test_many_rows_take_the_gram_path_and_give_the_svd_projector(monkeypatch):
     monkeypatch.setattr(spectral, "GRAM_ROWS", 10**9)
     exact = spectral.spectral_projector(x, 2.0)
     np.testing.assert_allclose(fast, exact, atol=1e-9 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_block_edit_in_place_is_one_result_for_every_layout_block_size_and_report_flag(rng, monkeypatch, dtype):
+    """The block update gives the same values whether W is contiguous or stored transposed (an ONNX weight's `.T`;
+    up to float32 summation order), edited in place or copied, with or without norms (bit for bit), with blocks of
+    3 rows (ragged last block) or one block; the values follow W (I − D) and the norms the edited tensor."""
+    import edgeml.cure.spectral as spectral
+
+    edit = discriminative_projector(rng.normal(size=(3, 32)), rng.normal(size=(4, 32)), 2.0)
+    w = torch.from_numpy(rng.normal(size=(20, 32))).to(dtype)
+    full, full_stats = apply_to_weights(edit, {"w": w})
+    monkeypatch.setattr(spectral, "BLOCK_BYTES", 3 * 32 * (8 if dtype == torch.float64 else 4))
+    got = {}
+    for layout in ("contiguous", "transposed"):
+        for stats in (True, False):
+            stored = w.clone() if layout == "contiguous" else w.T.contiguous()
+            view = stored if layout == "contiguous" else stored.T
+            out, norms = apply_to_weights(edit, {"w": view}, inplace=True, stats=stats)
+            assert out["w"] is view or out["w"].data_ptr() == view.data_ptr()
+            got[layout, stats] = view.clone()
+            if stats:
+                for key in ("norm", "norm_change", "norm_after"):
+                    assert norms["w"][key] == pytest.approx(full_stats["w"][key], rel=1e-6)
+    first = got["contiguous", True]
+    for layout in ("contiguous", "transposed"):   # the norms never change the edited values
+        assert torch.equal(got[layout, True], got[layout, False])
+    # A transposed weight is edited in its own layout: equal up to float32 summation order in W·L.
+    # (float16 / bfloat16: a float32 difference may flip one rounding, one step of the stored type).
+    step = 1e-6 if dtype in (torch.float32, torch.float64) else torch.finfo(dtype).eps
+    scale = step * float(first.double().abs().max())
+    torch.testing.assert_close(got["transposed", True], first, rtol=0, atol=scale)
+    assert not torch.equal(first, w), "nothing was edited"
+    ref = torch.from_numpy(w.double().numpy() @ (np.eye(32) - edit.dense()))
+    tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    torch.testing.assert_close(first.double(), ref.to(dtype).double(), rtol=tol, atol=tol)
+    torch.testing.assert_close(full["w"], first, rtol=tol, atol=tol)
+    delta = (first.double() - w.double()).norm().item()
+    assert full_stats["w"]["norm_change"] == pytest.approx(delta, rel=10 * tol)
+
+
+def test_threads_edit_whole_weights_so_the_values_do_not_depend_on_the_thread_count(rng):
+    edit = discriminative_projector(rng.normal(size=(2, 40)), None, 2.0)
+    weights = {f"w{i}": torch.from_numpy(rng.normal(size=(8 + i, 40))).float() for i in range(6)}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, s1 = apply_to_weights(edit, weights)
+        torch.set_num_threads(3)
+        three, s3 = apply_to_weights(edit, weights)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(one[n], three[n]) for n in weights) and s1 == s3
+    assert not any(torch.equal(one[n], weights[n]) for n in weights)
