@@ -155,6 +155,35 @@ def _cure_eval(d: dict) -> list[list[Any]]:
         rows.append([f"… and keeps unrelated prompts ('{concept}')", "unrelated accuracy drop ≤ 0.05",
                      f"{r['unrelated_drop']:+.3f}", _verdict(r["unrelated_goal_met"]),
                      f"UCE {uce['unrelated_drop']:+.3f}" if uce and "unrelated_drop" in uce else "–"])
+    return rows + _cure_ablation(d)
+
+
+def _cure_ablation(d: dict) -> list[list[Any]]:
+    """The α ablation (issue 22): judge accuracy on erased prompts per α, the paper's aggregation beside the
+    recommended one, UCE and the unedited model as baselines, and where the concept lives in the token states."""
+    rows, st = [], d.get("ablation_settings", {})
+    by = d.get("ablation", [])
+    scope = f"n={st.get('n')} images per prompt" + (", reduced" if st.get("reduced") else "") + (
+        "" if d.get("ablation_complete", True) else "; run incomplete")
+    for concept in dict.fromkeys(r["concept"] for r in by):
+        mine = [r for r in by if r["concept"] == concept]
+        base = next((r for r in mine if r["method"] == "none"), None)
+        uce = next((r for r in mine if r["method"] == "uce"), None)
+        chance = mine[0]["chance"]
+        baseline = ", ".join([f"unedited {base['erased']:.2f}"] * bool(base) + [f"UCE {uce['erased']:.2f}"] * bool(uce))
+        for setting in ("paper", "recommended"):
+            cells = sorted((r for r in mine if r.get("setting") == setting), key=lambda r: r["alpha"])
+            if not cells:
+                continue
+            rows.append([f"CURE α ablation, '{concept}', {setting} aggregation ({cells[0]['aggregation']}; {scope})",
+                         f"comparison, no goal (erased accuracy; chance {chance:.2f})",
+                         " / ".join(f"α={r['alpha']:g} {r['erased']:.2f}" for r in cells), "–", baseline or "–"])
+        where = d.get("concept_location", {}).get(concept)
+        if where:
+            rows.append([f"where '{concept}' lives: share of token energy inside the forget subspace",
+                         "comparison, no goal (concept token vs the other tokens)",
+                         "; ".join(f"{agg} {v['concept_token']:.2f} vs {v['other_tokens']:.2f}"
+                                   for agg, v in where.items()), "–", "–"])
     return rows
 
 
