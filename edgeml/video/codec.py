@@ -104,9 +104,11 @@ def stream_info(stream: Any) -> VideoInfo:
 # What libavcodec may skip when only the motion vectors are wanted: deblocking and the inverse transform change the
 # pixels, never the vectors (rows proven identical in tests/video/test_video_model_size.py).
 MV_ONLY_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
-# Decoder threads in MV-only mode: libavcodec's frame threads on up to two cores, as mv-extractor decodes (it sets
-# thread_count to the core count); the rows are the same as single-threaded decoding (tested).
-MV_ONLY_THREADS = max(1, min(2, os.cpu_count() or 1))
+# Decoder threads in MV-only mode: one. With libavcodec's frame threads the vectors of a reordered (B-frame) stream
+# are exported for a picture another thread may still be decoding: on a loaded machine an H.264 High clip with
+# B-frames lost rows against FFmpeg's extract_mvs (tests/video/test_video_mvs_vs_ffmpeg.py), so the rows would
+# depend on load. Callers may still pass threads > 1 for streams they know have no reordering.
+MV_ONLY_THREADS = 1
 
 
 def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int | None = None,

@@ -76,7 +76,7 @@ def make_videos(folder: Path, per_class: int = 2) -> Path:
     return folder
 
 
-def fake_extract_clips(path, *, clip_len, grid, size, timings=None, frames=True):
+def fake_extract_clips(path, *, clip_len, grid, size, timings=None, frames=True, resize="crop"):
     """Two clips per video, bright on the side its class folder names; adds decode/kernels wall and CPU timings."""
     side = Path(path).parent.name
     image = np.zeros((3, *size), np.float32)

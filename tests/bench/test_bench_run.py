@@ -235,7 +235,7 @@ def test_with_a_sensor_the_joules_span_the_whole_pipeline_not_the_model_alone(or
 def test_p_frames_become_rgb_only_for_models_that_read_frames(tmp_path):
     asked = []
 
-    def extract_clips(path, *, clip_len, grid, size, frames=True, timings=None):
+    def extract_clips(path, *, clip_len, grid, size, frames=True, timings=None, resize="crop"):
         asked.append(frames)
         return [{"iframe": np.zeros((3, 8, 8), np.float32), "frames": np.zeros((2, 3, 8, 8), np.float32)}]
 
