@@ -404,7 +404,17 @@ def _video_train(d: dict) -> list[list[Any]]:
             ["more clips/s (PyTorch, CPU)", "≥ 5×", _x(q["clips_per_s_faster_x"]), _verdict(g["clips_per_s_ge_5x"]),
              f"{base} {rgb['clips_per_s']:.0f} clips/s"],
             ["trains within 20 min on 2 cores", "≤ 20 min", f"{spk['train_minutes']:.1f} min",
-             _verdict(g["spiking_train_le_20_min"]), "–"]]
+             _verdict(g["spiking_train_le_20_min"]), "–"]] + _shipped_check(d)
+
+
+def _shipped_check(d: dict) -> list[list[Any]]:
+    c = d.get("shipped_check")
+    if not c:
+        return []
+    return [[f"the shipped checkpoint on a clip cache rebuilt with the current front end ({c['date']})",
+             "within 0.5 points of the committed accuracy", f"{100 * c['test_top1']:.2f} % per clip, "
+             f"{100 * c['test_video_top1']:.1f} % per video", _verdict(c["within_0.5_points"]),
+             f"committed {100 * c['committed_top1']:.2f} % / {100 * c['committed_video_top1']:.1f} %"]]
 
 
 # Per results file: the claims it supports, as rows of claim, goal, measured, verdict, same-run baseline.

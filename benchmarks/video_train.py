@@ -25,6 +25,12 @@ whose vectors are dominated by the drifting background, one clip each of 14 diff
     .venv/bin/python benchmarks/video_train.py                      # the full run (8 classes x 384 videos, 40 epochs)
     .venv/bin/python benchmarks/video_train.py --ship    # ... and install edgeml/assets/video_spiking/best.safetensors
     .venv/bin/python benchmarks/video_train.py --per-class 6 --epochs 1 --out /tmp/quick.json   # smoke test
+    .venv/bin/python benchmarks/video_train.py --check-shipped   # the shipped checkpoint on a cache rebuilt now
+
+--check-shipped rebuilds the synth set and its clip cache with this code (same seed and settings as the committed
+run), evaluates the shipped checkpoint on the test split, and records per clip and per video top-1 beside the
+committed results (goal: within 0.5 points) under "shipped_check" in the results file — the check that the model's
+inputs did not drift when the front end changed.
 
 The shipped checkpoint (the export verb's default weights) is reproduced by the `--ship` command above (seed 0).
 """
@@ -32,6 +38,7 @@ The shipped checkpoint (the export verb's default weights) is reproduced by the 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -112,6 +119,30 @@ def ship(checkpoint: Path, args: argparse.Namespace) -> None:
     save_checkpoint(ASSET, {k: v for k, v in tensors.items() if k.startswith("model.")}, meta)
 
 
+def check_shipped(cache: Path, args: argparse.Namespace, console: Console) -> None:
+    """The shipped checkpoint on this cache's test split vs the committed results (within 0.5 points)."""
+    from edgeml.training.data import make_loader
+    from edgeml.training.evaluation import evaluate
+
+    committed = json.loads(args.out.read_text())
+    ref = committed["rows"][0]
+    model = create_model("video_spiking", checkpoint=ASSET)
+    ds = ClipDataset(cache, "test")
+    test = evaluate(model, make_loader(ds, list(range(len(ds))), args.batch_size, 0, False),
+                    model_spec("video_spiking").input_names, len(ds.classes))
+    delta = {"per_clip_points": 100 * (test["top1"] - ref["test_top1"]),
+             "per_video_points": 100 * (test["video_top1"] - ref["test_video_top1"])}
+    check = {"date": time.strftime("%Y-%m-%d"), "checkpoint": "edgeml/assets/video_spiking/best.safetensors",
+             "test_top1": test["top1"], "test_video_top1": test["video_top1"], "clips": test["samples"],
+             "committed_top1": ref["test_top1"], "committed_video_top1": ref["test_video_top1"], "delta": delta,
+             "within_0.5_points": all(abs(v) <= 0.5 for v in delta.values())}
+    console.print(f"shipped checkpoint on a cache rebuilt now: clip top-1 {100 * test['top1']:.2f} % (committed "
+                  f"{100 * ref['test_top1']:.2f}), video top-1 {100 * test['video_top1']:.2f} % (committed "
+                  f"{100 * ref['test_video_top1']:.2f}); within 0.5 points: {check['within_0.5_points']}")
+    write_json(args.out, {**committed, "shipped_check": check})
+    console.print(f"wrote shipped_check into {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/bench_video_train"), help="data and checkpoints")
@@ -132,6 +163,8 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--machine-note", default="", help="recorded with the results, e.g. 'other jobs running'")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--check-shipped", action="store_true",
+                    help="evaluate the shipped checkpoint on a cache rebuilt now (no training); see the docstring")
     args = ap.parse_args()
     console = Console()
     torch.set_num_threads(args.threads)
@@ -144,6 +177,9 @@ def main() -> None:
     mirror = sorted(ClipDataset(cache, "train").meta.get("mirror", {}))
     counts = {s: len(ClipDataset(cache, s)) for s in ("train", "val", "test")}
     console.print(f"data: {counts} clips ({data_min:.1f} min to build)")
+    if args.check_shipped:
+        check_shipped(cache, args, console)
+        return
 
     rows = [run_model("video_spiking", args.size, cache, args.work / "video_spiking", args, console),
             run_model("rgb_baseline", args.rgb_size, cache, args.work / "rgb_baseline", args, console)]
