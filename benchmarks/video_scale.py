@@ -84,9 +84,10 @@ def make_videos(work: Path, quick: bool) -> list[tuple[str, Path]]:
 
 
 def rgb_clips(path: str | os.PathLike, *, clip_len: int, grid: int, size: tuple[int, int] | None,
-              frames: bool = True, timings: dict | None = None) -> list[dict[str, np.ndarray]]:
+              frames: bool = True, timings: dict | None = None, resize: str = "crop") -> list[dict[str, np.ndarray]]:
     """The RGB baselines' front end: per GOP, its I-frame and first `clip_len` P-frames (B-frames skipped, as in
-    `edgeml.video.clips`) decoded without motion-vector export and brought to `size` by `model_rgb` ->
+    `edgeml.video.clips`) decoded without motion-vector export and brought to `size` (by the `resize` policy) by
+    `model_rgb` ->
     [{"frames": float32 [T+1, 3, H, W]}], equal to `extract_clips(...)["frames"]`. `grid` only checks the size.
     timings: wall / CPU seconds of this loop under "decode" / "decode_cpu" (decode and RGB conversion)."""
     from edgeml.video import codec
@@ -98,7 +99,7 @@ def rgb_clips(path: str | os.PathLike, *, clip_len: int, grid: int, size: tuple[
     plan, current, out = None, None, []
     for fr in codec.decode(path, mvs=False, frames=True):
         if plan is None:
-            plan = resize_plan((fr.frame.height, fr.frame.width), size, path=path)
+            plan = resize_plan((fr.frame.height, fr.frame.width), size, resize, path=path)
         if fr.pict_type == "I":
             current = [model_rgb(fr.frame, plan)]
         elif fr.pict_type == "P" and current is not None:
