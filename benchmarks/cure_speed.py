@@ -408,10 +408,21 @@ def measure_in_memory(unet, edit, xl_edit, rounds: int, result: dict):
                 lin.weight.mul_(1.0)
         return time.perf_counter() - t, {}
 
-    ms = interleave({"sd15/low-rank": timed_edit(unet, edit, False),
-                     "sd15/low-rank+report": timed_edit(unet, edit, True), "sd15/dense": dense_edit,
-                     "sdxl/low-rank": timed_edit(xl, xl_edit, False),
-                     "sdxl/low-rank+report": timed_edit(xl, xl_edit, True), "sdxl/read+write": memory_floor},
+    def repeated(fn, min_s: float = 0.5):
+        """Per-call seconds of `fn` over as many calls as fill `min_s`: a 15-ms edit alone would be judged by the
+        machine's load over a 15-ms window, where one writeback blip reads as a busy machine."""
+        def run() -> tuple[float, dict]:
+            total, calls = 0.0, 0
+            while total < min_s or calls == 0:
+                total += fn()[0]
+                calls += 1
+            return total / calls, {"calls": calls}
+        return run
+
+    ms = interleave({k: repeated(f) for k, f in {
+        "sd15/low-rank": timed_edit(unet, edit, False), "sd15/low-rank+report": timed_edit(unet, edit, True),
+        "sd15/dense": dense_edit, "sdxl/low-rank": timed_edit(xl, xl_edit, False),
+        "sdxl/low-rank+report": timed_edit(xl, xl_edit, True), "sdxl/read+write": memory_floor}.items()},
                     rounds + 2, progress=lambda m: print(f"in memory: {m}", flush=True))
     v = judge(ms, max_spread=1.5)
     result.update({"in_memory_edit_s": v.medians["sd15/low-rank"],
