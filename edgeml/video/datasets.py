@@ -275,8 +275,7 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
                         fix="use another cache folder or delete this one")
     (cache / "shards").mkdir(parents=True, exist_ok=True)
     (cache / "status").mkdir(exist_ok=True)
-    for stale in [*(cache / "shards").glob(".*.tmp"), *(cache / "status").glob(".*.tmp")]:
-        stale.unlink(missing_ok=True)  # half-written by a killed build; the finished files are complete (atomic)
+    _remove_half_written(cache)  # by a killed build; the finished files are complete (atomic)
     shutil.rmtree(cache / WORK_DIR, ignore_errors=True)  # re-encodes left by a killed build of an older edgeml
     write_json(settings_path, settings)
 
@@ -297,12 +296,19 @@ def build_clip_cache(source_dir: str | os.PathLike, cache_dir: str | os.PathLike
                      "clip_len": clip_len, "grid": grid, "accumulate": accumulate, "resize": resize})
     results = run_jobs(_extract_job, jobs, engine=engine, workers=workers, address=address, what="clip cache",
                        progress=progress)
+    _remove_half_written(cache)  # by a worker killed mid-video (its task was retried elsewhere); none is running now
     problems = [r for r in results if r["status"] != "ok"]
     for r in problems:
         print(f"edgeml: {r['status']} {r['video']}: {r['reason']}")
     digests = {r["video"]: r["sha256"] for r in results if r["status"] == "ok"}
     build = {"videos_built": len(jobs), "videos_reused": reused}  # not the engine: every engine writes these bytes
     return _write_index(cache, settings, classes, entries, build=build, mirror=mirror, digests=digests)
+
+
+def _remove_half_written(cache: Path) -> None:
+    """Delete the temp files of shard / status writes that never finished (atomic writes leave only these)."""
+    for stale in [*(cache / "shards").glob(".*.tmp"), *(cache / "status").glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 def _write_index(cache: Path, settings: dict, classes: list[str], entries: list, *, build: dict,
