@@ -10,8 +10,8 @@ at the full 720x528 — inputs of the benchmark, not of the pipeline), ms per vi
                                 the model's inputs, computed from the native stream (resize policy "crop"); its
                                 default: the kernels (edgeml._C.Extractor) in one worker thread beside the decoder
   edgeml MV-only                edgeml.video.codec.decode(path, mv_only=True): every MV row, pixels skipped, on
-                                codec.MV_ONLY_THREADS decoder thread(s) (one: frame threads made the rows of
-                                B-frame streams depend on load; mv-extractor uses one thread per core)
+                                one decoder thread (frame threads made the rows of B-frame streams depend on
+                                load; mv-extractor uses one thread per core)
   mv-extractor frames+MVs       mvextractor.videocap.VideoCap read loop (BGR frame + MV array per frame)
   mv-extractor MV-only          the same with set_decode_frames(False)
 Contenders run interleaved over --rounds rounds (edgeml.bench.rounds); each measurement is the best of --loops

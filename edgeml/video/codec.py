@@ -104,14 +104,9 @@ def stream_info(stream: Any) -> VideoInfo:
 # What libavcodec may skip when only the motion vectors are wanted: deblocking and the inverse transform change the
 # pixels, never the vectors (rows proven identical in tests/video/test_video_model_size.py).
 MV_ONLY_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
-# Decoder threads in MV-only mode: one. With libavcodec's frame threads the vectors of a reordered (B-frame) stream
-# are exported for a picture another thread may still be decoding: on a loaded machine an H.264 High clip with
-# B-frames lost rows against FFmpeg's extract_mvs (tests/video/test_video_mvs_vs_ffmpeg.py), so the rows would
-# depend on load. Callers may still pass threads > 1 for streams they know have no reordering.
-MV_ONLY_THREADS = 1
 
 
-def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int | None = None,
+def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, threads: int = 1,
            check_complete: bool = True, raw_mvs: bool = False, mv_only: bool = False,
            defer_mvs: bool = False, info: dict | None = None) -> Iterator[DecodedFrame]:
     """Decode every frame of the first video stream, in presentation order.
@@ -123,8 +118,10 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
     are exported but not fetched (`mvs` is None); the caller takes them with side_mvs(frame) for the frames it uses.
     info: a dict that receives the stream's VideoInfo under "video" once the file is open (probe() without opening
     the file a second time).
-    threads > 1 turns on libavcodec's frame/slice threading; None = MV_ONLY_THREADS in MV-only mode, else 1 (PyAV's
-    default threading: frame decoding overlaps the caller's per-frame work instead).
+    threads > 1 turns on libavcodec's frame/slice threading; the default is 1, in MV-only mode too: with frame threads
+    the vectors of a reordered (B-frame) stream are exported for a picture another thread may still be decoding — on
+    a loaded machine an H.264 High clip with B-frames lost rows against FFmpeg's extract_mvs
+    (tests/video/test_video_mvs_vs_ffmpeg.py). Pass threads > 1 only for streams known to have no reordering.
     Raises VideoError for undecodable data, a stream with no frames, or (check_complete) a packet the demuxer marks
     broken — a truncated file's last, partial packet. The container's declared frame count is never trusted: FFmpeg's
     own mpeg4-in-AVI muxing declares one frame more than it writes, and a hostile header can declare 2^31.
@@ -140,8 +137,6 @@ def decode(path: str | os.PathLike, *, mvs: bool = True, frames: bool = False, t
             raise ValueError("mv_only decoding skips the inverse transform: its frames are not the video's pixels")
         if mvs or mv_only:
             cc.options = {**({"flags2": "+export_mvs"} if mvs else {}), **(MV_ONLY_OPTIONS if mv_only else {})}
-        if threads is None:
-            threads = MV_ONLY_THREADS if mv_only else 1
         if threads > 1:
             stream.thread_type = "AUTO"
             stream.thread_count = threads
@@ -182,7 +177,7 @@ def picture_type(code: int) -> str:
 def write_mvs_csv(video: str | os.PathLike, out: str | os.PathLike) -> int:
     """`edgeml data mvs`: every exported motion vector as one CSV row, exactly as FFmpeg's
     doc/examples/extract_mvs.c prints it (same header, columns, number formatting; `framenum` counts every decoded
-    frame from 1, in decoder output order), decoded in MV-only mode (MV_ONLY_OPTIONS, MV_ONLY_THREADS). Returns the
+    frame from 1, in decoder output order), decoded in MV-only mode (MV_ONLY_OPTIONS, one decoder thread). Returns the
     number of rows. A
     truncated file or one without any motion vector (intra-only) is a VideoError and writes nothing."""
     from edgeml.io import atomic_write
