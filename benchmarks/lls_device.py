@@ -43,14 +43,10 @@ DATA_BATCHES = 2  # batches of device data the engine cycles through in the cost
 
 
 def rss_kb() -> int:
-    """Peak RSS of this process: VmHWM (ru_maxrss would include the parent's peak from before the exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak RSS of this process in kB: VmHWM, else (no /proc) ru_maxrss."""
+    from edgeml.bench.rounds import process_status_kb
+
+    return process_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # -- worker: one PyTorch measurement in a fresh process --------------------------------------------------------

@@ -244,11 +244,11 @@ def peak_memory(onnx_path: Path, model: str, names: list[str], video: Path, px: 
 
 def _probe_memory(job: dict) -> None:
     """Child side of `peak_memory`: prints {"peak_rss_mib", "before_session_rss_mib", "over_baseline_mib"}."""
+    from edgeml.bench.rounds import process_status_kb
     from edgeml.export.runtime import OrtRuntime
 
-    def status_mib(key: str) -> float:  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+    def status_mib(key: str) -> float:  # VmHWM: this process's peak RSS; VmRSS: now
+        return process_status_kb(key) / 1024
 
     import edgeml.bench.run  # noqa: F401 -- everything the pass imports, before the baseline is read
     import edgeml.video.clips  # noqa: F401

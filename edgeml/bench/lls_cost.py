@@ -117,15 +117,15 @@ import psutil, torch
 args = json.loads(sys.argv[1])
 torch.manual_seed(0)
 torch.set_num_threads(args["threads"])
+from edgeml.bench.rounds import process_status_kb
 from edgeml.registry import create_model
 from edgeml.training.loop import make_learner
 
 def hwm():
-    # VmHWM: peak RSS of this process image (getrusage's ru_maxrss would carry the parent's peak over exec).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    kb = process_status_kb("VmHWM")
+    if kb is None:
+        raise RuntimeError("no VmHWM in /proc/self/status")
+    return kb * 1024
 
 model = create_model(args["model"], mode=args["mode"], **args["config"])
 c, s = model.config["in_channels"], model.config["image_size"]

@@ -20,6 +20,16 @@ import numpy as np
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def process_status_kb(key: str) -> int | None:
+    """A kB field of this process's /proc/self/status, None where it is absent. "VmHWM" is the peak RSS of this
+    process image (getrusage's ru_maxrss would carry the parent's peak over an exec), "VmRSS" the RSS now."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(key + ":")), None)
+    except OSError:
+        return None
+
+
 def _machine_busy_s() -> float | None:
     """CPU-seconds all cores have spent busy since boot (None where /proc/stat is absent)."""
     try:
