@@ -209,15 +209,21 @@ def _numel(dims: Any, batch: int) -> tuple[int, bool]:
     return n, symbolic
 
 
-def graph_memory(onnx_path: str | Path, float_bytes: int = 4, batch: int = 1) -> dict[str, Any]:
-    """Weights and activation bytes of one ONNX graph (top level; see MEMORY_METHOD) with float elements of
-    `float_bytes` bytes and symbolic dims taken as `batch`: {weights_bytes, activations: {sum_bytes,
-    peak_live_bytes, io_bytes, tensors, unshaped, symbolic}}."""
+def _shaped_graph(onnx_path: str | Path) -> Any:
+    """The ONNX model at `onnx_path` (weights' external data not loaded) with inferred intermediate shapes."""
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
     with contextlib.suppress(Exception):  # where inference fails, the value_info the exporter stored stays
         proto = onnx.shape_inference.infer_shapes(proto)
+    return proto
+
+
+def graph_memory(model: str | Path | Any, float_bytes: int = 4, batch: int = 1) -> dict[str, Any]:
+    """Weights and activation bytes of one ONNX graph (a path, or a model from `_shaped_graph`; top level, see
+    MEMORY_METHOD) with float elements of `float_bytes` bytes and symbolic dims taken as `batch`: {weights_bytes,
+    activations: {sum_bytes, peak_live_bytes, io_bytes, tensors, unshaped, symbolic}}."""
+    proto = _shaped_graph(model) if isinstance(model, (str, Path)) else model
     g = proto.graph
     weights = sum(_elem_bytes(t.data_type, float_bytes) * math.prod(t.dims) for t in g.initializer)
     constants: set[str] = set()
@@ -273,9 +279,12 @@ def expected_memory(art: str | Path, precisions: Sequence[str], batch: int = 1) 
     (see MEMORY_METHOD); a precision whose ONNX file the folder lacks is left out."""
     art = Path(art)
     out: dict[str, Any] = {"method": MEMORY_METHOD, "batch": batch, "precisions": {}}
+    graphs: dict[str, Any] = {}  # fp32 and fp16 read the same model.onnx: loaded and shape-inferred once
     for prec in precisions:
         file, float_bytes = _ENGINE_GRAPHS[prec]
         if (art / file).is_file():
+            if file not in graphs:
+                graphs[file] = _shaped_graph(art / file)
             out["precisions"][prec] = {"onnx": file, "float_bytes": float_bytes,
-                                       **graph_memory(art / file, float_bytes, batch)}
+                                       **graph_memory(graphs[file], float_bytes, batch)}
     return out
