@@ -173,7 +173,7 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
             print(f"  {name}, {label}: {len(contenders)} contenders x {rounds} rounds", flush=True)
             ms = interleave(contenders, rounds, progress=lambda line: print(f"    {line}", flush=True))
             verdict = judge(ms, max_spread=max_spread, max_foreign_cores=max_foreign)
-            valid, reasons, robust = _row_verdict(ms, verdict, thread_counts, max_spread, max_foreign)
+            valid, reasons, robust = _row_verdict(ms, verdict, thread_counts, max_spread)
             med = verdict.medians
             peak = {k: max(m.extra.get("peak_rss_kb", 0) for m in ms if m.contender == k) for k in contenders}
             row = {"net": name, "config": config, "batch": batch, "trained": label, "steps": steps,
@@ -206,8 +206,8 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
                   "max_foreign_cores_allowed": max_foreign}
 
 
-def _row_verdict(ms: list, verdict: Any, thread_counts: tuple[int, ...], max_spread: float,
-                 max_foreign: float) -> tuple[bool, list[str], dict]:
+def _row_verdict(ms: list, verdict: Any, thread_counts: tuple[int, ...],
+                 max_spread: float) -> tuple[bool, list[str], dict]:
     """A row's validity. Busy machine (foreign load over the limit, or unknown): invalid. Spread: judged only for the
     contenders behind the goal (engine and PyTorch LLS at each thread count; BP's step time enters no goal, only its
     memory does) and waived where it cannot change the verdict — the goal (engine <= 1.0x PyTorch LLS) holds, or
@@ -218,9 +218,8 @@ def _row_verdict(ms: list, verdict: Any, thread_counts: tuple[int, ...], max_spr
     values: dict[str, list[float]] = {}
     for m in ms:
         values.setdefault(m.contender, []).append(m.value)
+    # judge() already states a busy or unmeasured machine (same max_foreign_cores): those reasons stand as they are
     reasons = [r for r in verdict.reasons if r.startswith(("machine busy", "foreign load"))]
-    if verdict.max_foreign_cores is None or verdict.max_foreign_cores > max_foreign:
-        reasons = reasons or [f"foreign load {verdict.max_foreign_cores} over the limit {max_foreign}"]
     robust = {}
     for t in thread_counts:
         cpp, ref = f"cpp_lls@{t}", f"torch_lls@{t}"
