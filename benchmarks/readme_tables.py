@@ -136,6 +136,11 @@ def _ms(v: float | None) -> str:
     return "–" if v is None else (f"{v:,.0f} ms" if v >= 100 else f"{v:.3g} ms")
 
 
+def _caveat(valid: bool) -> str | None:
+    """The verdict's note for a run the benchmark judged invalid (None for a valid one)."""
+    return None if valid else "invalid run: machine busy or rounds disagree"
+
+
 def _verdict(ok: bool | None, caveat: str | None = None) -> str:
     text = "–" if ok is None else ("met" if ok else "missed")
     return f"{text} ({caveat})" if caveat else text
@@ -196,7 +201,7 @@ def _cure_speed(d: dict) -> list[list[Any]]:
                  _verdict(g.get("onnx_edit<=1.5x_copy"), "not reproduced on a clean clone; being re-measured"),
                  f"copy {d['onnx_copy_s']:.3g} s"]]
     ok = d["valid"]
-    caveat = None if ok else "invalid run: machine busy or rounds disagree"
+    caveat = _caveat(ok)
 
     def onnx_row(name: str, part: dict, key: str) -> list[Any]:
         med = part["verdict"]["medians"]
@@ -223,7 +228,7 @@ def _cure_speed(d: dict) -> list[list[Any]]:
 def _export_latency(d: dict) -> list[list[Any]]:
     b, g = d["backends"], d.get("goals", {})
     ok = d.get("valid", True)  # files written before the benchmark judged its runs carry no flag
-    caveat = None if ok else "invalid run: machine busy or rounds disagree"
+    caveat = _caveat(ok)
     tvm = "TVM from the shipped tuning records" if "tuner_ran" in d else "TVM (MetaSchedule-tuned)"
     rows = [["ONNX Runtime beats PyTorch eager (video_spiking, batch 1)", "≥ 2× eager",
              _x(b["ort"]["speedup_vs_eager"]), _verdict(g.get("ort_ge_2x_eager") if ok else None, caveat),
@@ -309,7 +314,7 @@ def _lls_macs(d: dict) -> list[list[Any]]:
 
 def _scale_out(d: dict) -> list[list[Any]]:
     ok, g, q, med = d["valid"], d["goals"], d["ratios"], d["medians_videos_per_s"]
-    caveat = None if ok else "invalid run: machine busy or rounds disagree"
+    caveat = _caveat(ok)
     rows = [["Ray scales the dataset build from 1 to 2 workers (2 cores)", "≥ 1.6×", _x(q["ray2_over_ray1"]),
              _verdict(g["ray2_ge_1.6x_ray1"] if ok else None, caveat),
              f"local pool {_x(q['local2_over_local1'])}"]]
@@ -342,7 +347,7 @@ def _video_extract(d: dict) -> list[list[Any]]:
     rows = []
     for r in d["results"]:
         ok = r["verdict"]["valid"]
-        caveat = None if ok else "invalid run: machine busy or rounds disagree"
+        caveat = _caveat(ok)
         for key, what, limit, peer in checks:
             rows.append([f"{what}, {r['video']}", f"≤ {limit}× {peer}", _x(r["ratios"][key]),
                          _verdict(r["ratios"][key] <= limit if ok else None, caveat), peer])
@@ -351,7 +356,7 @@ def _video_extract(d: dict) -> list[list[Any]]:
 
 def _video_scale(d: dict) -> list[list[Any]]:
     ok, q = d["valid"], d["ratios"]
-    caveat = None if ok else "invalid run: machine busy or rounds disagree"
+    caveat = _caveat(ok)
     px = q["px"]
     speed = {(r["model"], r["precision"]): r["videos_per_s"] for r in d["rows"] if r["px"] == px}
     names = {"r2plus1d_18": "R(2+1)D-18", "x3d_s": "X3D-S", "mobilenet_v2_tsm": "MobileNet-V2 TSM"}
