@@ -387,12 +387,12 @@ def main() -> None:
             acc = accuracy_recovery(binary, work, train_n=6000 if args.quick else 12000, epochs=2,
                                     device_n=2000, ft_epochs=3)
     print_tables(rows, acc)
-    from edgeml.io import write_json
+    from edgeml.io import read_json, write_json
 
     today = time.strftime("%Y-%m-%d")
     # The two parts are independent experiments: a run that skips one keeps that part of the results file as it was
     # measured (its date and, for cost, its verdict stay with it).
-    kept = json.loads(args.out.read_text()) if (args.skip_cost or args.skip_accuracy) and args.out.exists() else {}
+    kept = read_json(args.out) if (args.skip_cost or args.skip_accuracy) and args.out.exists() else {}
     if args.skip_cost:
         rows = kept.get("cost", [])
         verdict = kept.get("verdict", {"valid": False, "reasons": ["no cost part measured"]})

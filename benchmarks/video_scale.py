@@ -427,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeml.bench.rounds import interleave, judge
     from edgeml.export.runtime import OrtRuntime
-    from edgeml.io import write_json
+    from edgeml.io import read_json, write_json
 
     console = Console(width=200)
     log = console.print
     if args.accuracy_only:  # training accuracy does not depend on load: it may run apart from the timed rounds
-        rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+        rows = read_json(RESULTS)["rows"] if RESULTS.is_file() else []
         acc = accuracy(args, rows, log)
         out = RESULTS.with_name("video_scale_accuracy.json")
         write_json(out, {"benchmark": "video_scale_accuracy", "script": "benchmarks/video_scale.py --accuracy-only",

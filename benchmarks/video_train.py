@@ -38,7 +38,6 @@ The shipped checkpoint (the export verb's default weights) is reproduced by the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from rich.table import Table
 
 from edgeml.bench.energy import TABLES, estimate_energy
 from edgeml.bench.opcount import count_ops
-from edgeml.io import load_checkpoint, save_checkpoint, write_json
+from edgeml.io import load_checkpoint, read_json, save_checkpoint, write_json
 from edgeml.registry import create_model, model_spec
 from edgeml.training.loop import train
 from edgeml.video.datasets import ClipDataset, build_clip_cache
@@ -124,7 +123,7 @@ def check_shipped(cache: Path, args: argparse.Namespace, console: Console) -> No
     from edgeml.training.data import make_loader
     from edgeml.training.evaluation import evaluate
 
-    committed = json.loads(args.out.read_text())
+    committed = read_json(args.out)
     ref = committed["rows"][0]
     model = create_model("video_spiking", checkpoint=ASSET)
     ds = ClipDataset(cache, "test")
