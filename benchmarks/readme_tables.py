@@ -323,6 +323,12 @@ def _scale_out(d: dict) -> list[list[Any]]:
                      f"{100 * (q[f'local{n}_over_ray{n}'] - 1):+.1f} %",
                      _verdict(g[f"ray_overhead_le_15pct_at_{n}"] if ok else None, caveat),
                      f"local@{n} {med[f'local@{n}']:.1f} videos/s"])
+    if "first_pass_s" in d:
+        first = d["first_pass_s"]["ray@1"]
+        rows.append(["Ray worker start-up: a build's first pass on a fresh instance, 1 worker (once per build and "
+                     "node; the rows above are warm)", "comparison, no goal",
+                     f"{first - d['settings']['videos'] / med['ray@1']:+.2f} s", "–",
+                     f"first pass {first:.2f} s"])
     rows.append(["`edgeml bench --engine ray` (2 workers) vs one process", "comparison, no goal",
                  _x(q["bench_ray2_over_single"]), "–", f"one process {med['bench@1']:.1f} videos/s"])
     return rows
