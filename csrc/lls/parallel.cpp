@@ -35,7 +35,7 @@ int available_threads() {
 }
 
 ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker(); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -47,18 +47,24 @@ ThreadPool::~ThreadPool() {
   for (std::thread& w : workers_) w.join();
 }
 
-bool ThreadPool::claim_and_run(uint32_t generation) {
-  // The job's fields were published before state_ moved to `generation`, and stay until all its parts are done;
-  // a claim of a stale generation fails, so a late worker never runs a part twice or of the wrong job.
-  const int parts = parts_.load(std::memory_order_acquire);
+bool ThreadPool::claim_and_run(uint32_t generation, int home) {
+  // The wave's fields were published before state_ moved to `generation`, and stay until all its parts are done.
+  // The generation and the claimed bits are one atomic word, and a wave starts with the bits of the parts it does
+  // not have already set: a wave is claimable until its last part is claimed, and a claim succeeds only while its
+  // generation is current, so a late worker never runs a part twice or of the wrong wave (the fields it may have
+  // read from the next wave are never used). The home part first, else the lowest unclaimed one.
+  const int base = base_.load(std::memory_order_acquire);
   void (*fn)(void*, int) = fn_.load(std::memory_order_acquire);
   void* ctx = ctx_.load(std::memory_order_acquire);
   uint64_t cur = state_.load(std::memory_order_acquire);
+  int part;
   for (;;) {
-    if (static_cast<uint32_t>(cur >> 32) != generation || static_cast<int>(cur & 0xffffffffu) >= parts) return false;
-    if (state_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) break;
+    const uint32_t claimed = static_cast<uint32_t>(cur);
+    if (static_cast<uint32_t>(cur >> 32) != generation || claimed == 0xffffffffu) return false;
+    part = home < kWave && !(claimed >> home & 1u) ? home : __builtin_ctz(~claimed);
+    if (state_.compare_exchange_weak(cur, cur | (uint64_t{1} << part), std::memory_order_acq_rel)) break;
   }
-  fn(ctx, static_cast<int>(cur & 0xffffffffu));
+  fn(ctx, base + part);
   done_.fetch_add(1, std::memory_order_acq_rel);
   return true;
 }
@@ -68,17 +74,22 @@ void ThreadPool::run(int parts, void (*fn)(void*, int), void* ctx) {
     for (int t = 0; t < parts; ++t) fn(ctx, t);
     return;
   }
+  for (int base = 0; base < parts; base += kWave) run_wave(base, std::min(kWave, parts - base), fn, ctx);
+}
+
+void ThreadPool::run_wave(int base, int parts, void (*fn)(void*, int), void* ctx) {
   const uint32_t generation = static_cast<uint32_t>(state_.load(std::memory_order_acquire) >> 32) + 1;
-  parts_.store(parts, std::memory_order_release);
+  base_.store(base, std::memory_order_release);
   fn_.store(fn, std::memory_order_release);
   ctx_.store(ctx, std::memory_order_release);
   done_.store(0, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    state_.store(static_cast<uint64_t>(generation) << 32, std::memory_order_release);
+    const uint32_t absent = parts >= kWave ? 0u : ~((1u << parts) - 1u);  // claimed from the start
+    state_.store(static_cast<uint64_t>(generation) << 32 | absent, std::memory_order_release);
   }
   wake_.notify_all();
-  while (claim_and_run(generation)) {
+  while (claim_and_run(generation, 0)) {
   }
   for (int spins = 0; done_.load(std::memory_order_acquire) < parts; ++spins) {
     if (spins < kSpins) EDGEML_PAUSE();
@@ -86,7 +97,7 @@ void ThreadPool::run(int parts, void (*fn)(void*, int), void* ctx) {
   }
 }
 
-void ThreadPool::worker() {
+void ThreadPool::worker(int home) {
   uint32_t seen = 0;
   for (;;) {
     uint32_t generation = static_cast<uint32_t>(state_.load(std::memory_order_acquire) >> 32);
@@ -103,7 +114,7 @@ void ThreadPool::worker() {
       generation = static_cast<uint32_t>(state_.load(std::memory_order_acquire) >> 32);
     }
     seen = generation;
-    while (claim_and_run(generation)) {
+    while (claim_and_run(generation, home)) {
     }
   }
 }

@@ -2,7 +2,9 @@
 // owns disjoint outputs or a partial sum that is reduced in part order, so a result depends on the number of
 // parts and never on which thread ran a part or when. A pool of persistent workers (one engine, one pool)
 // claims the parts; the calling thread claims them too, so on a busy machine where a worker is not scheduled
-// the caller simply does the work itself instead of waiting for it. No allocation when running a job.
+// the caller simply does the work itself instead of waiting for it. Each thread first claims its own "home"
+// part (caller: part 0, worker i: part i): consecutive kernels cut the same tensors the same way, so a thread
+// finds the slice it wrote in its own core's cache. No allocation when running a job.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -33,14 +35,16 @@ class ThreadPool {
   void run(int parts, void (*fn)(void*, int), void* ctx);
 
  private:
-  void worker();
-  bool claim_and_run(uint32_t generation);
+  static constexpr int kWave = 32;  // parts per job at most (one bit each); run() cuts more into waves
+  void run_wave(int base, int parts, void (*fn)(void*, int), void* ctx);
+  void worker(int home);
+  bool claim_and_run(uint32_t generation, int home);
 
   std::vector<std::thread> workers_;
-  // (generation << 32) | next unclaimed part of the current job.
+  // (generation << 32) | bit mask of the current wave's claimed parts.
   std::atomic<uint64_t> state_{0};
+  std::atomic<int> base_{0};
   std::atomic<int> done_{0};
-  std::atomic<int> parts_{0};
   std::atomic<void (*)(void*, int)> fn_{nullptr};
   std::atomic<void*> ctx_{nullptr};
   std::mutex mutex_;
