@@ -21,7 +21,8 @@ regenerated: same generator, prompts, seeds and edit give the same images.
 --out. --reduced sizes the ablation for ~35 min of 2 CPU cores: 4 images per prompt instead of 8 (DDIM steps,
 concepts, prompts, α values and seeds unchanged), recorded in `ablation_settings`. The ablation runs the key
 settings first for every concept (unedited, the paper's α = 2, the recommended α = 1000, UCE), then the other α.
-Writes benchmarks/results/cure_eval.json after every row (`ablation_complete` stays false until the last).
+Writes benchmarks/results/cure_eval.json after every row (`ablation_complete` stays false until the last);
+--resume (with --ablation-only) keeps the rows an interrupted ablation of the same settings wrote and runs the rest.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def main() -> None:
     ap.add_argument("--reduced", action="store_true",
                     help=f"the ablation in ~35 min on 2 cores: --n {REDUCED_N} (4 images per prompt; nothing else "
                          "changes); recorded in the JSON")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --ablation-only: keep the ablation rows already in --out (same ablation settings) and "
+                         "run only the missing ones")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cure_eval.json")
     args = ap.parse_args()
+    if args.resume and not args.ablation_only:
+        ap.error("--resume continues an ablation: use it with --ablation-only")
     args.ablation = args.ablation or args.ablation_only
     if args.reduced:
         args.n = REDUCED_N
@@ -84,10 +90,8 @@ def main() -> None:
                            "retain": "sibling values of the erased attribute",
                            "text_encoder": "all-MiniLM-L6-v2, causal mask (tiny_t2i.MiniLMText)"},
               "rows": []}
-    if args.ablation_only and args.out.is_file():
-        kept = read_json(args.out)
-        result.update({k: kept[k] for k in ("generator", "settings", "rows", "measurement_valid", "seconds")
-                       if k in kept})
+    kept = read_json(args.out) if args.ablation_only and args.out.is_file() else {}
+    result.update({k: kept[k] for k in ("generator", "settings", "rows", "measurement_valid", "seconds") if k in kept})
     rows = result["rows"]
 
     def save(complete: bool = False) -> None:
@@ -122,6 +126,13 @@ def main() -> None:
             "main_rows": "kept from an earlier run of this script (settings)" if args.ablation_only
                          else "this run (settings)"}
         result["ablation"], result["concept_location"] = [], {}
+        if args.resume:
+            same = {k: v for k, v in kept.get("ablation_settings", {}).items() if k != "main_rows"} == {
+                k: v for k, v in result["ablation_settings"].items() if k != "main_rows"}
+            if not same:
+                ap.error(f"--resume: {args.out} holds no ablation with these settings; run without --resume")
+            result["ablation"] = list(kept.get("ablation", []))
+            print(f"resuming: {len(result['ablation'])} ablation rows kept from {args.out}", flush=True)
         run_ablation(score, text, args, result, save)
     save(True)
 
@@ -213,11 +224,15 @@ def run_ablation(score: Scorer, text, args, result: dict, save) -> None:
     plan = [("none", None), *(("cure", s) for s in key if s in cure), ("uce", None)]
     plan = [(case, step) for step in plan for case in cases] + [
         (case, ("cure", s)) for case in cases for s in cure if s not in key]
-    bases = {}
+    bases = {r["concept"]: r for r in rows if r["method"] == "none"}  # a resumed run's unedited rows
+    done = {(r["concept"], r["method"], r["setting"], r.get("aggregation") if r["method"] == "cure" else None,
+             r.get("alpha")) for r in rows}  # UCE rows report the aggregation UCE uses; the plan has none
     for case in cases:
         result["concept_location"][case.value] = {agg: concept_location(text, case, agg, 2.0) for _, agg in settings}
     for case, (method, setting) in plan:
         label, aggregation, alpha = setting or ("UCE closed form" if method == "uce" else "unedited", None, None)
+        if (case.value, method, label, aggregation, alpha) in done:
+            continue
         info, scores = score(case, method, alpha, aggregation)
         if method == "none":
             bases[case.value] = scores
