@@ -191,7 +191,8 @@ def edit_safetensors_file(src: str | Path, dst: str | Path, edit: LowRankEdit) -
         rows.extend(tensor_report(k, weights[k], stats[k]) for k in keys)
         return [(base + kv[k]["data_offsets"][0], _tensor_bytes(weights[k])) for k in keys]
 
-    copy_with_patches(src, dst, edit_all)
+    copy_with_patches(src, dst, edit_all, [(base + kv[k]["data_offsets"][0],
+                                            kv[k]["data_offsets"][1] - kv[k]["data_offsets"][0]) for k in keys])
     return rows
 
 

@@ -222,8 +222,8 @@ def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: 
     """Write `src` (an .onnx file and its external data) into the fresh folder `out_dir` with K/V weights edited
     (and `metadata` set in the graph's metadata_props).
 
-    Returns report rows. The graph is parsed once; external data files are copied kernel-side and only the K/V
-    byte ranges are rewritten in the copy (`copy_with_patches`).
+    Returns report rows. The graph is parsed once; external data files are copied kernel-side except the K/V byte
+    ranges, which are written from the edited buffers (`copy_with_patches`).
     """
     from onnx import numpy_helper
 
@@ -257,7 +257,8 @@ def edit_onnx(src: str | Path, out_dir: Path, edit: LowRankEdit, *, text_input: 
 
     files = {d.location: d.path for d in data.values()}
     for loc, path in files.items():
-        copy_with_patches(path, confined(out_dir, loc, what="external data location"), patches_of(loc))
+        edited = [(data[n].offset, data[n].length) for n in chosen if n in data and data[n].location == loc]
+        copy_with_patches(path, confined(out_dir, loc, what="external data location"), patches_of(loc), edited)
     if not rows:
         edit_all()           # every K/V weight is embedded in the graph
     props = {p.key: p.value for p in model.metadata_props}

@@ -92,3 +92,24 @@ def test_a_failing_patch_function_leaves_no_temp_file(tmp_path, src):
     with pytest.raises(ValueError, match="bad tensor"):
         copy_with_patches(src, tmp_path / "out.bin", make)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
+
+
+def test_planned_ranges_are_not_copied_and_are_filled_by_the_patches(tmp_path, src, monkeypatch):
+    copied = []
+    monkeypatch.setattr(_files, "_copy_range", lambda fi, fo, start, n, _f=_files._copy_range:
+                        copied.append((start, n)) or _f(fi, fo, start, n))
+    size = src.stat().st_size
+    patches = [(size - 8, np.ones(2, np.float32)), (100, np.arange(50, dtype=np.float16))]
+    copy_with_patches(src, tmp_path / "out.bin", lambda: patches, [(100, 100), (size - 8, 8)])
+    want = bytearray(src.read_bytes())
+    for offset, data in patches:
+        want[offset:offset + data.nbytes] = data.tobytes()
+    assert (tmp_path / "out.bin").read_bytes() == bytes(want)
+    assert copied == [(0, 100), (200, size - 208)]          # the gaps only, in order
+
+
+@pytest.mark.parametrize("patches", [[(100, b"ab")], [(100, b"abcd"), (300, b"x")], []])
+def test_patches_that_do_not_fill_the_planned_ranges_leave_no_file(tmp_path, src, patches):
+    with pytest.raises(CheckpointError, match="planned"):
+        copy_with_patches(src, tmp_path / "out.bin", patches, [(100, 4)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
