@@ -33,8 +33,8 @@ the same rounds, with every round's value in the JSON.
 How the edit runs (edgeml.cure.spectral.apply_to_weights, edgeml.cure._files.copy_with_patches): each K/V weight is
 edited block by block in its storage order (rows of W, or rows of Wᵀ for an ONNX MatMul weight: no transposing
 copies), each ~256 KB float32 block converted by torch and multiplied by numpy's BLAS (MKL's k-column GEMMs ran 4–8×
-slower on this AMD CPU); on disk the file is copied kernel-side in a background thread while the K/V tensors are
-read and edited, then only their byte ranges are rewritten in the copy.
+slower on this AMD CPU); on disk everything but the K/V byte ranges is copied kernel-side in a background thread
+while the K/V tensors are read, edited and written into their ranges of the copy.
 --parts runs a reduced benchmark (the JSON records which parts; write it elsewhere with --out: the README table
 reads the full run). Writes benchmarks/results/cure_speed.json.
 """
