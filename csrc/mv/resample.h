@@ -58,6 +58,7 @@ class FieldPool {
  public:
   FieldPool(int height, int width, int grid, const Window& win);
   void run(const float* field, float* out) const;
+  void row(int a, const float* field, float* out) const;  // model row a of run()
 
   // Native cells a model cell's window rows (or columns) touch, from `first`, with their integer overlap weights.
   struct Cells {
@@ -68,9 +69,12 @@ class FieldPool {
  private:
   int height_, width_, grid_;
   Window win_;
-  std::vector<Cells> rows_, cols_;
+  std::vector<Cells> rows_;
   int c_lo_ = 0, c_hi_ = 0;  // the native cell columns any model cell touches
-  mutable std::vector<double> tx_, ty_;
+  int taps_ = 0;             // native cell columns per model column, padded to the most any one touches
+  std::vector<int32_t> col_first_;  // each model column's first native cell column, from c_lo_
+  std::vector<double> col_w_;       // its `taps_` weights (zero past its own)
+  mutable std::vector<double> tx_, ty_, nx_, ny_;
 };
 
 }  // namespace edgeml::mv

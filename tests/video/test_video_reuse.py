@@ -106,3 +106,27 @@ def test_extract_opens_the_video_once_and_reports_what_probe_reports(synth_dir, 
     assert len(opened) == 1
     assert (meta["codec"], meta["profile"], meta["fps"]) == (info.codec, info.profile, info.fps)
     assert (meta["native_height"], meta["native_width"]) == (info.height, info.width)
+
+
+def test_an_extractor_reused_from_video_to_video_gives_a_fresh_ones_numbers(tmp_path):
+    from edgeml.video import clips, extract
+    from edgeml.video.codec import prepare
+
+    other = prepare(REAL, tmp_path / "same_size.avi", codec="mpeg4", gop=5)  # same 720x528, other GOPs and pixels
+
+    def run(path: Path, fresh: bool) -> dict:
+        if fresh:
+            clips._IDLE_EXTRACTORS.clear()
+        tensors, _ = extract(path, size=(64, 96), accumulate=True)
+        return tensors
+
+    want = {p: run(p, fresh=True) for p in (REAL, other)}
+    clips._IDLE_EXTRACTORS.clear()
+    first = None
+    for p in (REAL, other, REAL, other):
+        got = run(p, fresh=False)
+        idle = [native for _, native in clips._IDLE_EXTRACTORS]
+        first = first or idle[0]
+        assert idle == [first]  # the one Extractor, taken and given back video after video
+        for k, v in want[p].items():
+            np.testing.assert_array_equal(got[k], v, err_msg=f"{p.name} {k}")
