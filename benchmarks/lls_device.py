@@ -208,33 +208,18 @@ def cost_rows(binary: Path, work: Path, nets: list[tuple[str, dict]], batch: int
 
 def _row_verdict(ms: list, verdict: Any, thread_counts: tuple[int, ...],
                  max_spread: float) -> tuple[bool, list[str], dict]:
-    """A row's validity. Busy machine (foreign load over the limit, or unknown): invalid. Spread: judged only for the
-    contenders behind the goal (engine and PyTorch LLS at each thread count; BP's step time enters no goal, only its
-    memory does) and waived where it cannot change the verdict — the goal (engine <= 1.0x PyTorch LLS) holds, or
-    fails, for every pairing of their rounds (worst: slowest engine round over fastest PyTorch round; best: the
-    reverse). PyTorch's fresh-process step times are bimodal on this VM (e.g. 33-40 ms at zero foreign load) while
-    the engine's agree within 2 %, so max/min alone would reject quiet runs whose conclusion is not in doubt.
-    -> (valid, reasons, per thread count {worst, best, decisive})."""
-    values: dict[str, list[float]] = {}
-    for m in ms:
-        values.setdefault(m.contender, []).append(m.value)
-    # judge() already states a busy or unmeasured machine (same max_foreign_cores): those reasons stand as they are
-    reasons = [r for r in verdict.reasons if r.startswith(("machine busy", "foreign load"))]
-    robust = {}
-    for t in thread_counts:
-        cpp, ref = f"cpp_lls@{t}", f"torch_lls@{t}"
-        if cpp not in values:
-            continue
-        worst = max(values[cpp]) / min(values[ref])
-        best = min(values[cpp]) / max(values[ref])
-        robust[str(t)] = {"worst": worst, "best": best, "decisive": (worst <= 1.0) == (best <= 1.0)}
-        for c in (cpp, ref):
-            if len(values[c]) < 2:
-                reasons.append(f"{c}: only {len(values[c])} round(s); spread unknown")
-            elif verdict.spread[c] > max_spread and not robust[str(t)]["decisive"]:
-                reasons.append(f"{c}: rounds disagree ({verdict.spread[c]:.2f}x > {max_spread:.2f}x) and the goal's "
-                               f"verdict depends on which rounds are paired ({best:.2f}x-{worst:.2f}x)")
-    return not reasons, reasons, robust
+    """A row's validity (edgeml.bench.rounds.goal_verdict): busy machine (foreign load over the limit, or unknown):
+    invalid. Spread: judged only for the contenders behind the goal (engine and PyTorch LLS at each thread count; BP's
+    step time enters no goal, only its memory does) and waived where it cannot change the verdict — the goal (engine
+    <= 1.0x PyTorch LLS) holds, or fails, for every pairing of their rounds. PyTorch's fresh-process step times are
+    bimodal on this VM (e.g. 33-40 ms at zero foreign load) while the engine's agree within 2 %, so max/min alone
+    would reject quiet runs whose conclusion is not in doubt. -> (valid, reasons, per thread count {worst, best,
+    decisive})."""
+    from edgeml.bench.rounds import goal_verdict
+
+    contenders = {m.contender for m in ms}
+    goals = {str(t): (f"cpp_lls@{t}", f"torch_lls@{t}", 1.0) for t in thread_counts if f"cpp_lls@{t}" in contenders}
+    return goal_verdict(ms, verdict, goals, max_spread)
 
 
 def _torch_step(name: str, config: dict, batch: int, steps: int, blocks: str, kind: str,

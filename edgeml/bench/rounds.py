@@ -124,4 +124,34 @@ def interleave(contenders: dict[str, Callable[[], tuple[float, dict]]], rounds: 
     return out
 
 
-__all__ = ["Measurement", "Verdict", "interleave", "judge", "measure"]
+def goal_verdict(measurements: list[Measurement], verdict: Verdict, goals: dict[str, tuple[str, str, float]],
+                 max_spread: float) -> tuple[bool, list[str], dict[str, dict]]:
+    """A run judged through its goals (name -> (numerator, denominator, limit): the goal is num / den <= limit).
+
+    A busy or unmeasured machine stands as `judge` says. A goal's contenders whose rounds disagree beyond
+    `max_spread` make the run invalid only where that can change the goal's verdict: the goal holds, or fails, for
+    every pairing of their rounds (worst: the largest numerator over the smallest denominator; best: the reverse) —
+    noise that cannot flip the conclusion is recorded, not disqualifying. Contenders behind no goal are not judged
+    on spread. -> (valid, reasons, per goal {worst, best, decisive})."""
+    values: dict[str, list[float]] = {}
+    for m in measurements:
+        values.setdefault(m.contender, []).append(m.value)
+    reasons = [r for r in verdict.reasons if r.startswith(("machine busy", "foreign load"))]
+    ranges = {}
+    for name, (num, den, limit) in goals.items():
+        worst, best = max(values[num]) / min(values[den]), min(values[num]) / max(values[den])
+        ranges[name] = {"worst": worst, "best": best, "decisive": (worst <= limit) == (best <= limit)}
+        for c in (num, den):
+            if len(values[c]) < 2:
+                why = f"{c}: only {len(values[c])} round(s); spread unknown"
+            elif verdict.spread[c] > max_spread and not ranges[name]["decisive"]:
+                why = (f"{c}: rounds disagree ({verdict.spread[c]:.2f}x > {max_spread:.2f}x) and the goal's verdict "
+                       f"depends on which rounds are paired ({best:.2f}x-{worst:.2f}x)")
+            else:
+                continue
+            if why not in reasons:
+                reasons.append(why)
+    return not reasons, reasons, ranges
+
+
+__all__ = ["Measurement", "Verdict", "goal_verdict", "interleave", "judge", "measure"]

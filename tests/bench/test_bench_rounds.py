@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from edgeml.bench.rounds import Measurement, interleave, judge, measure
+from edgeml.bench.rounds import Measurement, goal_verdict, interleave, judge, measure
 
 
 def _m(name: str, r: int, value: float, foreign: float | None = 0.0) -> Measurement:
@@ -30,6 +30,28 @@ def test_foreign_load_is_invalid_and_named():
 
 def test_a_single_round_cannot_show_its_spread():
     assert not judge([_m("a", 0, 10)]).valid
+
+
+def _goal(edit: list[float], copy: list[float], foreign: float = 0.0):
+    ms = [_m("edit", r, v, foreign) for r, v in enumerate(edit)] + [_m("copy", r, v) for r, v in enumerate(copy)]
+    return goal_verdict(ms, judge(ms, max_spread=1.5), {"edit <= 1.5x copy": ("edit", "copy", 1.5)}, 1.5)
+
+
+def test_spread_that_cannot_flip_the_goal_is_recorded_not_disqualifying():
+    valid, reasons, ranges = _goal([2.0, 3.6, 2.6], [2.6, 2.9, 4.4])     # worst pairing 3.6 / 2.6 = 1.38 <= 1.5
+    assert valid and reasons == [] and ranges["edit <= 1.5x copy"]["decisive"]
+    valid, _, ranges = _goal([9.0, 12.0], [2.0, 3.5])                      # fails for every pairing: still decisive
+    assert valid and ranges["edit <= 1.5x copy"]["best"] > 1.5
+
+
+def test_spread_that_could_flip_the_goal_or_a_busy_machine_is_invalid():
+    valid, reasons, ranges = _goal([3.2, 2.6, 2.2], [1.7, 3.0, 2.3])     # 3.2 / 1.7 = 1.88 but 2.2 / 3.0 = 0.73
+    assert not valid and not ranges["edit <= 1.5x copy"]["decisive"]
+    assert [r.split(":")[0] for r in reasons] == ["copy"] and "depends on which rounds are paired" in reasons[0]
+    valid, reasons, _ = _goal([2.0, 2.1], [2.0, 2.1], foreign=0.9)
+    assert not valid and reasons[0].startswith("machine busy")
+    valid, reasons, _ = _goal([2.0], [2.0, 2.1])
+    assert not valid and reasons == ["edit: only 1 round(s); spread unknown"]
 
 
 def test_interleaving_rotates_the_order():
