@@ -28,8 +28,9 @@ to the disk's speed, so a 3.4 GB copy's time depends on how much is dirty and wh
 starts — which the fixed order left to the previous contender (a just-exported source is dirty; a copy run after
 another copy evicts the source on a small machine). Now each measurement starts from the same state: os.sync()
 (nothing dirty) and the source either read fully into the cache ("warm") or dropped from it with
-posix_fadvise(DONTNEED) ("cold"), both untimed; the order rotates each round; the ratio is median over median of
-the same rounds, with every round's value in the JSON.
+posix_fadvise(DONTNEED) ("cold"), both untimed; every contender runs once untimed before the rounds (the first
+measurement of a run was 2x slower); the order rotates each round; the ratio is median over median of the same
+rounds, with every round's value in the JSON.
 How the edit runs (edgeml.cure.spectral.apply_to_weights, edgeml.cure._files.copy_with_patches): each K/V weight is
 edited block by block in its storage order (rows of W, or rows of Wᵀ for an ONNX MatMul weight: no transposing
 copies), each ~256 KB float32 block converted by torch and multiplied by numpy's BLAS (MKL's k-column GEMMs ran 4–8×
@@ -215,7 +216,7 @@ def _dirty_kb() -> int:
 
 def onnx_rounds(name: str, src: Path, edit, out: Path, rounds: int, states: tuple[str, ...]) -> dict:
     """Interleaved copy vs edit of one ONNX model in each page-cache state; -> results and the rounds' verdict."""
-    from edgeml.bench.rounds import interleave, judge
+    from edgeml.bench.rounds import goal_verdict, interleave, judge
     from edgeml.cure.erase import _edit_onnx_path
 
     files = [src] + [p for p in src.parent.iterdir() if p != src and p.is_file()]
@@ -238,10 +239,18 @@ def onnx_rounds(name: str, src: Path, edit, out: Path, rounds: int, states: tupl
         return run
 
     contenders = {f"{kind}/{state}": contender(kind, state) for state in states for kind in ("copy", "edit")}
+    for run in contenders.values():  # one untimed pass each: the first write of GBs into a fresh page cache is slower
+        run()
     ms = interleave(contenders, rounds, progress=lambda m: print(f"{name}: {m}", flush=True))
     shutil.rmtree(out, ignore_errors=True)
     verdict = judge(ms, max_spread=1.5)
-    res: dict = {"bytes": int(sum(p.stat().st_size for p in files)), "verdict": verdict.as_dict(),
+    # Multi-GB page-cache copies on this VM vary 1.5-2x from round to round, the plain copy as much as the edit: the
+    # spread disqualifies the run only where it could flip the goal (edgeml.bench.rounds.goal_verdict).
+    valid, reasons, ranges = goal_verdict(ms, verdict, {f"edit/{s} <= 1.5x copy/{s}": (f"edit/{s}", f"copy/{s}", 1.5)
+                                                        for s in states}, 1.5)
+    res: dict = {"bytes": int(sum(p.stat().st_size for p in files)),
+                 "verdict": {**verdict.as_dict(), "valid": valid, "reasons": reasons, "spread_rule_reasons":
+                             verdict.reasons, "goal_ratio_range": ranges},
                  "measurements": [m.__dict__ for m in ms]}
     for state in states:
         copy, edit_s = verdict.medians[f"copy/{state}"], verdict.medians[f"edit/{state}"]
