@@ -395,22 +395,26 @@ __attribute__((target("avx2"))) void boundary_sums_avx2(const int32_t* p, const 
   sums_of(integral, count, sums);
 }
 
+// round_row's arithmetic on eight sums `v` (inv = 1 / den): the eight int16 outputs.
+__attribute__((target("avx2"))) inline __m128i round8_avx2(__m256i v, __m256d inv) {
+  const __m256d half = _mm256_set1_pd(0.5 + 0x1p-30), sign = _mm256_set1_pd(-0.0);
+  const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
+  const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
+  const __m128i qlo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, lo), inv), half));
+  const __m128i qhi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, hi), inv), half));
+  const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
+  const __m256i neg = _mm256_srai_epi32(v, 31);
+  const __m256i r = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(r, r), 0x08));  // lanes' halves together
+}
+
 // round_row eight at a time (the same double arithmetic).
 __attribute__((target("avx2"))) void round_row_avx2(const int32_t* n, int count, int64_t den, int16_t* out) {
-  const double inv = 1.0 / static_cast<double>(den);
-  const __m256d vinv = _mm256_set1_pd(inv), half = _mm256_set1_pd(0.5 + 0x1p-30), sign = _mm256_set1_pd(-0.0);
+  const __m256d inv = _mm256_set1_pd(1.0 / static_cast<double>(den));
   int j = 0;
   for (; j + 8 <= count; j += 8) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(n + j));
-    const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
-    const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
-    const __m128i qlo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, lo), vinv), half));
-    const __m128i qhi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, hi), vinv), half));
-    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
-    const __m256i neg = _mm256_srai_epi32(v, 31);
-    const __m256i r = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(r, r), 0x08);  // lanes' halves together
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(packed));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), round8_avx2(v, inv));
   }
   round_row(n + j, count - j, den, out + j);
 }
@@ -484,21 +488,12 @@ __attribute__((target("avx2"))) void fused_row_avx2(const int16_t* full, const i
   _mm256_store_si256(reinterpret_cast<__m256i*>(tail), x);
   integral[out] = static_cast<uint32_t>(out) * static_cast<uint32_t>(tail[(n - 1) % 8]);
   // the outputs: sums[j] = integral[j + 1] - integral[j], rounded (round_row_avx2's arithmetic)
-  const double inv = 1.0 / static_cast<double>(den);
-  const __m256d vinv = _mm256_set1_pd(inv), half = _mm256_set1_pd(0.5 + 0x1p-30), sign = _mm256_set1_pd(-0.0);
+  const __m256d inv = _mm256_set1_pd(1.0 / static_cast<double>(den));
   int j = 0;
   for (; j + 8 <= out; j += 8) {
     const __m256i v = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(integral + j + 1)),
                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(integral + j)));
-    const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
-    const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
-    const __m128i qlo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, lo), vinv), half));
-    const __m128i qhi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(_mm256_andnot_pd(sign, hi), vinv), half));
-    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
-    const __m256i neg = _mm256_srai_epi32(v, 31);
-    const __m256i r = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
-                     _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(r, r), 0x08)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), round8_avx2(v, inv));
   }
   int32_t rest[8];
   for (int k = j; k < out; ++k) rest[k - j] = static_cast<int32_t>(integral[k + 1] - integral[k]);
