@@ -216,7 +216,7 @@ def _dirty_kb() -> int:
 
 def onnx_rounds(name: str, src: Path, edit, out: Path, rounds: int, states: tuple[str, ...]) -> dict:
     """Interleaved copy vs edit of one ONNX model in each page-cache state; -> results and the rounds' verdict."""
-    from edgeml.bench.rounds import goal_verdict, interleave, judge
+    from edgeml.bench.rounds import goal_verdict, interleave, judge, warm_up
     from edgeml.cure.erase import _edit_onnx_path
 
     files = [src] + [p for p in src.parent.iterdir() if p != src and p.is_file()]
@@ -239,8 +239,7 @@ def onnx_rounds(name: str, src: Path, edit, out: Path, rounds: int, states: tupl
         return run
 
     contenders = {f"{kind}/{state}": contender(kind, state) for state in states for kind in ("copy", "edit")}
-    for run in contenders.values():  # one untimed pass each: the first write of GBs into a fresh page cache is slower
-        run()
+    warm_up(contenders)  # the first write of GBs into a fresh page cache is slower
     ms = interleave(contenders, rounds, progress=lambda m: print(f"{name}: {m}", flush=True))
     shutil.rmtree(out, ignore_errors=True)
     verdict = judge(ms, max_spread=1.5)

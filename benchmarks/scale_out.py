@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from edgeml.bench.rounds import interleave, judge
+    from edgeml.bench.rounds import interleave, judge, warm_up
     from edgeml.video.synth import make_synth_dataset
 
     work = args.work.resolve()
@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def phase(names: list[str]) -> list:
             """One untimed pass of each (its time kept in first_pass_s), then the interleaved rounds."""
-            for name in names:
-                t0 = time.perf_counter()
-                contenders[name]()
-                first_pass_s[name] = time.perf_counter() - t0
+            first_pass_s.update(warm_up({k: contenders[k] for k in names}))
             return interleave({k: counted(contenders[k]) for k in names}, args.rounds, progress=print)
 
         load0 = os.getloadavg()[0]

@@ -108,6 +108,17 @@ def judge(measurements: list[Measurement], *, max_spread: float = 1.25, max_fore
     return Verdict(not reasons, reasons, spread, worst, medians)
 
 
+def warm_up(contenders: dict[str, Callable[[], tuple[float, dict]]]) -> dict[str, float]:
+    """One untimed pass of each contender before the rounds (a run's first pass pays lazy start-up: worker
+    processes, fresh page cache) -> the wall seconds each took, for a benchmark that reports that start-up."""
+    seconds = {}
+    for name, run in contenders.items():
+        t0 = time.perf_counter()
+        run()
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
 def interleave(contenders: dict[str, Callable[[], tuple[float, dict]]], rounds: int,
                progress: Callable[[str], None] | None = None) -> list[Measurement]:
     """`rounds` rounds; each runs every contender once, the starting contender rotating round to round."""
@@ -154,4 +165,4 @@ def goal_verdict(measurements: list[Measurement], verdict: Verdict, goals: dict[
     return not reasons, reasons, ranges
 
 
-__all__ = ["Measurement", "Verdict", "goal_verdict", "interleave", "judge", "measure"]
+__all__ = ["Measurement", "Verdict", "goal_verdict", "interleave", "judge", "measure", "warm_up"]

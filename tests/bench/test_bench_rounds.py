@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from edgeml.bench.rounds import Measurement, goal_verdict, interleave, judge, measure
+from edgeml.bench.rounds import Measurement, goal_verdict, interleave, judge, measure, warm_up
 
 
 def _m(name: str, r: int, value: float, foreign: float | None = 0.0) -> Measurement:
@@ -69,3 +69,9 @@ def test_measure_sees_another_process_burning_a_core():
         burner.kill()
         burner.wait()
     assert m.foreign_cores is not None and m.foreign_cores >= 0.5 and m.own_cpu_s < 0.2
+
+
+def test_warm_up_runs_each_contender_once_and_times_it():
+    seen = []
+    seconds = warm_up({n: (lambda n=n: (seen.append(n), time.sleep(0.01), (1.0, {}))[2]) for n in "ab"})
+    assert seen == ["a", "b"] and set(seconds) == {"a", "b"} and all(s >= 0.01 for s in seconds.values())
